@@ -1,0 +1,109 @@
+"""`sweepctl`: a thin CLI, one function per verb. User errors print without a traceback (exit 2)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from service.loading import SpecError, load_spec
+from service.spec import SweepSpec, num_trials, search_space
+from service.storage import read_json, sweep_dir
+
+EXIT_USER_ERROR = 2
+
+
+class UserError(Exception):
+    """Something the user can fix; printed as is."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except (SpecError, UserError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted: finished trials are in summary.json", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sweepctl", description="Hyperparameter sweeps on Ray Tune.")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def spec_verb(name: str, help: str):
+        p = verbs.add_parser(name, help=help, description=help)
+        p.add_argument("spec", help="sweep spec YAML, e.g. sweeps/quickstart.yaml")
+        p.add_argument(
+            "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+            help="override a spec value by dotted path, e.g. --set train.epochs=1 (repeatable)",
+        )
+        return p
+
+    p = spec_verb("validate", "Check a spec without running anything; print trials and epoch budget.")
+    p.set_defaults(func=cmd_validate)
+
+    p = spec_verb("run", "Run a sweep here: embedded Ray, results under the spec's storage.")
+    p.add_argument("--top", type=int, default=5, help="rows in the final leaderboard (default 5)")
+    p.set_defaults(func=cmd_run)
+
+    p = verbs.add_parser("leaderboard", help="Print the top trials of a finished or running sweep.")
+    p.add_argument("name", help="sweep name")
+    p.add_argument("--storage", default=SweepSpec.model_fields["storage"].default.uri, help="storage URI")
+    p.add_argument("--top", type=int, default=5)
+    p.set_defaults(func=cmd_leaderboard)
+    return parser
+
+
+def describe(spec: SweepSpec) -> str:
+    trials = num_trials(spec)
+    varied = ", ".join(search_space(spec)) or "nothing (a single configuration)"
+    stops = "" if spec.scheduler.name == "fifo" else f"; {spec.scheduler.name} stops weak trials early"
+    return (
+        f"{spec.name}: {trials} trial{'s' if trials != 1 else ''} ({spec.search.algorithm} search over {varied})\n"
+        f"epoch budget: at most {trials * spec.train.epochs} epochs "
+        f"({trials} × {spec.train.epochs}{stops})"
+    )
+
+
+def cmd_validate(args) -> int:
+    spec = load_spec(args.spec, args.overrides)
+    print(f"OK {describe(spec)}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    spec = load_spec(args.spec, args.overrides)
+    target = sweep_dir(spec.storage.uri, spec.name)
+    if target.exists():
+        raise UserError(
+            f"sweep '{spec.name}' already exists at {target}; nothing was changed.\n"
+            f"  Run it under another name (--set name=NEW-NAME) or remove that directory first."
+        )
+    print(describe(spec), flush=True)
+    from trainer.sweep import leaderboard, run_sweep  # torch + ray: only for verbs that train
+
+    summary = run_sweep(spec, echo=lambda line: print(line, flush=True))
+    print()
+    print(leaderboard(summary, top=args.top))
+    print(f"\nresults: {target}/summary.json")
+    if summary["best"]:
+        print(f"best checkpoint: {summary['best']['checkpoint']}")
+    errors = summary["trial_states"].get("error", 0)
+    return 1 if errors and errors == len(summary["trials"]) else 0
+
+
+def cmd_leaderboard(args) -> int:
+    path = sweep_dir(args.storage, args.name) / "summary.json"
+    if not path.exists():
+        raise UserError(f"no sweep '{args.name}' under {args.storage} (looked for {path})")
+    from trainer.sweep import leaderboard
+
+    print(leaderboard(read_json(path), top=args.top))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,374 @@
+"""The sweep spec: one pydantic model tree, strict about keys, with search-space primitives at any leaf.
+
+A field typed ``Tunable[T]`` accepts either a plain ``T`` or one primitive whose values are
+themselves validated as ``T`` (so ``filters: {grid: [64, -1]}`` fails on ``-1`` at load time):
+
+    {grid: [a, b]}            every value, crossed with the other grids
+    {choice: [a, b]}          one value per sample
+    {uniform: [lo, hi]}       float (or int, for an int field) in [lo, hi]
+    {loguniform: [lo, hi]}    log-scaled, lo > 0
+    {randint: [lo, hi]}       integer in [lo, hi)  (Ray's convention: hi excluded)
+    {quniform: [lo, hi, q]}   uniform rounded to a multiple of q
+
+Trial configs are flat dicts keyed by dotted paths (``{"model.filters": 64}``); ``apply_overrides``
+puts them back into a concrete spec. This module imports neither torch nor ray.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated, Any, Generic, Literal, TypeVar, Union
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
+
+T = TypeVar("T")
+
+PRIMITIVES = ("grid", "choice", "uniform", "loguniform", "randint", "quniform")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ----------------------------------------------------------------------------- search primitives
+class Grid(_Strict, Generic[T]):
+    grid: list[T] = Field(min_length=1)
+
+
+class Choice(_Strict, Generic[T]):
+    choice: list[T] = Field(min_length=1)
+
+
+def _check_range(lo: float, hi: float, what: str) -> None:
+    if not lo < hi:
+        raise ValueError(f"{what}: lo must be < hi, got lo={lo}, hi={hi}")
+
+
+class Uniform(_Strict, Generic[T]):
+    uniform: tuple[T, T]
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        _check_range(*self.uniform, "uniform")
+        return self
+
+
+class LogUniform(_Strict, Generic[T]):
+    loguniform: tuple[T, T]
+
+    @model_validator(mode="after")
+    def _ordered_positive(self):
+        lo, hi = self.loguniform
+        _check_range(lo, hi, "loguniform")
+        if lo <= 0:
+            raise ValueError(f"loguniform: lo must be > 0 (log scale), got {lo}")
+        return self
+
+
+class RandInt(_Strict, Generic[T]):
+    randint: tuple[int, int]
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        _check_range(*self.randint, "randint")
+        return self
+
+
+class QUniform(_Strict, Generic[T]):
+    quniform: tuple[T, T, T]
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        lo, hi, q = self.quniform
+        _check_range(lo, hi, "quniform")
+        if q <= 0:
+            raise ValueError(f"quniform: q must be > 0, got {q}")
+        return self
+
+
+def _primitive_tag(value: Any) -> str:
+    """Route a raw value to the right union member, so errors name one branch, not all seven."""
+    if isinstance(value, dict) and len(value) == 1:
+        (key,) = value
+        if key in PRIMITIVES:
+            return key
+    if isinstance(value, BaseModel):
+        for key in PRIMITIVES:
+            if key in type(value).model_fields:
+                return key
+    return "value"
+
+
+class _TunableFactory:
+    def __getitem__(self, t):
+        return Annotated[
+            Union[
+                Annotated[t, Tag("value")],
+                Annotated[Grid[t], Tag("grid")],
+                Annotated[Choice[t], Tag("choice")],
+                Annotated[Uniform[t], Tag("uniform")],
+                Annotated[LogUniform[t], Tag("loguniform")],
+                Annotated[RandInt[t], Tag("randint")],
+                Annotated[QUniform[t], Tag("quniform")],
+            ],
+            Discriminator(_primitive_tag),
+        ]
+
+
+Tunable = _TunableFactory()
+"""``Tunable[int]``: an int, or a search primitive over ints."""
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0, lt=1)]
+
+# ----------------------------------------------------------------------------- data
+DATASETS = ("synthetic", "digits", "cifar10", "cifar100")
+
+
+class HFlip(_Strict):
+    name: Literal["hflip"]
+    p: Annotated[float, Field(ge=0, le=1)] = 0.5  # probability per image
+
+
+class RandomCrop(_Strict):
+    name: Literal["random_crop"]
+    padding: Annotated[int, Field(ge=1)] = 4  # pixels of zero padding on each side before cropping
+
+
+Augmentation = Annotated[Union[HFlip, RandomCrop], Field(discriminator="name")]
+
+
+class DataSpec(_Strict):
+    name: Literal["synthetic", "digits", "cifar10", "cifar100"]
+    path: str | None = None  # local dir or .tar.gz in the dataset's official format (cifar*)
+    val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1  # of the official training split
+    augment: list[Augmentation] = []  # applied to training batches only, never to validation
+    # synthetic only: a class-dependent pattern plus noise
+    num_samples: PositiveInt = 2048  # train+val images (a test split of the same size/4 is added)
+    image_size: PositiveInt = 16  # pixels per side
+    channels: PositiveInt = 3
+    num_classes: Annotated[int, Field(ge=2)] = 10
+
+    @model_validator(mode="after")
+    def _path_where_needed(self):
+        if self.name.startswith("cifar") and not self.path:
+            raise ValueError(
+                f"data.path is required for {self.name}: a 'cifar-*-batches-py' / "
+                "'cifar-100-python' directory or the official .tar.gz"
+            )
+        return self
+
+
+# ----------------------------------------------------------------------------- models
+Activation = Literal["relu", "leaky_relu", "elu", "silu", "gelu", "sigmoid", "tanh"]
+
+
+class MLPSpec(_Strict):
+    name: Literal["mlp"]
+    hidden_sizes: Tunable[list[PositiveInt]] = [256, 128]  # units per hidden layer
+    activation: Tunable[Activation] = "relu"
+    dropout: Tunable[Fraction] = 0.0  # probability
+    batchnorm: Tunable[bool] = False
+
+
+class CNNSpec(_Strict):
+    """Seed 000's configurable CNN: conv blocks (conv→[bn]→act→pool) then a fully connected head."""
+
+    name: Literal["cnn"]
+    num_conv_layers: Tunable[PositiveInt] = 2
+    filters: Tunable[PositiveInt] = 64  # output channels of every conv layer
+    kernel_size: Tunable[PositiveInt] = 3  # pixels
+    padding: Tunable[Literal["same", "valid"]] = "same"
+    num_fc_layers: Tunable[PositiveInt] = 2  # including the output layer
+    hidden_size: Tunable[PositiveInt] = 128  # units of each hidden fc layer
+    batchnorm: Tunable[bool] = False
+    dropout: Tunable[Fraction] = 0.0  # probability, before each hidden fc layer
+    residual: Tunable[bool] = False  # identity skip around conv layers 2..n
+    activation: Tunable[Activation] = "relu"
+
+
+class ResNetSpec(_Strict):
+    name: Literal["resnet"]
+    depth: Tunable[Literal[18, 34, 50]] = 18
+    cifar_stem: Tunable[bool] = True  # 3x3 stride-1 stem, no max-pool: for 32x32 inputs
+
+
+ModelSpec = Annotated[Union[MLPSpec, CNNSpec, ResNetSpec], Field(discriminator="name")]
+
+
+# ----------------------------------------------------------------------------- training
+class OptimizerSpec(_Strict):
+    name: Literal["sgd", "adam", "adamw"] = "adam"
+    lr: Tunable[PositiveFloat] = 1.0e-3  # learning rate per step
+    momentum: Tunable[Annotated[float, Field(ge=0, lt=1)]] = 0.9  # sgd only
+    nesterov: bool = False  # sgd only
+    weight_decay: Tunable[Annotated[float, Field(ge=0)]] = 0.0  # L2 coefficient per step
+
+
+class LRScheduleSpec(_Strict):
+    name: Literal["none", "cosine", "step", "exponential"] = "none"
+    step_size: PositiveInt = 10  # step: epochs between decays
+    gamma: Tunable[Annotated[float, Field(gt=0, le=1)]] = 0.1  # step/exponential: factor per decay
+
+
+class TrainSpec(_Strict):
+    epochs: PositiveInt = 10  # also the scheduler's max_t
+    batch_size: Tunable[PositiveInt] = 64  # images per step per worker
+    optimizer: OptimizerSpec = OptimizerSpec()
+    lr_schedule: LRScheduleSpec = LRScheduleSpec()
+    # auto: bf16 on CUDA with bf16 and on CPUs with native bf16 (AVX512-BF16/AMX), fp16 on older
+    # GPUs, fp32 elsewhere (emulated bf16 is several times slower than fp32).
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+
+
+# ----------------------------------------------------------------------------- search
+class SearchSpec(_Strict):
+    algorithm: Literal["grid", "random"] = "grid"
+    num_samples: PositiveInt = 1  # grid: repeats of the whole grid; random: number of trials
+
+
+class SchedulerSpec(_Strict):
+    name: Literal["fifo", "hyperband", "asha"] = "fifo"
+    grace_period: PositiveInt = 1  # asha: epochs every trial gets before it can be stopped
+    reduction_factor: Annotated[float, Field(gt=1)] = 3  # asha/hyperband: keep 1/rf per rung
+    brackets: PositiveInt = 1  # asha only
+
+
+METRICS = {"val_acc": "max", "val_loss": "min", "train_acc": "max", "train_loss": "min"}
+
+
+class ObjectiveSpec(_Strict):
+    metric: Literal["val_acc", "val_loss", "train_acc", "train_loss"] = "val_acc"
+    mode: Literal["max", "min"] | None = None  # default: the metric's natural direction
+
+    @model_validator(mode="after")
+    def _sensible_mode(self):
+        natural = METRICS[self.metric]
+        if self.mode is None:
+            object.__setattr__(self, "mode", natural)
+        elif self.mode != natural:
+            raise ValueError(f"{self.metric} should be {natural}imized, not {self.mode}imized")
+        return self
+
+
+class ResourcesSpec(_Strict):
+    workers_per_trial: PositiveInt = 1  # >1: data-parallel DDP under Ray Train
+    cpus_per_worker: PositiveFloat = 1
+    gpus_per_worker: Annotated[float, Field(ge=0)] = 0
+    max_concurrent_trials: PositiveInt | None = None  # default: as many as resources allow
+
+
+class StorageSpec(_Strict):
+    uri: str = "file://./runs"  # file://PATH, a plain path, or (later) s3://bucket/prefix
+
+    @field_validator("uri")
+    @classmethod
+    def _known_scheme(cls, uri: str) -> str:
+        scheme = uri.split("://", 1)[0] if "://" in uri else "file"
+        if scheme != "file":
+            raise ValueError(f"unsupported storage scheme {scheme!r}: use file://PATH or a plain path")
+        return uri
+
+
+class CheckpointSpec(_Strict):
+    every: PositiveInt = 1  # epochs between checkpoints (the last epoch is always saved)
+    keep: PositiveInt | None = 2  # best checkpoints kept per trial (by the objective); None keeps all
+
+
+DNS1123 = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+class SweepSpec(_Strict):
+    name: Annotated[str, Field(max_length=40, pattern=DNS1123)]
+    seed: int = 0  # fixes the train/val split, model init, data order and the searcher
+    data: DataSpec
+    model: ModelSpec
+    train: TrainSpec = TrainSpec()
+    search: SearchSpec = SearchSpec()
+    scheduler: SchedulerSpec = SchedulerSpec()
+    objective: ObjectiveSpec = ObjectiveSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+    storage: StorageSpec = StorageSpec()
+    checkpoint: CheckpointSpec = CheckpointSpec()
+
+    @model_validator(mode="after")
+    def _search_fits_space(self):
+        sampled = [path for path, p in search_space(self).items() if not isinstance(p, Grid)]
+        if self.search.algorithm == "grid" and sampled:
+            raise ValueError(
+                f"search.algorithm 'grid' needs {{grid: [...]}} everywhere, but {sampled} are "
+                "sampled: use search.algorithm: random, or list the values with grid"
+            )
+        if self.scheduler.name in ("asha", "hyperband") and self.scheduler.grace_period > self.train.epochs:
+            raise ValueError(
+                f"scheduler.grace_period ({self.scheduler.grace_period}) exceeds train.epochs "
+                f"({self.train.epochs}): no trial could ever be stopped early"
+            )
+        return self
+
+
+# ----------------------------------------------------------------------------- helpers
+def search_space(spec: BaseModel, prefix: str = "") -> dict[str, BaseModel]:
+    """Every primitive in the spec, keyed by dotted path, in field order."""
+    found: dict[str, BaseModel] = {}
+    for field in type(spec).model_fields:
+        value = getattr(spec, field)
+        path = f"{prefix}{field}"
+        if _primitive_tag(value) != "value":
+            found[path] = value
+        elif isinstance(value, BaseModel):
+            found.update(search_space(value, path + "."))
+    return found
+
+
+def primitive_values(primitive: BaseModel) -> Any:
+    """The primitive's argument: the list for grid/choice, the bounds for ranges."""
+    (field,) = type(primitive).model_fields
+    return getattr(primitive, field)
+
+
+def num_trials(spec: SweepSpec) -> int:
+    """Grid points × num_samples (Ray Tune's rule: every sample is crossed with every grid point)."""
+    grid_points = math.prod(
+        len(p.grid) for p in search_space(spec).values() if isinstance(p, Grid)
+    )
+    return grid_points * spec.search.num_samples
+
+
+def apply_overrides(spec_dict: dict, flat: dict[str, Any]) -> dict:
+    """Return a copy of a spec dict with dotted-path values set (trial configs, --set)."""
+    import copy
+
+    result = copy.deepcopy(spec_dict)
+    for path, value in flat.items():
+        node = result
+        *parents, leaf = path.split(".")
+        for key in parents:
+            if not isinstance(node.get(key), dict):
+                node[key] = {}
+            node = node[key]
+        node[leaf] = value
+    return result
+
+
+def concrete(spec: SweepSpec, trial_config: dict[str, Any]) -> SweepSpec:
+    """The spec with one trial's sampled values in place of its primitives."""
+    missing = set(search_space(spec)) - set(trial_config)
+    if missing:
+        raise ValueError(f"trial config lacks values for {sorted(missing)}")
+    merged = apply_overrides(spec.model_dump(mode="json"), trial_config)
+    return SweepSpec.model_validate(merged)
+
+
+def is_dns1123(name: str) -> bool:
+    return bool(re.match(DNS1123, name)) and len(name) <= 40

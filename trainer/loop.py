@@ -1,0 +1,284 @@
+"""THE training loop. One function, ``fit``, read top to bottom; the two Ray entry points below it
+only decide where it runs:
+
+- ``tune_trial``: a Tune function trainable. 1 worker: ``fit`` runs right here in the trial
+  (cheap, actors are reused across trials). N workers: the trial starts a Ray Train TorchTrainer
+  whose workers run the same ``fit`` under DDP (gloo on CPU, nccl on GPU).
+
+Randomness is derived from (seed, epoch, rank) at the start of every epoch, so resuming from the
+checkpoint of epoch k replays epochs k+1.. exactly as an uninterrupted run would: the checkpoint
+needs only the model, optimizer, lr schedule, scaler and epoch.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from service.spec import SweepSpec, concrete
+from trainer.data import SplitData, augment_batch, epoch_batches, load_dataset
+from trainer.models import build_model
+
+CHECKPOINT_STATE = "state.pt"  # torch.save of model/optimizer/schedule/scaler state + epoch
+CHECKPOINT_SPEC = "spec.json"  # the trial's concrete spec: enough to rebuild the model
+
+
+def fit(spec: SweepSpec, session) -> None:
+    """Train ``spec`` (concrete: no search primitives) and report once per epoch through
+    ``session`` (``ray.tune`` or ``ray.train``: both offer report() and get_checkpoint())."""
+    rank, world_size = _rank_and_world()
+    device = _device(spec)
+    torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
+
+    data = _dataset(spec.data.model_dump_json(), spec.seed)
+    train_x, train_y = data.train_x.to(device), data.train_y.to(device)
+    val_x, val_y = data.val_x.to(device), data.val_y.to(device)
+
+    torch.manual_seed(spec.seed)  # same init on every rank and for every trial of this seed
+    model = build_model(spec.model, data.input_shape, data.num_classes).to(device)
+    optimizer = _optimizer(spec, model.parameters())
+    lr_schedule = _lr_schedule(spec, optimizer)
+    amp_dtype = autocast_dtype(spec.train.amp, device)
+    # fp16 needs loss scaling to keep small gradients from underflowing; bf16 and fp32 do not.
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    if world_size > 1:
+        import ray.train.torch
+
+        model = ray.train.torch.prepare_model(model)  # DDP wrapper (gloo on CPU, nccl on GPU)
+
+    first_epoch = 1
+    checkpoint = session.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as ckpt_dir:
+            state = torch.load(Path(ckpt_dir) / CHECKPOINT_STATE, map_location=device, weights_only=True)
+        _unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        lr_schedule.load_state_dict(state["lr_schedule"])
+        scaler.load_state_dict(state["scaler"])
+        first_epoch = state["epoch"] + 1
+
+    for epoch in range(first_epoch, spec.train.epochs + 1):
+        epoch_start = time.perf_counter()
+        torch.manual_seed(_epoch_seed(spec.seed, epoch, rank))  # dropout etc.
+        augment_rng = torch.Generator(device=device).manual_seed(_epoch_seed(spec.seed, epoch, rank))
+
+        # --- train: this rank's shard of a fresh permutation, one optimizer step per batch
+        model.train()
+        loss_sum = torch.zeros((), device=device)  # summed on device: no host sync per step
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        batches = epoch_batches(
+            len(train_y), spec.train.batch_size, epoch=epoch, seed=spec.seed, rank=rank, world_size=world_size
+        )
+        for batch in batches:
+            batch = batch.to(device)
+            x = augment_batch(train_x[batch], spec.data.augment, augment_rng)  # train data only
+            y = train_y[batch]
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                logits = model(x)
+                loss = F.cross_entropy(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            loss_sum += loss.detach().float() * len(y)
+            correct += (logits.argmax(1) == y).sum()
+        lr_schedule.step()
+        samples = sum(len(b) for b in batches)
+        train_loss, train_acc, train_samples = _global_mean(loss_sum, correct, samples, world_size)
+        train_seconds = time.perf_counter() - epoch_start
+
+        # --- validate: never augmented, same split for every trial of this seed
+        val_loss, val_acc = evaluate(model, val_x, val_y, amp_dtype, rank, world_size)
+
+        metrics = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "train_acc": train_acc,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "lr": optimizer.param_groups[0]["lr"],  # for the next epoch
+            "samples_per_second": train_samples / train_seconds,  # all workers together
+            "epoch_seconds": time.perf_counter() - epoch_start,
+            "train_samples": train_samples,
+        }
+        if world_size > 1:
+            metrics["duplicate_samples"] = _samples_seen_twice(batches, len(train_y), device)
+
+        # --- checkpoint (rank 0 writes; every rank must report) and report
+        wants_checkpoint = epoch % spec.checkpoint.every == 0 or epoch == spec.train.epochs
+        with tempfile.TemporaryDirectory(prefix="ckpt-") as ckpt_dir:
+            checkpoint = None
+            if wants_checkpoint and rank == 0:
+                save_checkpoint(ckpt_dir, spec, model, optimizer, lr_schedule, scaler, epoch)
+                checkpoint = session.Checkpoint.from_directory(ckpt_dir)
+            session.report(metrics, checkpoint=checkpoint)
+
+
+@torch.no_grad()
+def evaluate(model, x, y, amp_dtype, rank: int = 0, world_size: int = 1, batch_size: int = 1024):
+    """Mean loss and accuracy over (this rank's shard of) x, y, combined across ranks."""
+    model.eval()
+    shard = torch.arange(rank, len(y), world_size, device=y.device)
+    loss_sum = torch.zeros((), device=y.device)
+    correct = torch.zeros((), device=y.device, dtype=torch.long)
+    for start in range(0, len(shard), batch_size):
+        idx = shard[start : start + batch_size]
+        with torch.autocast(x.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            logits = model(x[idx])
+        loss_sum += F.cross_entropy(logits.float(), y[idx], reduction="sum")
+        correct += (logits.argmax(1) == y[idx]).sum()
+    loss, acc, _ = _global_mean(loss_sum, correct, len(shard), world_size)
+    return loss, acc
+
+
+def save_checkpoint(directory, spec, model, optimizer, lr_schedule, scaler, epoch: int) -> None:
+    state = {
+        "model": _unwrap(model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "lr_schedule": lr_schedule.state_dict(),
+        "scaler": scaler.state_dict(),
+        "epoch": epoch,
+    }
+    torch.save(state, Path(directory) / CHECKPOINT_STATE)
+    (Path(directory) / CHECKPOINT_SPEC).write_text(spec.model_dump_json(indent=2))
+
+
+# ----------------------------------------------------------------------------- precision
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matmuls run in hardware. Elsewhere they are emulated (slower than fp32)."""
+    caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    return bool(caps.get("avx512_bf16") or caps.get("amx_bf16") or caps.get("amx_tile"))
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``amp`` on ``device``; None means plain fp32."""
+    if amp == "off":
+        return None
+    if amp == "bf16":
+        return torch.bfloat16
+    if amp == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_native_bf16() else None
+
+
+# ----------------------------------------------------------------------------- small parts
+def _optimizer(spec: SweepSpec, params):
+    o = spec.train.optimizer
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay)
+    if o.name == "adamw":
+        return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+    return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+
+
+def _lr_schedule(spec: SweepSpec, optimizer):
+    """Stepped once per epoch."""
+    s, epochs = spec.train.lr_schedule, spec.train.epochs
+    if s.name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    if s.name == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=s.step_size, gamma=s.gamma)
+    if s.name == "exponential":
+        return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=s.gamma)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+
+
+def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    return (seed * 1_000_003 + epoch) * 1_009 + rank
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _device(spec: SweepSpec) -> torch.device:
+    if spec.resources.gpus_per_worker > 0 and torch.cuda.is_available():
+        if dist.is_available() and dist.is_initialized():
+            import ray.train.torch
+
+            return ray.train.torch.get_device()
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _unwrap(model):
+    return getattr(model, "module", model)
+
+
+def _global_mean(loss_sum, correct, count: int, world_size: int) -> tuple[float, float, int]:
+    """(mean loss, accuracy, count) over all ranks: one all-reduce, one host sync."""
+    totals = torch.stack([loss_sum.float(), correct.float(), torch.tensor(float(count), device=loss_sum.device)])
+    if world_size > 1:
+        dist.all_reduce(totals)
+    loss_sum, correct, count = totals.tolist()
+    return loss_sum / max(count, 1), correct / max(count, 1), int(count)
+
+
+def _samples_seen_twice(batches, num_samples: int, device) -> int:
+    """DDP sanity check: how many training samples more than one rank trained on this epoch."""
+    seen = torch.zeros(num_samples, dtype=torch.int32, device=device)
+    for batch in batches:
+        seen[batch.to(device)] += 1
+    dist.all_reduce(seen)
+    return int((seen > 1).sum())
+
+
+@functools.lru_cache(maxsize=2)
+def _dataset(data_spec_json: str, seed: int) -> SplitData:
+    """Loaded once per process: reused actors run the next trial without re-reading the data."""
+    from service.spec import DataSpec
+
+    return load_dataset(DataSpec.model_validate_json(data_spec_json), seed)
+
+
+# ----------------------------------------------------------------------------- Ray entry points
+def tune_trial(trial_config: dict, *, spec_json: str) -> None:
+    """Tune function trainable: ``trial_config`` holds the sampled values by dotted path."""
+    import ray.tune
+
+    spec = concrete(SweepSpec.model_validate_json(spec_json), trial_config)
+    if spec.resources.workers_per_trial == 1:
+        fit(spec, ray.tune)
+        return
+
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    r = spec.resources
+    context = ray.tune.get_context()
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config={"spec_json": spec.model_dump_json()},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=r.workers_per_trial,
+            use_gpu=r.gpus_per_worker > 0,
+            resources_per_worker={"CPU": r.cpus_per_worker, "GPU": r.gpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            # Ray Train keeps this run's checkpoints beside the trial; a restored trial reuses it.
+            name=f"train-{context.get_trial_id()}",
+            storage_path=str(Path(context.get_trial_dir()).parent),
+            callbacks=[TuneReportCallback()],
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=spec.checkpoint.keep),
+        ),
+    )
+    trainer.fit()
+
+
+def _train_worker(loop_config: dict) -> None:
+    import ray.train
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    fit(SweepSpec.model_validate_json(loop_config["spec_json"]), ray.train)
