@@ -266,6 +266,7 @@ class ResourcesSpec(_Strict):
     cpus_per_worker: PositiveFloat = 1
     gpus_per_worker: Annotated[float, Field(ge=0)] = 0
     max_concurrent_trials: PositiveInt | None = None  # default: as many as resources allow
+    max_failures: Annotated[int, Field(ge=0)] = 2  # restarts of a crashed trial, from its last checkpoint
 
 
 class StorageSpec(_Strict):

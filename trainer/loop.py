@@ -13,6 +13,7 @@ needs only the model, optimizer, lr schedule, scaler and epoch.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import tempfile
 import time
@@ -54,7 +55,7 @@ def fit(spec: SweepSpec, session) -> None:
         model = ray.train.torch.prepare_model(model)  # DDP wrapper (gloo on CPU, nccl on GPU)
 
     first_epoch = 1
-    checkpoint = session.get_checkpoint()
+    checkpoint = session.get_checkpoint()  # set when Tune restarts or restores this trial
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
             state = torch.load(Path(ckpt_dir) / CHECKPOINT_STATE, map_location=device, weights_only=True)
@@ -107,6 +108,8 @@ def fit(spec: SweepSpec, session) -> None:
             "samples_per_second": train_samples / train_seconds,  # all workers together
             "epoch_seconds": time.perf_counter() - epoch_start,
             "train_samples": train_samples,
+            "resumed_from_epoch": first_epoch - 1,  # 0 = fresh start
+            "val_split": _fingerprint(data.val_indices),  # the same for every trial of a sweep
         }
         if world_size > 1:
             metrics["duplicate_samples"] = _samples_seen_twice(batches, len(train_y), device)
@@ -116,7 +119,7 @@ def fit(spec: SweepSpec, session) -> None:
         with tempfile.TemporaryDirectory(prefix="ckpt-") as ckpt_dir:
             checkpoint = None
             if wants_checkpoint and rank == 0:
-                save_checkpoint(ckpt_dir, spec, model, optimizer, lr_schedule, scaler, epoch)
+                save_checkpoint(ckpt_dir, spec, data, model, optimizer, lr_schedule, scaler, epoch)
                 checkpoint = session.Checkpoint.from_directory(ckpt_dir)
             session.report(metrics, checkpoint=checkpoint)
 
@@ -138,8 +141,11 @@ def evaluate(model, x, y, amp_dtype, rank: int = 0, world_size: int = 1, batch_s
     return loss, acc
 
 
-def save_checkpoint(directory, spec, model, optimizer, lr_schedule, scaler, epoch: int) -> None:
+def save_checkpoint(directory, spec, data, model, optimizer, lr_schedule, scaler, epoch: int) -> None:
     state = {
+        # what rebuilding the model needs without reading the dataset again
+        "input_shape": list(data.input_shape),
+        "class_names": list(data.class_names),
         "model": _unwrap(model).state_dict(),
         "optimizer": optimizer.state_dict(),
         "lr_schedule": lr_schedule.state_dict(),
@@ -223,6 +229,10 @@ def _global_mean(loss_sum, correct, count: int, world_size: int) -> tuple[float,
         dist.all_reduce(totals)
     loss_sum, correct, count = totals.tolist()
     return loss_sum / max(count, 1), correct / max(count, 1), int(count)
+
+
+def _fingerprint(indices: torch.Tensor) -> str:
+    return hashlib.sha1(indices.numpy().tobytes()).hexdigest()[:12]
 
 
 def _samples_seen_twice(batches, num_samples: int, device) -> int:

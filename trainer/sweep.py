@@ -15,14 +15,23 @@ from datetime import datetime, timezone
 from typing import Callable
 
 import yaml
-from ray.tune import Callback
+
+# Our monitor prints one progress line; Tune's own tables and its snapshot-frequency warning
+# (harmless for short trials) would bury it. Read by Ray at import/run time, so set first.
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+from ray.tune import Callback  # noqa: E402
 
 from service import space, storage
 from service.spec import SweepSpec, num_trials, search_space
 
 SUMMARY = "summary.json"
 SPEC = "spec.yaml"
-METRIC_KEYS = ("val_acc", "val_loss", "train_acc", "train_loss", "samples_per_second", "epoch_seconds")
+METRIC_KEYS = (
+    "val_acc", "val_loss", "train_acc", "train_loss", "lr", "samples_per_second", "epoch_seconds",
+    "resumed_from_epoch", "train_samples", "duplicate_samples",
+)
 
 
 def run_sweep(spec: SweepSpec, *, echo: Callable[[str], None] = print) -> dict:
@@ -36,9 +45,8 @@ def run_sweep(spec: SweepSpec, *, echo: Callable[[str], None] = print) -> dict:
     storage.write_text_atomic(sweep_dir / SPEC, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
 
     if not ray.is_initialized():
-        # Quiet start-up; errors still reach the terminal through trial error files and our echo.
-        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-        ray.init(include_dashboard=False, logging_level="WARNING", configure_logging=True)
+        # Trial stdout stays in the trial logs; errors reach the terminal through our monitor.
+        ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False)
 
     monitor = SweepMonitor(spec, sweep_dir / SUMMARY, echo)
     tuner = tune.Tuner(
@@ -53,6 +61,7 @@ def run_sweep(spec: SweepSpec, *, echo: Callable[[str], None] = print) -> dict:
             max_concurrent_trials=_max_concurrent(spec),
             # A fresh Python worker per trial costs seconds; 1-worker trials reuse theirs.
             reuse_actors=spec.resources.workers_per_trial == 1,
+            trial_dirname_creator=_trial_dirname,
         ),
         run_config=tune.RunConfig(
             name=spec.name,
@@ -62,12 +71,19 @@ def run_sweep(spec: SweepSpec, *, echo: Callable[[str], None] = print) -> dict:
                 checkpoint_score_attribute=spec.objective.metric,
                 checkpoint_score_order=spec.objective.mode,
             ),
+            # A crashed trial (killed worker, lost node) restarts from its last checkpoint.
+            failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
             callbacks=[monitor],
             verbose=0,  # our monitor prints one progress line instead of Tune's tables
         ),
     )
     results = tuner.fit()
     return monitor.finish(results)
+
+
+def _trial_dirname(trial) -> str:
+    """<storage>/<sweep>/<trial_id>/checkpoint_*: short and stable (the config is in summary.json)."""
+    return trial.trial_id
 
 
 def _trial_resources(spec: SweepSpec) -> dict:
@@ -113,6 +129,7 @@ class SweepMonitor(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         record = self._trial(trial)
         epoch = {"epoch": result["epoch"], **{k: result[k] for k in METRIC_KEYS if k in result}}
+        record["val_split"] = result.get("val_split")
         record["history"] = [h for h in record["history"] if h["epoch"] < epoch["epoch"]] + [epoch]
         record["epochs"] = epoch["epoch"]
         record["seconds"] = result.get("time_total_s", record["seconds"])
@@ -130,10 +147,17 @@ class SweepMonitor(Callback):
             record["status"], record["stop_reason"] = "terminated", "completed all epochs"
         self._update(trials, force=True)
 
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        record = self._trial(trial)
+        record["restarts"] += 1
+        self.echo(f"trial {trial.trial_id} crashed; restarting from its last checkpoint")
+        self._update(trials, force=True)
+
     def on_trial_error(self, iteration, trials, trial, **info):
         record = self._trial(trial)
         record["status"] = "error"
-        record["stop_reason"] = _first_line(trial.get_error()) if hasattr(trial, "get_error") else "error"
+        record["stop_reason"] = _first_line(trial.get_error())
+        self.echo(f"trial {trial.trial_id} failed: {record['stop_reason']} (log: {trial.path})")
         self._update(trials, force=True)
 
     # --- summary
@@ -148,6 +172,7 @@ class SweepMonitor(Callback):
                 "seconds": 0.0,
                 "history": [],
                 "checkpoint": None,
+                "restarts": 0,
             }
         return self.trials[trial.trial_id]
 

@@ -1,0 +1,177 @@
+"""Real sweeps on real local Ray, tiny real data (scikit-learn digits / synthetic)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from service.spec import num_trials
+from service.storage import read_json
+from trainer import load_model
+from trainer.data import augment_batch, load_dataset
+from trainer.loop import evaluate
+from trainer.sweep import run_sweep
+
+pytestmark = pytest.mark.slow
+TIMING_KEYS = {"samples_per_second", "epoch_seconds"}
+
+
+def quiet(_line: str) -> None:
+    pass
+
+
+def metrics_only(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in h.items() if k not in TIMING_KEYS | {"resumed_from_epoch"}} for h in history]
+
+
+def test_grid_sweep_runs_every_trial_and_stores_summary_spec_and_checkpoints(ray_local, make_spec):
+    spec = make_spec(
+        name="grid", model={"filters": {"grid": [4, 8]}}, train={"optimizer": {"lr": {"grid": [1e-3, 3e-3]}}}
+    )
+    summary = run_sweep(spec, echo=quiet)
+
+    sweep_dir = Path(spec.storage.uri) / "grid"
+    assert read_json(sweep_dir / "summary.json") == summary
+    assert (sweep_dir / "spec.yaml").exists()
+    assert len(summary["trials"]) == num_trials(spec) == 4
+    assert summary["trial_states"] == {"terminated": 4}
+    configs = {(t["config"]["model.filters"], t["config"]["train.optimizer.lr"]) for t in summary["trials"]}
+    assert configs == {(4, 1e-3), (4, 3e-3), (8, 1e-3), (8, 3e-3)}
+    for trial in summary["trials"]:
+        assert [h["epoch"] for h in trial["history"]] == [1, 2]
+        assert Path(trial["checkpoint"], "state.pt").exists()
+    best = max(summary["trials"], key=lambda t: t["best"]["val_acc"])
+    assert summary["best_trial"] == best["trial_id"]
+    assert summary["best"]["metrics"]["val_acc"] == best["best"]["val_acc"]
+
+
+def test_every_trial_validates_on_the_same_split_disjoint_from_train(ray_local, make_spec):
+    spec = make_spec(name="split", model={"filters": {"grid": [4, 8]}}, train={"epochs": 1})
+    summary = run_sweep(spec, echo=quiet)
+    fingerprints = {t["val_split"] for t in summary["trials"]}
+    assert len(fingerprints) == 1
+
+    data = load_dataset(spec.data, spec.seed)
+    from trainer.loop import _fingerprint
+
+    assert fingerprints == {_fingerprint(data.val_indices)}
+    assert set(data.val_indices.tolist()).isdisjoint(data.train_indices.tolist())
+    other_seed = load_dataset(spec.data, spec.seed + 1)
+    assert _fingerprint(other_seed.val_indices) not in fingerprints
+
+
+@pytest.mark.parametrize("scheduler", ["asha", "hyperband"])
+def test_early_stopping_schedulers_stop_weaker_trials(ray_local, make_spec, scheduler):
+    # Learning rates from good to hopeless; one trial at a time so later weak trials meet a full rung.
+    spec = make_spec(
+        name=f"stop-{scheduler}",
+        train={"epochs": 4, "optimizer": {"lr": {"grid": [3e-3, 1e-3, 1e-5, 3e-6, 1e-6, 5e-7]}}},
+        scheduler={"name": scheduler, "grace_period": 1, "reduction_factor": 2},
+        resources={"max_concurrent_trials": 1},
+    )
+    summary = run_sweep(spec, echo=quiet)
+    stopped = [t for t in summary["trials"] if t["status"] == "stopped_early"]
+    assert stopped, summary["trial_states"]
+    assert all(t["epochs"] < spec.train.epochs for t in stopped)
+    best = next(t for t in summary["trials"] if t["trial_id"] == summary["best_trial"])
+    assert best["epochs"] == spec.train.epochs
+    assert sum(t["epochs"] for t in summary["trials"]) < num_trials(spec) * spec.train.epochs
+
+
+def test_two_worker_ddp_trial_trains_on_disjoint_shards(ray_local, make_spec):
+    spec = make_spec(name="ddp", resources={"workers_per_trial": 2, "cpus_per_worker": 1})
+    summary = run_sweep(spec, echo=quiet)
+    (trial,) = summary["trials"]
+    assert trial["status"] == "terminated", trial["stop_reason"]
+    train_size = len(load_dataset(spec.data, spec.seed).train_y)
+    for epoch in trial["history"]:
+        assert epoch["duplicate_samples"] == 0  # no sample trained by both ranks
+        assert epoch["train_samples"] == 2 * (train_size // 2)  # both ranks trained a full half
+    assert trial["best"]["val_acc"] > 0.5
+    assert trial["checkpoint"] and Path(trial["checkpoint"], "state.pt").exists()
+
+
+def test_same_spec_and_seed_twice_gives_identical_results(ray_local, make_spec):
+    changes = {"model": {"dropout": 0.25, "filters": {"grid": [4, 8]}}, "data": {"augment": [{"name": "hflip"}]}}
+    first = run_sweep(make_spec(name="repeat-a", **changes), echo=quiet)
+    second = run_sweep(make_spec(name="repeat-b", **changes), echo=quiet)
+    by_config = lambda s: {str(t["config"]): metrics_only(t["history"]) for t in s["trials"]}  # noqa: E731
+    assert by_config(first) == by_config(second)
+
+
+def test_augmentation_touches_training_batches_only(ray_local, make_spec):
+    # Flip every training image: the reported val metrics must equal the checkpoint's metrics on
+    # the untouched validation images, not on flipped ones.
+    spec = make_spec(
+        name="augment",
+        data={"augment": [{"name": "hflip", "p": 1.0}, {"name": "random_crop", "padding": 1}]},
+        checkpoint={"keep": None},
+    )
+    summary = run_sweep(spec, echo=quiet)
+    (trial,) = summary["trials"]
+    model, trial_spec = load_model(trial["checkpoint"])
+    epoch = torch.load(Path(trial["checkpoint"], "state.pt"), weights_only=True)["epoch"]
+    reported = next(h for h in trial["history"] if h["epoch"] == epoch)
+
+    data = load_dataset(trial_spec.data, trial_spec.seed)
+    val_loss, val_acc = evaluate(model, data.val_x, data.val_y, None)
+    assert val_loss == pytest.approx(reported["val_loss"], rel=1e-5)
+    assert val_acc == pytest.approx(reported["val_acc"])
+    flipped = augment_batch(data.val_x, trial_spec.data.augment[:1], torch.Generator())
+    assert evaluate(model, flipped, data.val_y, None)[0] != pytest.approx(reported["val_loss"], rel=1e-3)
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_paths_train_correctly_on_cpu(ray_local, make_spec, amp):
+    reference = run_sweep(make_spec(name=f"amp-off-{amp}", train={"epochs": 3}), echo=quiet)
+    mixed = run_sweep(make_spec(name=f"amp-{amp}", train={"epochs": 3, "amp": amp}), echo=quiet)
+    ref_acc = reference["best"]["metrics"]["val_acc"]
+    amp_acc = mixed["best"]["metrics"]["val_acc"]
+    assert amp_acc > 0.8
+    assert abs(amp_acc - ref_acc) < 0.1
+    # Really a different arithmetic, not fp32 under another name:
+    assert mixed["trials"][0]["history"][0]["train_loss"] != reference["trials"][0]["history"][0]["train_loss"]
+
+
+def test_a_killed_trial_resumes_from_its_checkpoint_with_identical_results(ray_local, make_spec):
+    changes = {
+        "data": {"name": "synthetic", "num_samples": 3000, "image_size": 16},
+        "model": {"filters": 32, "dropout": 0.1, "num_fc_layers": 2},
+        "train": {"epochs": 6},
+        "checkpoint": {"keep": None},
+    }
+    uninterrupted = run_sweep(make_spec(name="no-crash", **changes), echo=quiet)
+
+    spec = make_spec(name="crash", **changes)
+    killer = threading.Thread(target=_kill_trial_after_checkpoint, args=(Path(spec.storage.uri) / "crash", 2))
+    killer.start()
+    crashed = run_sweep(spec, echo=quiet)
+    killer.join()
+
+    (before,), (after,) = uninterrupted["trials"], crashed["trials"]
+    assert after["restarts"] == 1
+    assert after["status"] == "terminated"
+    assert [h["epoch"] for h in after["history"]] == list(range(1, 7))  # every epoch counted once
+    assert after["history"][-1]["resumed_from_epoch"] >= 2  # continued, did not start over
+    assert metrics_only(after["history"]) == metrics_only(before["history"])
+
+
+def _kill_trial_after_checkpoint(sweep_dir: Path, epoch: int, timeout_s: float = 120) -> None:
+    """SIGKILL the trial's worker process once the checkpoint of ``epoch`` exists."""
+    from ray.util.state import list_actors
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if list(sweep_dir.glob(f"*/checkpoint_{epoch - 1:06d}")):
+            for actor in list_actors(filters=[("state", "=", "ALIVE")]):
+                if actor.class_name == "ImplicitFunc":  # Tune's wrapper around a function trainable
+                    os.kill(actor.pid, signal.SIGKILL)
+                    return
+        time.sleep(0.02)
+    raise AssertionError("the trial never reached the checkpoint to kill it at")
