@@ -44,13 +44,12 @@ def _domain(primitive):
     raise TypeError(f"not a search primitive: {primitive!r}")
 
 
-def searcher(spec: SweepSpec):
-    """Grid and random both go through Tune's variant generator; the seed makes samples repeatable."""
+def searcher(spec: SweepSpec, max_concurrent: int | None = None):
+    """Grid and random both go through Tune's variant generator; the seed makes samples repeatable.
+    ``max_concurrent`` caps running trials (None: as many as the cluster's resources allow)."""
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    return BasicVariantGenerator(
-        random_state=spec.seed, max_concurrent=spec.resources.max_concurrent_trials or 0
-    )
+    return BasicVariantGenerator(random_state=spec.seed, max_concurrent=max_concurrent or 0)
 
 
 def scheduler(spec: SweepSpec):

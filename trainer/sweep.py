@@ -55,10 +55,9 @@ def run_sweep(spec: SweepSpec, *, echo: Callable[[str], None] = print) -> dict:
         tune_config=tune.TuneConfig(
             metric=spec.objective.metric,
             mode=spec.objective.mode,
-            search_alg=space.searcher(spec),
+            search_alg=space.searcher(spec, max_concurrent=_max_concurrent(spec)),
             scheduler=space.scheduler(spec),
             num_samples=spec.search.num_samples,
-            max_concurrent_trials=_max_concurrent(spec),
             # A fresh Python worker per trial costs seconds; 1-worker trials reuse theirs.
             reuse_actors=spec.resources.workers_per_trial == 1,
             trial_dirname_creator=_trial_dirname,
@@ -90,8 +89,9 @@ def _trial_resources(spec: SweepSpec) -> dict:
     r = spec.resources
     if r.workers_per_trial == 1:
         return {"cpu": r.cpus_per_worker, "gpu": r.gpus_per_worker}
-    # N workers: the trial only starts a TorchTrainer; its workers reserve their own CPUs/GPUs.
-    return {"cpu": 0}
+    # N workers: the trial only starts a TorchTrainer, whose workers reserve their own CPUs/GPUs.
+    # Ray refuses an empty request, so the coordinator reserves a token 1 MiB of memory, no CPU.
+    return {"cpu": 0, "memory": 2**20}
 
 
 def _max_concurrent(spec: SweepSpec) -> int | None:

@@ -69,11 +69,14 @@ def test_every_trial_validates_on_the_same_split_disjoint_from_train(ray_local, 
 @pytest.mark.parametrize("scheduler", ["asha", "hyperband"])
 def test_early_stopping_schedulers_stop_weaker_trials(ray_local, make_spec, scheduler):
     # Learning rates from good to hopeless; one trial at a time so later weak trials meet a full rung.
+    # HyperBand (synchronous) fills its no-early-stop bracket first and compares whole brackets:
+    # give it enough trials to reach the others and let them run side by side.
     spec = make_spec(
         name=f"stop-{scheduler}",
         train={"epochs": 4, "optimizer": {"lr": {"grid": [3e-3, 1e-3, 1e-5, 3e-6, 1e-6, 5e-7]}}},
+        search={"num_samples": 2 if scheduler == "hyperband" else 1},
         scheduler={"name": scheduler, "grace_period": 1, "reduction_factor": 2},
-        resources={"max_concurrent_trials": 1},
+        resources={"max_concurrent_trials": 1 if scheduler == "asha" else None},
     )
     summary = run_sweep(spec, echo=quiet)
     stopped = [t for t in summary["trials"] if t["status"] == "stopped_early"]
