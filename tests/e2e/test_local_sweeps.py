@@ -144,6 +144,7 @@ def test_mixed_precision_paths_train_correctly_on_cpu(ray_local, make_spec, amp)
 
 def test_a_killed_trial_resumes_from_its_checkpoint_with_identical_results(ray_local, make_spec):
     changes = {
+        # ~0.3 s epochs: slow enough to be killed between two of them
         "data": {"name": "synthetic", "num_samples": 3000, "image_size": 16},
         "model": {"filters": 32, "dropout": 0.1, "num_fc_layers": 2},
         "train": {"epochs": 6},
@@ -152,10 +153,14 @@ def test_a_killed_trial_resumes_from_its_checkpoint_with_identical_results(ray_l
     uninterrupted = run_sweep(make_spec(name="no-crash", **changes), echo=quiet)
 
     spec = make_spec(name="crash", **changes)
-    killer = threading.Thread(target=_kill_trial_after_checkpoint, args=(Path(spec.storage.uri) / "crash", 2))
+    killed_pids: list[int] = []
+    killer = threading.Thread(
+        target=_kill_trial_after_checkpoint, args=(Path(spec.storage.uri) / "crash", 2, killed_pids)
+    )
     killer.start()
     crashed = run_sweep(spec, echo=quiet)
     killer.join()
+    assert killed_pids, "the trial finished before it could be killed"
 
     (before,), (after,) = uninterrupted["trials"], crashed["trials"]
     assert after["restarts"] == 1
@@ -165,16 +170,19 @@ def test_a_killed_trial_resumes_from_its_checkpoint_with_identical_results(ray_l
     assert metrics_only(after["history"]) == metrics_only(before["history"])
 
 
-def _kill_trial_after_checkpoint(sweep_dir: Path, epoch: int, timeout_s: float = 120) -> None:
-    """SIGKILL the trial's worker process once the checkpoint of ``epoch`` exists."""
-    from ray.util.state import list_actors
-
+def _kill_trial_after_checkpoint(sweep_dir: Path, epoch: int, killed: list[int], timeout_s: float = 120) -> None:
+    """SIGKILL the trial's worker process as soon as the checkpoint of ``epoch`` is in storage.
+    Ray titles a function trainable's actor process ``ray::ImplicitFunc...``."""
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         if list(sweep_dir.glob(f"*/checkpoint_{epoch - 1:06d}")):
-            for actor in list_actors(filters=[("state", "=", "ALIVE")]):
-                if actor.class_name == "ImplicitFunc":  # Tune's wrapper around a function trainable
-                    os.kill(actor.pid, signal.SIGKILL)
-                    return
-        time.sleep(0.02)
-    raise AssertionError("the trial never reached the checkpoint to kill it at")
+            for proc in Path("/proc").iterdir():
+                try:
+                    title = (proc / "cmdline").read_bytes().decode(errors="replace")
+                except OSError:
+                    continue
+                if proc.name.isdigit() and title.startswith("ray::ImplicitFunc"):
+                    os.kill(int(proc.name), signal.SIGKILL)
+                    killed.append(int(proc.name))
+            return
+        time.sleep(0.01)
