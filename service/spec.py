@@ -286,6 +286,11 @@ class CheckpointSpec(_Strict):
     keep: PositiveInt | None = 2  # best checkpoints kept per trial (by the objective); None keeps all
 
 
+class MetricsSpec(_Strict):
+    # The sweep driver's Prometheus exporter (http://HOST:PORT/metrics); 0 turns it off.
+    port: Annotated[int, Field(ge=0, le=65535)] = 9500
+
+
 DNS1123 = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 
@@ -301,6 +306,7 @@ class SweepSpec(_Strict):
     resources: ResourcesSpec = ResourcesSpec()
     storage: StorageSpec = StorageSpec()
     checkpoint: CheckpointSpec = CheckpointSpec()
+    metrics: MetricsSpec = MetricsSpec()
 
     @model_validator(mode="after")
     def _search_fits_space(self):

@@ -119,7 +119,10 @@ def fit(spec: SweepSpec, session) -> None:
         with tempfile.TemporaryDirectory(prefix="ckpt-") as ckpt_dir:
             checkpoint = None
             if wants_checkpoint and rank == 0:
+                write_start = time.perf_counter()
                 save_checkpoint(ckpt_dir, spec, data, model, optimizer, lr_schedule, scaler, epoch)
+                metrics["checkpoint_seconds"] = time.perf_counter() - write_start  # serialize + local write
+                metrics["checkpoint_bytes"] = sum(f.stat().st_size for f in Path(ckpt_dir).iterdir())
                 checkpoint = session.Checkpoint.from_directory(ckpt_dir)
             session.report(metrics, checkpoint=checkpoint)
 

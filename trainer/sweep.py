@@ -30,12 +30,13 @@ SUMMARY = "summary.json"
 SPEC = "spec.yaml"
 METRIC_KEYS = (
     "val_acc", "val_loss", "train_acc", "train_loss", "lr", "samples_per_second", "epoch_seconds",
-    "resumed_from_epoch", "train_samples", "duplicate_samples",
+    "resumed_from_epoch", "train_samples", "duplicate_samples", "checkpoint_seconds", "checkpoint_bytes",
 )
 
 
-def run_sweep(spec: SweepSpec, *, echo: Callable[[str], None] = print) -> dict:
-    """Run the whole sweep in-process (embedded Ray) and return the summary that was written."""
+def run_sweep(spec: SweepSpec, *, echo: Callable[[str], None] = print, callbacks: list = ()) -> dict:
+    """Run the whole sweep in-process (embedded Ray) and return the summary that was written.
+    ``callbacks``: more Tune callbacks (e.g. the metrics exporter), called after our monitor."""
     import ray
     from ray import tune
 
@@ -72,7 +73,7 @@ def run_sweep(spec: SweepSpec, *, echo: Callable[[str], None] = print) -> dict:
             ),
             # A crashed trial (killed worker, lost node) restarts from its last checkpoint.
             failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
-            callbacks=[monitor],
+            callbacks=[monitor, *callbacks],
             verbose=0,  # our monitor prints one progress line instead of Tune's tables
         ),
     )
