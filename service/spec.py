@@ -132,11 +132,17 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0, lt=1)]
 
 # ----------------------------------------------------------------------------- data
-DATASETS = ("synthetic", "digits", "cifar10", "cifar100")
+DATASETS = ("synthetic", "digits", "mnist", "fashion_mnist", "cifar10", "cifar100")
+ON_DISK = ("mnist", "fashion_mnist", "cifar10", "cifar100")  # read from data.path in the official format
 
 
 class HFlip(_Strict):
     name: Literal["hflip"]
+    p: Annotated[float, Field(ge=0, le=1)] = 0.5  # probability per image
+
+
+class VFlip(_Strict):
+    name: Literal["vflip"]
     p: Annotated[float, Field(ge=0, le=1)] = 0.5  # probability per image
 
 
@@ -145,13 +151,42 @@ class RandomCrop(_Strict):
     padding: Annotated[int, Field(ge=1)] = 4  # pixels of zero padding on each side before cropping
 
 
-Augmentation = Annotated[Union[HFlip, RandomCrop], Field(discriminator="name")]
+class Rotation(_Strict):
+    name: Literal["rotation"]
+    degrees: Annotated[float, Field(gt=0, le=180)] = 15  # uniform in [-degrees, +degrees]
+
+
+class ColorJitter(_Strict):
+    """Per-image factors drawn uniformly from [1 - x, 1 + x] (x = 0: unchanged)."""
+
+    name: Literal["color_jitter"]
+    brightness: Annotated[float, Field(ge=0, lt=1)] = 0.2
+    contrast: Annotated[float, Field(ge=0, lt=1)] = 0.2
+    saturation: Annotated[float, Field(ge=0, lt=1)] = 0.2  # colour images only
+
+
+class Affine(_Strict):
+    name: Literal["affine"]
+    translate: Annotated[float, Field(ge=0, lt=1)] = 0.1  # max shift, fraction of width/height
+    scale: tuple[PositiveFloat, PositiveFloat] = (0.9, 1.1)  # zoom factor range
+    shear: Annotated[float, Field(ge=0, lt=90)] = 0  # max shear, degrees
+
+
+Augmentation = Annotated[
+    Union[HFlip, VFlip, RandomCrop, Rotation, ColorJitter, Affine], Field(discriminator="name")
+]
 
 
 class DataSpec(_Strict):
-    name: Literal["synthetic", "digits", "cifar10", "cifar100"]
-    path: str | None = None  # local dir or .tar.gz in the dataset's official format (cifar*)
+    name: Literal["synthetic", "digits", "mnist", "fashion_mnist", "cifar10", "cifar100"]
+    # mnist/fashion_mnist/cifar*: a local directory or file, or s3://bucket/key (fetched once per
+    # node into the cache), in the dataset's official format (CIFAR python pickles or their .tar.gz,
+    # MNIST idx files, gzipped or not).
+    path: str | None = None
+    sha256: str | None = None  # of the file at `path` (an archive), checked before it is read
+    download: bool = False  # fetch the official files into `path` with torchvision when missing
     val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1  # of the official training split
+    val_split: Literal["random", "stratified"] = "random"  # stratified: same class mix as train
     augment: list[Augmentation] = []  # applied to training batches only, never to validation
     # synthetic only: a class-dependent pattern plus noise
     num_samples: PositiveInt = 2048  # train+val images (a test split of the same size/4 is added)
@@ -161,11 +196,15 @@ class DataSpec(_Strict):
 
     @model_validator(mode="after")
     def _path_where_needed(self):
-        if self.name.startswith("cifar") and not self.path:
+        if self.name in ON_DISK and not self.path:
             raise ValueError(
-                f"data.path is required for {self.name}: a 'cifar-*-batches-py' / "
-                "'cifar-100-python' directory or the official .tar.gz"
+                f"data.path is required for {self.name}: a local directory/file or s3:// URI with the "
+                "official files (set data.download: true to fetch them into a local data.path)"
             )
+        if self.download and self.path and "://" in self.path and not self.path.startswith("file://"):
+            raise ValueError("data.download needs a local data.path to download into")
+        if self.sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", self.sha256):
+            raise ValueError("data.sha256 must be 64 lowercase hex digits")
         return self
 
 
@@ -174,11 +213,24 @@ Activation = Literal["relu", "leaky_relu", "elu", "silu", "gelu", "sigmoid", "ta
 
 
 class MLPSpec(_Strict):
+    """Fully connected net. Widths: an explicit list, or a schedule from the input size down."""
+
     name: Literal["mlp"]
-    hidden_sizes: Tunable[list[PositiveInt]] = [256, 128]  # units per hidden layer
+    hidden_sizes: Tunable[list[PositiveInt]] | None = None  # units per hidden layer (default [256, 128])
+    # halve/quarter: each hidden layer has 1/2 (1/4) the width of the one before, starting from
+    # the flattened input size, while wider than the number of classes (at most num_layers layers).
+    width_schedule: Tunable[Literal["halve", "quarter"]] | None = None
+    num_layers: Tunable[PositiveInt] = 4  # cap on hidden layers for width_schedule
+    residual: Tunable[bool] = False  # skip connection around every hidden layer (projected if widths differ)
     activation: Tunable[Activation] = "relu"
     dropout: Tunable[Fraction] = 0.0  # probability
     batchnorm: Tunable[bool] = False
+
+    @model_validator(mode="after")
+    def _one_width_rule(self):
+        if self.hidden_sizes is not None and self.width_schedule is not None:
+            raise ValueError("give either hidden_sizes or width_schedule, not both")
+        return self
 
 
 class CNNSpec(_Strict):
@@ -197,35 +249,84 @@ class CNNSpec(_Strict):
     activation: Tunable[Activation] = "relu"
 
 
+class CIFAR10NetSpec(_Strict):
+    """Seed 001's net: (conv→bn→relu→pool) ×2, then 3 fully connected layers with bn and dropout."""
+
+    name: Literal["cifar10net"]
+    conv_channels: Tunable[list[PositiveInt]] = [32, 64]  # output channels of the two conv blocks
+    fc1: Tunable[PositiveInt] = 256  # units
+    fc2: Tunable[PositiveInt] = 128  # units
+    dropout: Tunable[Fraction] = 0.5  # probability, after each hidden fc layer
+    activation: Tunable[Activation] = "relu"
+
+
+class SmallResNetSpec(_Strict):
+    """Seed 002's residual CNN for CIFAR-100: stem → residual block (h_1) → downsample → residual
+    block (h_2) → global average pool → dropout → linear."""
+
+    name: Literal["small_resnet"]
+    h_1: Tunable[PositiveInt] = 64  # channels of the first stage
+    h_2: Tunable[PositiveInt] = 128  # channels of the second stage
+    dropout: Tunable[Fraction] = 0.2  # probability, before the classifier
+    activation: Tunable[Activation] = "relu"
+
+
 class ResNetSpec(_Strict):
+    """torchvision ResNet-18/34/50, trained from scratch or transferred (frozen backbone or finetuned)."""
+
     name: Literal["resnet"]
     depth: Tunable[Literal[18, 34, 50]] = 18
-    cifar_stem: Tunable[bool] = True  # 3x3 stride-1 stem, no max-pool: for 32x32 inputs
+    cifar_stem: Tunable[bool] = False  # 3x3 stride-1 stem, no max-pool: for 32x32 inputs from scratch
+    mode: Tunable[Literal["scratch", "frozen", "finetune"]] = "scratch"  # frozen: train the head only
+    pretrained: Literal["none", "imagenet"] = "none"  # imagenet: torchvision's weights (needs network)
+    weights_uri: str | None = None  # backbone state_dict (local path or s3://), loaded weights_only
+    head: Tunable[Literal["linear", "mlp"]] = "linear"
+    head_widths: Tunable[list[PositiveInt]] = [256]  # mlp head: units per hidden layer
+    head_activation: Tunable[Activation] = "relu"
+    head_dropout: Tunable[Fraction] = 0.0  # probability, before each head layer
+    resize: PositiveInt | None = None  # upsample inputs to resize×resize pixels (e.g. 224) first
+
+    @model_validator(mode="after")
+    def _transfer_needs_weights(self):
+        if self.pretrained == "imagenet" and self.weights_uri:
+            raise ValueError("give either pretrained: imagenet or weights_uri, not both")
+        if self.mode in ("frozen", "finetune") and self.pretrained == "none" and not self.weights_uri:
+            raise ValueError(
+                f"mode {self.mode!r} transfers learned weights: set pretrained: imagenet or weights_uri "
+                "(or mode: scratch to train from random initialization)"
+            )
+        return self
 
 
-ModelSpec = Annotated[Union[MLPSpec, CNNSpec, ResNetSpec], Field(discriminator="name")]
+ModelSpec = Annotated[
+    Union[MLPSpec, CNNSpec, CIFAR10NetSpec, SmallResNetSpec, ResNetSpec], Field(discriminator="name")
+]
 
 
 # ----------------------------------------------------------------------------- training
 class OptimizerSpec(_Strict):
-    name: Literal["sgd", "adam", "adamw"] = "adam"
-    lr: Tunable[PositiveFloat] = 1.0e-3  # learning rate per step
+    name: Tunable[Literal["sgd", "adam", "adamw", "adagrad", "adadelta"]] = "adam"
+    lr: Tunable[PositiveFloat] = 1.0e-3  # learning rate per step (adadelta: a scale, usually 1.0)
     momentum: Tunable[Annotated[float, Field(ge=0, lt=1)]] = 0.9  # sgd only
-    nesterov: bool = False  # sgd only
+    nesterov: Tunable[bool] = False  # sgd only (needs momentum > 0)
     weight_decay: Tunable[Annotated[float, Field(ge=0)]] = 0.0  # L2 coefficient per step
 
 
 class LRScheduleSpec(_Strict):
-    name: Literal["none", "cosine", "step", "exponential"] = "none"
+    """Stepped once per epoch, except onecycle (once per batch)."""
+
+    name: Tunable[Literal["none", "exponential", "cosine", "onecycle", "step"]] = "none"
+    gamma: Tunable[Annotated[float, Field(gt=0, le=1)]] = 0.9  # exponential/step: factor per decay
     step_size: PositiveInt = 10  # step: epochs between decays
-    gamma: Tunable[Annotated[float, Field(gt=0, le=1)]] = 0.1  # step/exponential: factor per decay
+    max_lr: Tunable[PositiveFloat] | None = None  # onecycle: peak lr (default 10 × optimizer.lr)
 
 
 class TrainSpec(_Strict):
-    epochs: PositiveInt = 10  # also the scheduler's max_t
+    epochs: Tunable[PositiveInt] = 10  # also the scheduler's max_t
     batch_size: Tunable[PositiveInt] = 64  # images per step per worker
     optimizer: OptimizerSpec = OptimizerSpec()
     lr_schedule: LRScheduleSpec = LRScheduleSpec()
+    label_smoothing: Tunable[Annotated[float, Field(ge=0, lt=1)]] = 0.0  # cross-entropy target smoothing
     # auto: bf16 on CUDA with bf16 and on CPUs with native bf16 (AVX512-BF16/AMX), fp16 on older
     # GPUs, fp32 elsewhere (emulated bf16 is several times slower than fp32).
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"

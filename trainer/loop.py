@@ -14,20 +14,23 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import os
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from ray.train.v2.api.callback import UserCallback
 
 from service.spec import SweepSpec, concrete
 from trainer.data import SplitData, augment_batch, epoch_batches, load_dataset
 from trainer.models import build_model
 
-CHECKPOINT_STATE = "state.pt"  # torch.save of model/optimizer/schedule/scaler state + epoch
+CHECKPOINT_STATE = "state.pt"  # torch.save of model/optimizer/scaler state + epoch
 CHECKPOINT_SPEC = "spec.json"  # the trial's concrete spec: enough to rebuild the model
 
 
@@ -44,26 +47,33 @@ def fit(spec: SweepSpec, session) -> None:
 
     torch.manual_seed(spec.seed)  # same init on every rank and for every trial of this seed
     model = build_model(spec.model, data.input_shape, data.num_classes).to(device)
-    optimizer = _optimizer(spec, model.parameters())
-    lr_schedule = _lr_schedule(spec, optimizer)
+    # Frozen transfer learning trains only the head: the optimizer never sees frozen weights.
+    optimizer = _optimizer(spec, [p for p in model.parameters() if p.requires_grad])
     amp_dtype = autocast_dtype(spec.train.amp, device)
     # fp16 needs loss scaling to keep small gradients from underflowing; bf16 and fp32 do not.
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    steps_per_epoch = math.ceil((len(train_y) // world_size) / spec.train.batch_size)
+
+    # Resume: after a crash (our own checkpoint) or a PBT exploit (the donor trial's checkpoint).
+    first_epoch, restored = 1, {}
+    checkpoint = session.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as ckpt_dir:
+            state = torch.load(Path(ckpt_dir) / CHECKPOINT_STATE, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        _apply_hyperparameters(optimizer, spec)  # this trial's (possibly mutated) values win
+        scaler.load_state_dict(state["scaler"])
+        first_epoch = state["epoch"] + 1
+        restored = {"restored_from": checkpoint.path, "restored_weights": weights_digest(model)}
+    # The lr schedule is a function of (spec, steps done): rebuilt, not restored, so a PBT
+    # mutation of the learning rate takes effect from the restored step on.
+    lr_schedule = _lr_schedule(spec, optimizer, steps_per_epoch, steps_done=(first_epoch - 1) * steps_per_epoch)
+    per_batch_schedule = spec.train.lr_schedule.name == "onecycle"
     if world_size > 1:
         import ray.train.torch
 
         model = ray.train.torch.prepare_model(model)  # DDP wrapper (gloo on CPU, nccl on GPU)
-
-    first_epoch = 1
-    checkpoint = session.get_checkpoint()  # set when Tune restarts or restores this trial
-    if checkpoint is not None:
-        with checkpoint.as_directory() as ckpt_dir:
-            state = torch.load(Path(ckpt_dir) / CHECKPOINT_STATE, map_location=device, weights_only=True)
-        _unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        lr_schedule.load_state_dict(state["lr_schedule"])
-        scaler.load_state_dict(state["scaler"])
-        first_epoch = state["epoch"] + 1
 
     for epoch in range(first_epoch, spec.train.epochs + 1):
         epoch_start = time.perf_counter()
@@ -79,18 +89,21 @@ def fit(spec: SweepSpec, session) -> None:
         )
         for batch in batches:
             batch = batch.to(device)
-            x = augment_batch(train_x[batch], spec.data.augment, augment_rng)  # train data only
+            x = augment_batch(train_x[batch], spec.data.augment, augment_rng, data.mean, data.std)  # train only
             y = train_y[batch]
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 logits = model(x)
-                loss = F.cross_entropy(logits, y)
+                loss = F.cross_entropy(logits, y, label_smoothing=spec.train.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+            if per_batch_schedule:
+                lr_schedule.step()
             loss_sum += loss.detach().float() * len(y)
             correct += (logits.argmax(1) == y).sum()
-        lr_schedule.step()
+        if not per_batch_schedule:
+            lr_schedule.step()
         samples = sum(len(b) for b in batches)
         train_loss, train_acc, train_samples = _global_mean(loss_sum, correct, samples, world_size)
         train_seconds = time.perf_counter() - epoch_start
@@ -110,6 +123,7 @@ def fit(spec: SweepSpec, session) -> None:
             "train_samples": train_samples,
             "resumed_from_epoch": first_epoch - 1,  # 0 = fresh start
             "val_split": _fingerprint(data.val_indices),  # the same for every trial of a sweep
+            **(restored if epoch == first_epoch else {}),
         }
         if world_size > 1:
             metrics["duplicate_samples"] = _samples_seen_twice(batches, len(train_y), device)
@@ -120,7 +134,7 @@ def fit(spec: SweepSpec, session) -> None:
             checkpoint = None
             if wants_checkpoint and rank == 0:
                 write_start = time.perf_counter()
-                save_checkpoint(ckpt_dir, spec, data, model, optimizer, lr_schedule, scaler, epoch)
+                save_checkpoint(ckpt_dir, spec, data, model, optimizer, scaler, epoch)
                 metrics["checkpoint_seconds"] = time.perf_counter() - write_start  # serialize + local write
                 metrics["checkpoint_bytes"] = sum(f.stat().st_size for f in Path(ckpt_dir).iterdir())
                 checkpoint = session.Checkpoint.from_directory(ckpt_dir)
@@ -144,14 +158,13 @@ def evaluate(model, x, y, amp_dtype, rank: int = 0, world_size: int = 1, batch_s
     return loss, acc
 
 
-def save_checkpoint(directory, spec, data, model, optimizer, lr_schedule, scaler, epoch: int) -> None:
+def save_checkpoint(directory, spec, data, model, optimizer, scaler, epoch: int) -> None:
     state = {
         # what rebuilding the model needs without reading the dataset again
         "input_shape": list(data.input_shape),
         "class_names": list(data.class_names),
         "model": _unwrap(model).state_dict(),
         "optimizer": optimizer.state_dict(),
-        "lr_schedule": lr_schedule.state_dict(),
         "scaler": scaler.state_dict(),
         "epoch": epoch,
     }
@@ -182,23 +195,62 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 # ----------------------------------------------------------------------------- small parts
 def _optimizer(spec: SweepSpec, params):
     o = spec.train.optimizer
-    if o.name == "sgd":
-        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay)
-    if o.name == "adamw":
-        return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
-    return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+    optimizers = {
+        "sgd": lambda: torch.optim.SGD(
+            params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0, weight_decay=o.weight_decay
+        ),
+        "adam": lambda: torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay),
+        "adamw": lambda: torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay),
+        "adagrad": lambda: torch.optim.Adagrad(params, lr=o.lr, weight_decay=o.weight_decay),
+        "adadelta": lambda: torch.optim.Adadelta(params, lr=o.lr, weight_decay=o.weight_decay),
+    }
+    return optimizers[o.name]()
 
 
-def _lr_schedule(spec: SweepSpec, optimizer):
-    """Stepped once per epoch."""
+def _apply_hyperparameters(optimizer, spec: SweepSpec) -> None:
+    """Overwrite restored optimizer hyperparameters with this trial's (PBT may have mutated them)."""
+    o = spec.train.optimizer
+    for group in optimizer.param_groups:
+        group["lr"] = o.lr
+        group.pop("initial_lr", None)  # set again by the lr schedule from the new lr
+        if "weight_decay" in group:
+            group["weight_decay"] = o.weight_decay
+        if "momentum" in group:
+            group["momentum"] = o.momentum
+
+
+def _lr_schedule(spec: SweepSpec, optimizer, steps_per_epoch: int, steps_done: int = 0):
+    """The lr schedule, fast-forwarded by ``steps_done`` steps (epochs; batches for onecycle)."""
     s, epochs = spec.train.lr_schedule, spec.train.epochs
-    if s.name == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-    if s.name == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=s.step_size, gamma=s.gamma)
-    if s.name == "exponential":
-        return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=s.gamma)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+    schedules = {
+        "none": lambda: torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0),
+        "cosine": lambda: torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs),
+        "step": lambda: torch.optim.lr_scheduler.StepLR(optimizer, step_size=s.step_size, gamma=s.gamma),
+        "exponential": lambda: torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=s.gamma),
+        "onecycle": lambda: torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=s.max_lr or 10 * spec.train.optimizer.lr,
+            total_steps=epochs * steps_per_epoch,
+        ),
+    }
+    schedule = schedules[s.name]()
+    if s.name != "onecycle":
+        steps_done //= steps_per_epoch  # epoch-stepped schedules count epochs
+    with warnings.catch_warnings():  # replaying steps without optimizer steps is intended here
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+        for _ in range(steps_done):
+            schedule.step()
+    return schedule
+
+
+def weights_digest(model) -> str:
+    """sha256 over the model's state (names, dtypes and bytes): equal digests, equal weights."""
+    digest = hashlib.sha256()
+    for name, tensor in _unwrap(model).state_dict().items():
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
@@ -263,14 +315,27 @@ def tune_trial(trial_config: dict, *, spec_json: str) -> None:
     spec = concrete(SweepSpec.model_validate_json(spec_json), trial_config)
     if spec.resources.workers_per_trial == 1:
         fit(spec, ray.tune)
-        return
+    else:
+        _fit_distributed(spec)
+
+
+def _fit_distributed(spec: SweepSpec) -> None:
+    """N workers: a TorchTrainer runs ``fit`` under DDP; every report is passed on to Tune *with*
+    its checkpoint, so Tune holds the trial's checkpoints as it does for 1-worker trials (crash
+    restarts and PBT exploits then work the same way), and a restarted or exploited trial hands
+    Tune's checkpoint to the new worker group."""
+    import threading
+    import uuid
 
     import ray.train
+    import ray.tune
     from ray.train.torch import TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
+    from ray.util.queue import Queue
 
+    reports = Queue(maxsize=1, actor_options={"num_cpus": 0})  # back-pressure: one report in flight
     r = spec.resources
     context = ray.tune.get_context()
+    start_from = ray.tune.get_checkpoint()
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={"spec_json": spec.model_dump_json()},
@@ -280,14 +345,44 @@ def tune_trial(trial_config: dict, *, spec_json: str) -> None:
             resources_per_worker={"CPU": r.cpus_per_worker, "GPU": r.gpus_per_worker},
         ),
         run_config=ray.train.RunConfig(
-            # Ray Train keeps this run's checkpoints beside the trial; a restored trial reuses it.
-            name=f"train-{context.get_trial_id()}",
+            # A fresh run per trial start: it must begin from Tune's checkpoint, not its own.
+            name=f"train-{context.get_trial_id()}-{uuid.uuid4().hex[:8]}",
             storage_path=str(Path(context.get_trial_dir()).parent),
-            callbacks=[TuneReportCallback()],
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=spec.checkpoint.keep),
+            callbacks=[_ForwardReports(reports)],
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),  # Tune keeps the copies
+        ),
+        resume_from_checkpoint=(
+            ray.train.Checkpoint(start_from.path, filesystem=start_from.filesystem) if start_from else None
         ),
     )
-    trainer.fit()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            trainer.fit()
+        except BaseException as err:  # re-raised in the trial thread below
+            failure.append(err)
+        finally:
+            reports.put(None)
+
+    threading.Thread(target=run, name="torch-trainer", daemon=True).start()
+    while (item := reports.get()) is not None:
+        metrics, checkpoint_path, filesystem = item
+        checkpoint = ray.tune.Checkpoint(checkpoint_path, filesystem=filesystem) if checkpoint_path else None
+        ray.tune.report(metrics, checkpoint=checkpoint)
+    if failure:
+        raise failure[0]
+
+
+class _ForwardReports(UserCallback):
+    """Ray Train callback (runs in the Train controller): rank 0's metrics + checkpoint → queue."""
+
+    def __init__(self, queue):
+        self.queue = queue
+
+    def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
+        path, filesystem = (checkpoint.path, checkpoint.filesystem) if checkpoint else (None, None)
+        self.queue.put((dict(metrics[0]), path, filesystem))
 
 
 def _train_worker(loop_config: dict) -> None:

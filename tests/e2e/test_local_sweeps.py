@@ -19,7 +19,8 @@ from trainer.loop import evaluate
 from trainer.sweep import run_sweep
 
 pytestmark = pytest.mark.slow
-TIMING_KEYS = {"samples_per_second", "epoch_seconds"}
+# Timings vary run to run; checkpoint size varies with the sweep name stored inside it.
+TIMING_KEYS = {"samples_per_second", "epoch_seconds", "checkpoint_seconds", "checkpoint_bytes"}
 
 
 def quiet(_line: str) -> None:
@@ -166,7 +167,9 @@ def test_a_killed_trial_resumes_from_its_checkpoint_with_identical_results(ray_l
     assert after["restarts"] == 1
     assert after["status"] == "terminated"
     assert [h["epoch"] for h in after["history"]] == list(range(1, 7))  # every epoch counted once
-    assert after["history"][-1]["resumed_from_epoch"] >= 2  # continued, did not start over
+    # Continued from a checkpoint (epoch 1 or 2, depending on whether Tune had registered the
+    # newest one when the process died), not from scratch:
+    assert after["history"][-1]["resumed_from_epoch"] >= 1
     assert metrics_only(after["history"]) == metrics_only(before["history"])
 
 
