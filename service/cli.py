@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from service.loading import SpecError, load_spec
-from service.spec import SweepSpec, num_trials, search_space
+from service.spec import SweepSpec, max_epochs, num_trials, search_space
 from service.storage import read_json, sweep_dir
 
 EXIT_USER_ERROR = 2
@@ -47,6 +47,10 @@ def _parser() -> argparse.ArgumentParser:
 
     p = spec_verb("run", "Run a sweep here: embedded Ray, results under the spec's storage.")
     p.add_argument("--top", type=int, default=5, help="rows in the final leaderboard (default 5)")
+    p.add_argument(
+        "--metrics-port", type=int, metavar="PORT",
+        help="Prometheus exporter port (same as --set metrics.port=PORT; default 9500, 0 turns it off)",
+    )
     p.set_defaults(func=cmd_run)
 
     p = verbs.add_parser("leaderboard", help="Print the top trials of a finished or running sweep.")
@@ -54,6 +58,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", default=SweepSpec.model_fields["storage"].default.uri, help="storage URI")
     p.add_argument("--top", type=int, default=5)
     p.set_defaults(func=cmd_leaderboard)
+
+    def report_verb(name: str, help: str):
+        p = verbs.add_parser(name, help=help, description=help)
+        p.add_argument("name", help="sweep name")
+        p.add_argument("--storage", default=SweepSpec.model_fields["storage"].default.uri, help="storage URI")
+        p.add_argument("-o", "--out", metavar="DIR", help="report directory (default <storage>/<name>/report)")
+        p.add_argument("--top", type=int, default=5, help="trials in the leaderboard and learning curves (default 5)")
+        p.add_argument("--heatmap", nargs=2, metavar=("PARAM_X", "PARAM_Y"),
+                       help="heatmap axes, e.g. filters lr (default: the first two grid parameters)")
+        p.add_argument("--overfit-epochs", type=int, default=2, metavar="N",
+                       help="flag overfitting after N epochs of val loss up while train loss goes down (default 2)")
+        return p
+
+    p = report_verb("report", "Write report.html (figures embedded) and the PNGs for a sweep.")
+    p.set_defaults(func=cmd_report)
+    p = report_verb("evaluate", "Evaluate a trial's checkpoint on the test split; add it to the report.")
+    p.add_argument("--trial", metavar="ID", help="trial id (default: the best trial)")
+    p.add_argument("--worst", type=int, default=10, metavar="K", help="worst-classified images to show (default 10)")
+    p.set_defaults(func=cmd_evaluate)
     return parser
 
 
@@ -63,8 +86,8 @@ def describe(spec: SweepSpec) -> str:
     stops = "" if spec.scheduler.name == "fifo" else f"; {spec.scheduler.name} stops weak trials early"
     return (
         f"{spec.name}: {trials} trial{'s' if trials != 1 else ''} ({spec.search.algorithm} search over {varied})\n"
-        f"epoch budget: at most {trials * spec.train.epochs} epochs "
-        f"({trials} × {spec.train.epochs}{stops})"
+        f"epoch budget: at most {trials * max_epochs(spec)} epochs "
+        f"({trials} × {max_epochs(spec)}{stops})"
     )
 
 
@@ -75,7 +98,8 @@ def cmd_validate(args) -> int:
 
 
 def cmd_run(args) -> int:
-    spec = load_spec(args.spec, args.overrides)
+    metrics_port = [] if args.metrics_port is None else [f"metrics.port={args.metrics_port}"]
+    spec = load_spec(args.spec, args.overrides + metrics_port)
     target = sweep_dir(spec.storage.uri, spec.name)
     if target.exists():
         raise UserError(
@@ -83,9 +107,13 @@ def cmd_run(args) -> int:
             f"  Run it under another name (--set name=NEW-NAME) or remove that directory first."
         )
     print(describe(spec), flush=True)
+    from trainer.metrics import MetricsPortInUse
     from trainer.sweep import leaderboard, run_sweep  # torch + ray: only for verbs that train
 
-    summary = run_sweep(spec, echo=lambda line: print(line, flush=True))
+    try:
+        summary = run_sweep(spec, echo=lambda line: print(line, flush=True))
+    except MetricsPortInUse as err:  # raised before anything is written: the same command can be rerun
+        raise UserError(str(err)) from None
     print()
     print(leaderboard(summary, top=args.top))
     print(f"\nresults: {target}/summary.json")
@@ -102,6 +130,34 @@ def cmd_leaderboard(args) -> int:
     from trainer.sweep import leaderboard
 
     print(leaderboard(read_json(path), top=args.top))
+    return 0
+
+
+def _report_options(args) -> dict:
+    return {"top": args.top, "heatmap": tuple(args.heatmap) if args.heatmap else None,
+            "overfit_epochs": args.overfit_epochs}
+
+
+def cmd_report(args) -> int:
+    from trainer.report import ReportError, generate_report  # matplotlib/sklearn: only for this verb
+
+    try:
+        path = generate_report(args.storage, args.name, args.out, **_report_options(args))
+    except ReportError as err:
+        raise UserError(str(err)) from None
+    print(f"report: {path}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from trainer.evaluate import evaluate_trial  # torch: only for this verb
+    from trainer.report import ReportError
+
+    try:
+        path = evaluate_trial(args.storage, args.name, args.trial, args.out, worst=args.worst, **_report_options(args))
+    except ReportError as err:
+        raise UserError(str(err)) from None
+    print(f"report (with test-set evaluation): {path}")
     return 0
 
 

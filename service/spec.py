@@ -334,15 +334,33 @@ class TrainSpec(_Strict):
 
 # ----------------------------------------------------------------------------- search
 class SearchSpec(_Strict):
-    algorithm: Literal["grid", "random"] = "grid"
-    num_samples: PositiveInt = 1  # grid: repeats of the whole grid; random: number of trials
+    # grid/random: Tune's variant generator; optuna/hyperopt: TPE, proposing from past results.
+    algorithm: Literal["grid", "random", "optuna", "hyperopt"] = "grid"
+    num_samples: PositiveInt = 1  # grid: repeats of the whole grid; otherwise: number of trials
 
 
 class SchedulerSpec(_Strict):
-    name: Literal["fifo", "hyperband", "asha"] = "fifo"
-    grace_period: PositiveInt = 1  # asha: epochs every trial gets before it can be stopped
+    name: Literal["fifo", "hyperband", "asha", "median", "pbt"] = "fifo"
+    grace_period: PositiveInt = 1  # asha/median: epochs every trial gets before it can be stopped
     reduction_factor: Annotated[float, Field(gt=1)] = 3  # asha/hyperband: keep 1/rf per rung
     brackets: PositiveInt = 1  # asha only
+    min_samples: PositiveInt = 3  # median: trials that must report an epoch before comparing
+    # pbt: every perturbation_interval epochs, the bottom `quantile` of trials copy the weights and
+    # optimizer state of a top-quantile trial and continue with mutated hyperparameters.
+    perturbation_interval: PositiveInt = 2  # epochs
+    quantile: Annotated[float, Field(gt=0, le=0.5)] = 0.25  # fraction of the population
+    mutations: dict[str, Tunable[Any]] = {}  # dotted spec path -> choice/uniform/loguniform/...
+
+    @field_validator("mutations")
+    @classmethod
+    def _sampled(cls, mutations: dict) -> dict:
+        fixed = [path for path, value in mutations.items() if _primitive_tag(value) in ("value", "grid")]
+        if fixed:
+            raise ValueError(
+                f"mutations {fixed} need a distribution to resample from: "
+                "{choice: [...]}, {uniform: [lo, hi]}, {loguniform: [lo, hi]}, {randint: [lo, hi]}"
+            )
+        return mutations
 
 
 METRICS = {"val_acc": "max", "val_loss": "min", "train_acc": "max", "train_loss": "min"}
@@ -411,21 +429,84 @@ class SweepSpec(_Strict):
 
     @model_validator(mode="after")
     def _search_fits_space(self):
-        sampled = [path for path, p in search_space(self).items() if not isinstance(p, Grid)]
-        if self.search.algorithm == "grid" and sampled:
+        space = search_space(self)
+        sampled = [path for path, p in space.items() if not isinstance(p, Grid)]
+        grids = [path for path, p in space.items() if isinstance(p, Grid)]
+        algorithm, scheduler = self.search.algorithm, self.scheduler
+        if algorithm == "grid" and sampled:
             raise ValueError(
                 f"search.algorithm 'grid' needs {{grid: [...]}} everywhere, but {sampled} are "
                 "sampled: use search.algorithm: random, or list the values with grid"
             )
-        if self.scheduler.name in ("asha", "hyperband") and self.scheduler.grace_period > self.train.epochs:
+        if algorithm in ("optuna", "hyperopt") and grids:
             raise ValueError(
-                f"scheduler.grace_period ({self.scheduler.grace_period}) exceeds train.epochs "
-                f"({self.train.epochs}): no trial could ever be stopped early"
+                f"search.algorithm {algorithm!r} samples every value, it cannot walk a grid: "
+                f"write {grids} as {{choice: [...]}}"
             )
+        if algorithm in ("optuna", "hyperopt") and not space:
+            raise ValueError(f"search.algorithm {algorithm!r} needs at least one search primitive")
+        if scheduler.name in ("asha", "median") and scheduler.grace_period > max_epochs(self):
+            raise ValueError(
+                f"scheduler.grace_period ({scheduler.grace_period}) exceeds train.epochs "
+                f"({max_epochs(self)}): no trial could ever be stopped early"
+            )
+        if scheduler.name == "pbt":
+            if algorithm in ("optuna", "hyperopt"):
+                raise ValueError("scheduler 'pbt' changes configs during training: use search grid or random")
+            if not scheduler.mutations:
+                raise ValueError("scheduler 'pbt' needs scheduler.mutations (dotted path -> distribution)")
+            if scheduler.perturbation_interval % self.checkpoint.every:
+                raise ValueError(
+                    f"scheduler.perturbation_interval ({scheduler.perturbation_interval}) must be a multiple "
+                    f"of checkpoint.every ({self.checkpoint.every}): PBT copies weights from checkpoints"
+                )
+            _check_mutation_paths(self)
         return self
 
 
 # ----------------------------------------------------------------------------- helpers
+def _check_mutation_paths(spec: SweepSpec) -> None:
+    """Each PBT mutation must name a real spec leaf and its values must fit that leaf's type:
+    checked by putting the distribution's values into a copy of the spec and validating it."""
+    base = spec.model_dump(mode="json", exclude={"scheduler"})
+    problems = []
+    for path, primitive in spec.scheduler.mutations.items():
+        values = primitive_values(primitive)
+        candidates = values if isinstance(primitive, Choice) else values[:2]
+        for value in candidates:
+            try:
+                trial = SweepSpec.model_validate(apply_overrides(base, {path: value}))
+            except Exception as err:  # a pydantic ValidationError: report its first line per error
+                detail = "; ".join(e["msg"] for e in getattr(err, "errors", lambda: [])()) or str(err)
+                problems.append(f"{path}={value!r}: {detail}")
+                break
+            if _lookup(trial.model_dump(mode="json"), path) is None:
+                problems.append(f"{path}: not a value in this spec")
+                break
+    if problems:
+        raise ValueError("scheduler.mutations: " + " | ".join(problems))
+
+
+def _lookup(data: dict, path: str) -> Any:
+    node: Any = data
+    for key in path.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def max_epochs(spec: SweepSpec) -> int:
+    """The most epochs any trial can run (train.epochs may itself be searched)."""
+    epochs = spec.train.epochs
+    if isinstance(epochs, int):
+        return epochs
+    values = primitive_values(epochs)
+    if isinstance(epochs, (Grid, Choice)):
+        return max(values)
+    return int(values[1])  # the upper bound of a range
+
+
 def search_space(spec: BaseModel, prefix: str = "") -> dict[str, BaseModel]:
     """Every primitive in the spec, keyed by dotted path, in field order."""
     found: dict[str, BaseModel] = {}

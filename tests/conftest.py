@@ -20,6 +20,9 @@ BASE_SPEC = {
     "scheduler": {"name": "fifo"},
     "objective": {"metric": "val_acc", "mode": "max"},
     "resources": {"workers_per_trial": 1, "cpus_per_worker": 1},
+    # No exporter on the default port: tests may run beside a real sweep (tests/e2e/test_prometheus.py
+    # turns it on with a free port).
+    "metrics": {"port": 0},
 }
 
 
@@ -53,6 +56,27 @@ def ray_local():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 protocol server (moto) on a free localhost port, for the whole session.
+
+    Yields its endpoint URL (http://127.0.0.1:PORT) and sets nothing globally: tests point clients
+    at it with monkeypatch (AWS_ENDPOINT_URL, fake credentials, region). Buckets live as long as
+    the session, so each test should create its own. Without moto: skip locally, fail in CI.
+    """
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        if os.environ.get("CI") == "true":
+            pytest.fail("moto[server] is required in CI for the S3 tests: pip install 'moto[server]'")
+        pytest.skip("moto[server] is not installed (pip install 'moto[server]')")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
 
 
 @pytest.fixture(autouse=True)

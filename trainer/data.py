@@ -5,29 +5,49 @@ Every dataset we sweep over is small enough to keep whole in memory (CIFAR-10 as
 tensor with a batch of indices and augments the batch in one vectorized call. That keeps a trial's
 data path fast on CPU and, more importantly, exactly reproducible from ``seed``:
 
-* ``split_indices`` fixes which images of the official training split are train and which are val;
+* ``split_indices`` / ``stratified_split_indices`` fix which images of the official training
+  split are train and which are val;
 * ``epoch_batches`` fixes each epoch's order, identically on every DDP rank;
 * ``augment_batch`` draws all of its randomness from a caller-owned ``torch.Generator``.
 
 None of these touch torch's global RNG, so model initialisation (seeded by the training loop) is
 unaffected by how much data randomness was consumed before it.
+
+Where the files come from (MNIST, Fashion-MNIST, CIFAR-10/100, all in their official formats):
+
+* a local directory or file (``/data/...`` or ``file:///data/...``), read where it is;
+* ``s3://bucket/key`` (one file, e.g. the CIFAR ``.tar.gz``) or ``s3://bucket/prefix/`` (every
+  object under the prefix): ``fetch_to_cache`` copies it once per node into a local cache;
+* ``download: true``: torchvision's dataset classes fetch the official files into the local
+  ``path`` when they are missing. We still read them with our own readers below (torchvision's
+  CIFAR class refuses files whose MD5 differs from the published ones, e.g. our test files).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import gzip
+import hashlib
 import io
+import logging
+import os
 import pickle
+import shutil
 import tarfile
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable, Iterator, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from service.spec import DataSpec, HFlip, RandomCrop
+from service.spec import ON_DISK, DataSpec
+
+log = logging.getLogger(__name__)
 
 # The digits test split is held out with this constant seed, not the sweep seed, so that every
 # trial of every sweep is evaluated on the same images.
@@ -41,13 +61,19 @@ DIGITS_TEST_SEED = 20_240_601
 # smaller CNNs getting there in the first epoch.
 SYNTHETIC_NOISE_SCALE = 0.5
 
+# Where s3:// data is cached on each node (one copy shared by every trial on the node).
+CACHE_ENV = "SWEEP_DATA_CACHE"
+DEFAULT_CACHE = "~/.cache/sweep-service/data"
+# "path" for S3 servers without virtual-host bucket DNS (MinIO, moto); default: boto's "auto".
+ADDRESSING_STYLE_ENV = "SWEEP_S3_ADDRESSING_STYLE"
+
 
 @dataclass
 class RawData:
     """A dataset as published: the official train and test splits, before our split/normalization.
 
-    Images are NCHW. CIFAR images are uint8 in 0..255 (as stored); digits and synthetic images are
-    already float32 (digits scaled to [0, 1]). ``load_dataset`` converts either to float32.
+    Images are NCHW. CIFAR and MNIST images are uint8 in 0..255 (as stored); digits and synthetic
+    images are already float32 (digits scaled to [0, 1]). ``load_dataset`` converts either to float32.
     """
 
     train_x: Tensor
@@ -83,25 +109,34 @@ class SplitData:
         return len(self.class_names)
 
 
+# A function that puts the official files of dataset ``name`` under the directory ``root``
+# (``torchvision_download`` on connected machines; tests pass one that writes the files itself).
+Downloader = Callable[[str, Path], None]
+
+
 # ----------------------------------------------------------------------------- loading
-def load_dataset(spec: DataSpec, seed: int) -> SplitData:
+def load_dataset(spec: DataSpec, seed: int, *, downloader: Downloader | None = None) -> SplitData:
     """Load ``spec.name``, split its official training set into train/val by ``seed``, normalize.
 
     Normalization statistics come from the train part only, so nothing about the val or test
     images leaks into training; val and test are normalized with those same statistics.
+    ``downloader`` (default ``torchvision_download``) is used only when ``spec.download`` is set
+    and the files are missing at ``spec.path``.
     """
-    loaders: dict[str, Callable[[], RawData]] = {
-        "synthetic": lambda: _synthetic(spec, seed),
-        "digits": _digits,
-        "cifar10": lambda: read_cifar(_required_path(spec), "cifar10"),
-        "cifar100": lambda: read_cifar(_required_path(spec), "cifar100"),
-    }
-    if spec.name not in loaders:
-        raise ValueError(f"unknown dataset {spec.name!r}; expected one of {sorted(loaders)}")
-    raw = loaders[spec.name]()
+    if spec.name == "synthetic":
+        raw = _synthetic(spec, seed)
+    elif spec.name == "digits":
+        raw = _digits()
+    elif spec.name in ON_DISK:
+        raw = _read_on_disk(spec, downloader or torchvision_download)
+    else:
+        raise ValueError(f"unknown dataset {spec.name!r}; expected synthetic, digits or one of {ON_DISK}")
 
-    train_idx, val_idx = split_indices(len(raw.train_y), spec.val_fraction, seed)
-    # Index the raw (uint8 for CIFAR) images first and convert each part separately, so no
+    if spec.val_split == "stratified":
+        train_idx, val_idx = stratified_split_indices(raw.train_y, spec.val_fraction, seed)
+    else:
+        train_idx, val_idx = split_indices(len(raw.train_y), spec.val_fraction, seed)
+    # Index the raw (uint8 for CIFAR/MNIST) images first and convert each part separately, so no
     # float32 copy of the whole official split is ever made (CIFAR-10: 150 MB vs 600 MB).
     train_x = _to_float(raw.train_x[train_idx])
     val_x = _to_float(raw.train_x[val_idx])
@@ -133,6 +168,44 @@ def split_indices(num_samples: int, val_fraction: float, seed: int) -> tuple[Ten
     Deterministic given the arguments; uses its own generator (never the global RNG). The val
     part has ``round(num_samples * val_fraction)`` indices, at least 1; both parts are sorted.
     """
+    num_val = _num_val(num_samples, val_fraction)
+    generator = torch.Generator().manual_seed(_seed63(seed))
+    perm = torch.randperm(num_samples, generator=generator)
+    return perm[num_val:].sort().values, perm[:num_val].sort().values
+
+
+def stratified_split_indices(labels: Tensor, val_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """Seeded train/val split that gives val the class proportions of the whole ``labels``.
+
+    Val has the same size as ``split_indices`` would give (``round(N * val_fraction)``, at least
+    1). Each class c contributes floor or ceil of ``count_c * val_fraction`` images (so it is within
+    1 image of its exact share); the classes whose share has the largest fractional part get the
+    ceil, ties broken by the seed. Which images of a class go to val is a seeded permutation.
+    Returns ``(train_indices, val_indices)``, sorted, disjoint, together ``range(N)``.
+    """
+    labels = torch.as_tensor(labels).cpu()
+    num_val = _num_val(len(labels), val_fraction)
+    generator = torch.Generator().manual_seed(_seed63(seed))
+    classes, counts = torch.unique(labels, return_counts=True)  # sorted class ids
+
+    exact = counts.double() * val_fraction  # each class's exact share of val
+    quota = exact.floor().long()
+    # Largest remainder: hand out the images the floors left over (0 <= extra <= #classes).
+    extra = num_val - int(quota.sum())
+    shuffled = torch.randperm(len(classes), generator=generator)  # seeded tie-break
+    by_remainder = shuffled[torch.argsort((exact - quota)[shuffled], descending=True, stable=True)]
+    quota[by_remainder[:extra]] += 1
+
+    val_parts = []
+    for cls, take in zip(classes.tolist(), quota.tolist()):
+        members = (labels == cls).nonzero().squeeze(1)
+        val_parts.append(members[torch.randperm(len(members), generator=generator)[:take]])
+    is_val = torch.zeros(len(labels), dtype=torch.bool)
+    is_val[torch.cat(val_parts)] = True
+    return (~is_val).nonzero().squeeze(1), is_val.nonzero().squeeze(1)
+
+
+def _num_val(num_samples: int, val_fraction: float) -> int:
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     num_val = max(1, round(num_samples * val_fraction))
@@ -141,15 +214,7 @@ def split_indices(num_samples: int, val_fraction: float, seed: int) -> tuple[Ten
             f"cannot split {num_samples} samples with val_fraction={val_fraction}: "
             f"val would take {num_val}, leaving no training samples"
         )
-    generator = torch.Generator().manual_seed(_seed63(seed))
-    perm = torch.randperm(num_samples, generator=generator)
-    return perm[num_val:].sort().values, perm[:num_val].sort().values
-
-
-def _required_path(spec: DataSpec) -> str:
-    if not spec.path:
-        raise ValueError(f"data.path is required for {spec.name}")
-    return spec.path
+    return num_val
 
 
 def _to_float(x: Tensor) -> Tensor:
@@ -205,6 +270,339 @@ def _digits() -> RawData:
     return RawData(images[rest], labels[rest], images[test], labels[test], names)
 
 
+# ----------------------------------------------------------------------------- on-disk datasets
+def _read_on_disk(spec: DataSpec, downloader: Downloader) -> RawData:
+    """Resolve ``spec.path`` to local files (s3:// → node cache; download when asked), then read them."""
+    local = fetch_to_cache(spec.path, spec.sha256)  # local paths come back unchanged
+    if not _dataset_files_present(spec.name, local):
+        if not spec.download:
+            where = f"{spec.path} (local copy: {local})" if spec.path.startswith("s3://") else spec.path
+            raise FileNotFoundError(
+                f"no {spec.name} files at {where}: expected {_EXPECTED[spec.name]}. Fix data.path, "
+                "or set data.download: true to fetch the official files into a local data.path"
+            )
+        _download_once(spec.name, local, downloader)
+    if spec.name in _MNIST:
+        return read_mnist(local, spec.name)
+    return read_cifar(local, spec.name)
+
+
+def _download_once(name: str, root: Path, downloader: Downloader) -> None:
+    """Run ``downloader`` into ``root`` unless the files are there, once per node.
+
+    Trials starting together on one node all find the files missing; the lock makes one of them
+    download while the others wait, then find the files present.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    with _exclusive_lock(root / ".download.lock"):
+        if _dataset_files_present(name, root):
+            return
+        log.info("downloading %s into %s", name, root)
+        downloader(name, root)
+    if not _dataset_files_present(name, root):
+        raise FileNotFoundError(
+            f"downloading {name} into {root} finished, but the files are still missing: "
+            f"expected {_EXPECTED[name]}"
+        )
+
+
+def torchvision_download(name: str, root: Path) -> None:
+    """Fetch the official files of ``name`` into ``root`` with torchvision (needs internet).
+
+    Layout afterwards: ``root/MNIST/raw/*-ubyte[.gz]``, ``root/FashionMNIST/raw/...``,
+    ``root/cifar-10-python.tar.gz`` + ``root/cifar-10-batches-py/``, ``root/cifar-100-python...``;
+    our readers accept all of these. torchvision loads the split it was asked for as a side effect;
+    we discard that and read the files ourselves.
+    """
+    from torchvision import datasets
+
+    classes = {
+        "mnist": datasets.MNIST,
+        "fashion_mnist": datasets.FashionMNIST,
+        "cifar10": datasets.CIFAR10,
+        "cifar100": datasets.CIFAR100,
+    }
+    if name not in classes:
+        raise ValueError(f"torchvision cannot download {name!r}; expected one of {sorted(classes)}")
+    for train in (True, False):  # one archive/file set holds both splits; the second call only checks
+        classes[name](root=str(root), train=train, download=True)
+
+
+def _dataset_files_present(name: str, path: Path) -> bool:
+    """Whether ``path`` looks like it holds ``name`` (a file always counts: its reader judges it)."""
+    if path.is_file():
+        return True
+    if name in _MNIST:
+        return _find_mnist_folder(path, name) is not None
+    return _find_cifar(path, _CIFAR[name]) is not None
+
+
+# ----------------------------------------------------------------------------- s3:// cache
+def fetch_to_cache(uri: str, sha256: str | None = None) -> Path:
+    """A local path holding ``uri``: s3:// objects are fetched once per node into the cache.
+
+    * plain paths and ``file://PATH`` come back unchanged (as a ``Path``), nothing is copied;
+    * ``s3://bucket/key``: one object, cached as the file ``<cache>/s3/bucket/key``;
+    * ``s3://bucket/prefix/`` (or a key that is no object but has objects under ``key/``): every
+      object under the prefix, cached as the directory ``<cache>/s3/bucket/prefix``.
+
+    The cache is ``$SWEEP_DATA_CACHE`` (default ``~/.cache/sweep-service/data``) and is keyed by
+    bucket and key only: objects are assumed immutable (pin them with ``sha256``; delete the cached
+    copy to fetch a changed object). A fetch holds an exclusive ``flock`` on ``<target>.lock``, so
+    concurrent trials on one node download once while the others wait; it downloads to a temporary
+    name next to the target and renames it into place, so a crash never leaves a partial target.
+
+    ``sha256`` (64 lowercase hex digits) is checked for files: a local file or cached copy that does
+    not match raises ``ValueError``; a fresh download that does not match is deleted, then raises.
+    A cached copy that does not match is treated as stale and fetched again. The S3 client uses
+    the standard AWS environment (AWS_ENDPOINT_URL[_S3], AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    AWS_DEFAULT_REGION) plus ``SWEEP_S3_ADDRESSING_STYLE`` (auto | path | virtual).
+    """
+    scheme, sep, rest = uri.partition("://")
+    if not sep or scheme == "file":
+        local = Path(rest if sep else uri).expanduser()
+        if sha256 is not None:
+            _check_sha256(local, sha256, uri)
+        return local
+    if scheme != "s3":
+        raise ValueError(f"unsupported data URI scheme {scheme!r} in {uri!r}: use a local path, file:// or s3://")
+
+    bucket, key = _parse_s3(uri)
+    is_prefix = key == "" or key.endswith("/")
+    if is_prefix and sha256 is not None:
+        raise ValueError(f"sha256 checks one file, but {uri} is a prefix (a directory): drop sha256")
+    target = cache_location(uri)
+    if _cached(target, sha256, uri):  # the common case: no lock, no network
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive_lock(target.with_name(target.name + ".lock")):
+        if _cached(target, sha256, uri):  # another trial fetched it while we waited for the lock
+            return target
+        if target.exists():  # a cached file whose sha256 does not match: stale, fetch it again
+            log.warning("cached %s does not match sha256 %s; fetching %s again", target, sha256, uri)
+            target.unlink()
+        _download_s3(bucket, key, target, sha256, uri, is_prefix)
+    return target
+
+
+def cache_location(uri: str) -> Path:
+    """Where ``fetch_to_cache`` keeps the copy of ``s3://bucket/key``: ``<cache>/s3/bucket/key``."""
+    bucket, key = _parse_s3(uri)
+    root = Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser()
+    return root.joinpath("s3", bucket, *_safe_parts(key, uri))
+
+
+def _parse_s3(uri: str) -> tuple[str, str]:
+    if not uri.startswith("s3://"):
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    if not bucket:
+        raise ValueError(f"no bucket in {uri!r}: expected s3://bucket/key or s3://bucket/prefix/")
+    return bucket, key
+
+
+def _safe_parts(key: str, uri: str) -> list[str]:
+    """The path components of an object key, refusing any that would escape the cache directory."""
+    parts = [p for p in key.split("/") if p]
+    if any(p in (".", "..") for p in parts):
+        raise ValueError(f"refusing S3 key with '.' or '..' components: {key!r} (from {uri})")
+    return parts
+
+
+def _cached(target: Path, sha256: str | None, uri: str) -> bool:
+    """A complete copy is there (renames are atomic) and, for a pinned file, its sha256 matches."""
+    if not target.exists():
+        return False
+    if sha256 is None:
+        return True
+    if target.is_dir():
+        raise ValueError(f"sha256 checks one file, but {uri} is cached as a directory ({target})")
+    return file_sha256(target) == sha256
+
+
+@contextlib.contextmanager
+def _exclusive_lock(lock_path: Path) -> Iterator[None]:
+    """An exclusive flock, held until the block ends (released by the kernel if we crash).
+
+    Each call opens the lock file anew, so it excludes other threads of this process as well as
+    other processes. The lock file stays: deleting it would let a waiter lock a stale inode.
+    """
+    with open(lock_path, "a") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def _s3_client():
+    import boto3
+    from botocore.config import Config
+
+    style = os.environ.get(ADDRESSING_STYLE_ENV) or "auto"
+    if style not in ("auto", "path", "virtual"):
+        raise ValueError(f"{ADDRESSING_STYLE_ENV} must be auto, path or virtual, got {style!r}")
+    # A fresh session per call: boto3's default session is not thread-safe, and trials may fetch
+    # from several threads. The endpoint comes from AWS_ENDPOINT_URL[_S3] (boto3 reads it itself).
+    return boto3.session.Session().client("s3", config=Config(s3={"addressing_style": style}))
+
+
+def _download_s3(bucket: str, key: str, target: Path, sha256: str | None, uri: str, is_prefix: bool) -> None:
+    """Copy the object (or every object under the prefix) to a temporary name, then rename it to ``target``."""
+    from botocore.exceptions import ClientError
+
+    client = _s3_client()
+    if not is_prefix:
+        try:
+            client.head_object(Bucket=bucket, Key=key)
+            is_object = True
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey"):
+                raise
+            is_object = False
+        if is_object:
+            log.info("downloading %s to %s", uri, target)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+            os.close(fd)
+            try:
+                client.download_file(bucket, key, tmp)
+                if sha256 is not None:
+                    _check_sha256(Path(tmp), sha256, uri)  # raises; `finally` deletes the bad copy
+                os.replace(tmp, target)
+            finally:
+                Path(tmp).unlink(missing_ok=True)
+            return
+        if sha256 is not None:
+            raise FileNotFoundError(f"no object {uri} (sha256 needs a single file)")
+
+    # A "directory": every object under the prefix, with its path below the prefix.
+    prefix = key if is_prefix else key + "/"
+    try:
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        keys = [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code") == "NoSuchBucket":
+            raise FileNotFoundError(f"bucket {bucket!r} does not exist (data path {uri})") from err
+        raise
+    keys = [k for k in keys if not k.endswith("/")]  # "folder" placeholder objects hold no data
+    if not keys:
+        raise FileNotFoundError(f"no object {uri} and no objects under s3://{bucket}/{prefix}")
+    log.info("downloading %d objects under s3://%s/%s to %s", len(keys), bucket, prefix, target)
+    tmp_dir = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part"))
+    try:
+        for object_key in keys:
+            dest = tmp_dir.joinpath(*_safe_parts(object_key[len(prefix) :], uri))
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            client.download_file(bucket, object_key, str(dest))
+        os.rename(tmp_dir, target)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)  # gone already after a successful rename
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):  # 1 MiB at a time: archives are large
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_sha256(path: Path, expected: str, uri: str) -> None:
+    if not path.is_file():
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise ValueError(f"cannot check sha256 of {uri}: {path} {what} (sha256 pins a single file)")
+    actual = file_sha256(path)
+    if actual != expected:
+        raise ValueError(f"sha256 mismatch for {uri}: expected {expected}, got {actual}")
+
+
+# ----------------------------------------------------------------------------- MNIST / Fashion-MNIST
+# The official idx files (optionally gzipped), per split: (images, labels).
+_MNIST_SPLITS = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+# torchvision's layout puts the files under <root>/<folder>/raw/.
+_MNIST = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]  # fmt: skip
+# idx magic numbers: two zero bytes, the element type (0x08 = unsigned byte), the number of dims.
+IDX_IMAGES_MAGIC = 0x00000803
+IDX_LABELS_MAGIC = 0x00000801
+MNIST_SIDE = 28  # pixels
+
+
+def read_mnist(path: str | Path, variant: Literal["mnist", "fashion_mnist"]) -> RawData:
+    """Read MNIST or Fashion-MNIST from the four official idx files (each plain or ``.gz``).
+
+    ``path`` is the directory holding them, or a root in torchvision's layout
+    (``<path>/MNIST/raw/`` or ``<path>/FashionMNIST/raw/``). Images come back uint8 (N, 1, 28, 28).
+    """
+    if variant not in _MNIST:
+        raise ValueError(f"unknown MNIST variant {variant!r}; expected 'mnist' or 'fashion_mnist'")
+    folder = _find_mnist_folder(Path(path), variant)
+    if folder is None:
+        raise FileNotFoundError(f"no {variant} files in {path}: expected {_EXPECTED[variant]}")
+    splits = {}
+    for split, (images_name, labels_name) in _MNIST_SPLITS.items():
+        images = read_idx(_idx_file(folder, images_name), IDX_IMAGES_MAGIC)
+        labels = read_idx(_idx_file(folder, labels_name), IDX_LABELS_MAGIC)
+        if images.shape[1:] != (MNIST_SIDE, MNIST_SIDE):
+            raise ValueError(f"{folder / images_name}: expected 28x28 images, got {images.shape[1:]}")
+        if len(images) != len(labels):
+            raise ValueError(f"{folder}: {len(images)} {split} images but {len(labels)} labels")
+        if labels.size and labels.max() > 9:
+            raise ValueError(f"{folder / labels_name}: labels must be 0..9, found {labels.max()}")
+        splits[split] = (torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))
+    names = [str(i) for i in range(10)] if variant == "mnist" else list(FASHION_MNIST_CLASSES)
+    return RawData(*splits["train"], *splits["test"], class_names=names)
+
+
+def read_idx(path: Path, expected_magic: int) -> np.ndarray:
+    """One idx file (``.gz`` decompressed): a big-endian header, then the uint8 elements row-major.
+
+    Header: a 4-byte magic number (0x00000803 for N x rows x cols images, 0x00000801 for N
+    labels), then one big-endian uint32 per dimension.
+    """
+    data = path.read_bytes()
+    if path.name.endswith(".gz"):
+        data = gzip.decompress(data)
+    if len(data) < 4:
+        raise ValueError(f"{path}: too short for an idx file ({len(data)} bytes)")
+    magic = int.from_bytes(data[:4], "big")
+    if magic != expected_magic:
+        raise ValueError(
+            f"{path}: bad idx magic number 0x{magic:08x}, expected 0x{expected_magic:08x} "
+            "(not an MNIST idx file, or images and labels swapped?)"
+        )
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    if len(data) - header != int(np.prod(dims)):
+        raise ValueError(
+            f"{path}: header says dims {dims} ({int(np.prod(dims))} bytes of data) "
+            f"but the file holds {len(data) - header}"
+        )
+    # copy: an array over `bytes` is read-only, and torch wants writable memory.
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims).copy()
+
+
+def _find_mnist_folder(path: Path, variant: str) -> Path | None:
+    """The first of ``path``, ``path/<Folder>/raw`` that holds all four files (plain or .gz)."""
+    for folder in (path, path / _MNIST[variant] / "raw"):
+        if all(_idx_file(folder, name).is_file() for pair in _MNIST_SPLITS.values() for name in pair):
+            return folder
+    return None
+
+
+def _idx_file(folder: Path, name: str) -> Path:
+    """``folder/name`` if it exists, else ``folder/name.gz`` (which may not exist either)."""
+    plain = folder / name
+    return plain if plain.is_file() else folder / f"{name}.gz"
+
+
 # ----------------------------------------------------------------------------- CIFAR
 # Per variant: the official archive name, its top folder, train files, test file, meta file,
 # the label key in each batch and the class-name key in the meta file.
@@ -229,6 +627,19 @@ _CIFAR = {
     ),
 }
 
+# What each on-disk dataset's path should hold, for error messages.
+_MNIST_FILE_LIST = ", ".join(name for pair in _MNIST_SPLITS.values() for name in pair)
+_EXPECTED = {
+    **{
+        variant: f"the idx files {_MNIST_FILE_LIST} (each optionally .gz) in it or in {folder}/raw/"
+        for variant, folder in _MNIST.items()
+    },
+    **{
+        variant: f"the '{c['folder']}' folder, a directory containing it or {c['archive']}, or {c['archive']} itself"
+        for variant, c in _CIFAR.items()
+    },
+}
+
 
 def read_cifar(path: str | Path, variant: Literal["cifar10", "cifar100"]) -> RawData:
     """Read CIFAR-10/100 in the official python-pickle layout.
@@ -242,7 +653,7 @@ def read_cifar(path: str | Path, variant: Literal["cifar10", "cifar100"]) -> Raw
     if variant not in _CIFAR:
         raise ValueError(f"unknown CIFAR variant {variant!r}; expected 'cifar10' or 'cifar100'")
     layout = _CIFAR[variant]
-    read = _cifar_reader(Path(path), layout)
+    read = _cifar_reader(Path(path), layout, _EXPECTED[variant])
 
     train = [_cifar_batch(read(name), layout["label_key"], name) for name in layout["train"]]
     test_x, test_y = _cifar_batch(read(layout["test"]), layout["label_key"], layout["test"])
@@ -257,25 +668,31 @@ def read_cifar(path: str | Path, variant: Literal["cifar10", "cifar100"]) -> Raw
     )
 
 
-def _cifar_reader(path: Path, layout: dict) -> Callable[[str], bytes]:
-    """A function returning the bytes of one file of the dataset, wherever ``path`` points."""
-    folder, archive, probe = layout["folder"], layout["archive"], layout["test"]
-    expected = (
-        f"expected the '{folder}' folder, a directory containing it or {archive}, or {archive} itself"
-    )
-    if path.is_dir():
-        for candidate in (path, path / folder):
-            if (candidate / probe).is_file():
-                return lambda name, d=candidate: _read_file(d / name)
-        if (path / archive).is_file():
-            path = path / archive
-        else:
-            raise FileNotFoundError(f"no CIFAR data found in {path}: {expected}")
+def _find_cifar(path: Path, layout: dict) -> Path | None:
+    """The batches folder or the archive that ``path`` points at or contains, if any."""
     if path.is_file():
-        if not tarfile.is_tarfile(path):
-            raise ValueError(f"{path} is not a tar archive: {expected}")
-        return _tar_reader(path, folder, [*layout["train"], probe, layout["meta"]])
-    raise FileNotFoundError(f"{path} does not exist: {expected}")
+        return path
+    if path.is_dir():
+        for candidate in (path, path / layout["folder"]):
+            if (candidate / layout["test"]).is_file():
+                return candidate
+        if (path / layout["archive"]).is_file():
+            return path / layout["archive"]
+    return None
+
+
+def _cifar_reader(path: Path, layout: dict, expected: str) -> Callable[[str], bytes]:
+    """A function returning the bytes of one file of the dataset, wherever ``path`` points."""
+    found = _find_cifar(path, layout)
+    if found is None:
+        if path.is_dir():
+            raise FileNotFoundError(f"no CIFAR data found in {path}: expected {expected}")
+        raise FileNotFoundError(f"{path} does not exist: expected {expected}")
+    if found.is_dir():
+        return lambda name: _read_file(found / name)
+    if not tarfile.is_tarfile(found):
+        raise ValueError(f"{found} is not a tar archive: expected {expected}")
+    return _tar_reader(found, layout["folder"], [*layout["train"], layout["test"], layout["meta"]])
 
 
 def _read_file(path: Path) -> bytes:
@@ -358,30 +775,69 @@ def epoch_batches(
 
 
 # ----------------------------------------------------------------------------- augmentation
-def augment_batch(x: Tensor, augmentations: list, generator: torch.Generator) -> Tensor:
-    """Apply ``augmentations`` (HFlip / RandomCrop specs, in order) to a batch ``x`` of (B, C, H, W).
+def augment_batch(
+    x: Tensor,
+    augmentations: list,
+    generator: torch.Generator,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+) -> Tensor:
+    """Apply ``augmentations`` (spec objects, in list order) to a normalized batch ``x`` (B, C, H, W).
 
     Each image gets its own random draw, all from ``generator`` (same generator state, same
-    output). Returns a new tensor; ``x`` is never modified.
+    output). Returns a new tensor; ``x`` is never modified. ``mean``/``std`` are the dataset's
+    per-channel normalization (``SplitData.mean``/``.std``, raw pixel scale); only ``color_jitter``
+    needs them, to work on raw pixel values.
     """
     if not augmentations:
         return x.clone()
     out = x  # each step below builds a new tensor, so x itself is never written to
     for aug in augmentations:
-        if isinstance(aug, HFlip) or getattr(aug, "name", None) == "hflip":
-            out = _hflip(out, aug.p, generator)
-        elif isinstance(aug, RandomCrop) or getattr(aug, "name", None) == "random_crop":
+        name = getattr(aug, "name", None)
+        if name == "hflip":
+            out = _flip(out, aug.p, -1, generator)
+        elif name == "vflip":
+            out = _flip(out, aug.p, -2, generator)
+        elif name == "random_crop":
             out = _random_crop(out, aug.padding, generator)
+        elif name == "rotation":
+            angle = _uniform(out, generator, -aug.degrees, aug.degrees)
+            out = _affine(out, angle_deg=angle)
+        elif name == "affine":
+            b, _, h, w = out.shape
+            u = torch.rand(4, b, generator=generator, device=generator.device).to(out.device, out.dtype)
+            out = _affine(
+                out,
+                translate_px=((2 * u[0] - 1) * aug.translate * w, (2 * u[1] - 1) * aug.translate * h),
+                scale=aug.scale[0] + u[2] * (aug.scale[1] - aug.scale[0]),
+                shear_deg=(2 * u[3] - 1) * aug.shear,
+            )
+        elif name == "color_jitter":
+            if mean is None or std is None:
+                raise ValueError(
+                    "color_jitter works on raw pixel values and needs the dataset's per-channel mean "
+                    "and std: augment_batch(x, augmentations, generator, mean=data.mean, std=data.std)"
+                )
+            out = _color_jitter(out, aug, generator, mean, std)
         else:
-            raise ValueError(f"unknown augmentation {aug!r}; expected hflip or random_crop")
+            raise ValueError(
+                f"unknown augmentation {aug!r}; expected hflip, vflip, random_crop, rotation, affine "
+                "or color_jitter"
+            )
     return out
 
 
-def _hflip(x: Tensor, p: float, generator: torch.Generator) -> Tensor:
-    """Mirror each image left-right with probability ``p``."""
+def _uniform(x: Tensor, generator: torch.Generator, lo: float, hi: float) -> Tensor:
+    """One draw per image, uniform in [lo, hi), on x's device and dtype."""
+    u = torch.rand(x.shape[0], generator=generator, device=generator.device).to(x.device, x.dtype)
+    return lo + u * (hi - lo)
+
+
+def _flip(x: Tensor, p: float, dim: int, generator: torch.Generator) -> Tensor:
+    """Mirror each image along ``dim`` (-1: left-right, -2: upside down) with probability ``p``."""
     draw = torch.rand(x.shape[0], generator=generator, device=generator.device).to(x.device)
     flip = (draw < p).view(-1, 1, 1, 1)
-    return torch.where(flip, x.flip(-1), x)
+    return torch.where(flip, x.flip(dim), x)
 
 
 def _random_crop(x: Tensor, padding: int, generator: torch.Generator) -> Tensor:
@@ -402,3 +858,85 @@ def _random_crop(x: Tensor, padding: int, generator: torch.Generator) -> Tensor:
     channel = torch.arange(c, device=x.device).view(1, c, 1, 1)
     # Advanced indexing broadcasts the four index tensors to (B, C, H, W).
     return padded[batch, channel, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]
+
+
+def _affine(
+    x: Tensor,
+    *,
+    angle_deg: Tensor | float = 0.0,
+    translate_px: tuple[Tensor | float, Tensor | float] = (0.0, 0.0),
+    scale: Tensor | float = 1.0,
+    shear_deg: Tensor | float = 0.0,
+) -> Tensor:
+    """Warp every image by its own affine map about the image centre, in one grid_sample call.
+
+    Per image (each argument a scalar or a (B,) tensor): scale by ``scale``, shear along x by
+    ``shear_deg``, rotate counter-clockwise (as displayed: y points down) by ``angle_deg``, then
+    shift by ``translate_px`` = (right, down) pixels. Bilinear interpolation; pixels that come from
+    outside the image are 0, which on normalized data is the training mean colour, not black.
+    """
+    b, _, h, w = x.shape
+    as_batch = lambda v: torch.as_tensor(v, dtype=x.dtype, device=x.device).expand(b)  # noqa: E731
+    angle, shear = torch.deg2rad(as_batch(angle_deg)), torch.deg2rad(as_batch(shear_deg))  # radians
+    s, tx, ty = as_batch(scale), as_batch(translate_px[0]), as_batch(translate_px[1])
+
+    # grid_sample wants, for every OUTPUT pixel, where to read in the INPUT: the inverse map
+    # p_in = A^-1 (p_out - t), with A = rotate @ shear @ scale in pixel units (origin at the centre):
+    #   rotate^-1 = [[cos, -sin], [sin, cos]],  shear^-1 = [[1, -tan], [0, 1]],  scale^-1 = 1/s.
+    cos, sin, tan = torch.cos(angle), torch.sin(angle), torch.tan(shear)
+    a00, a01 = (cos - tan * sin) / s, (-sin - tan * cos) / s
+    a10, a11 = sin / s, cos / s
+    # affine_grid works in normalized coordinates: x_px = x_norm * W/2, y_px = y_norm * H/2
+    # (align_corners=False). Converting A^-1 keeps angles right on non-square images.
+    l00, l01, l10, l11 = a00, a01 * (h / w), a10 * (w / h), a11
+    tnx, tny = tx / (w / 2), ty / (h / 2)  # the shift in normalized units
+    theta = torch.stack(
+        [
+            torch.stack([l00, l01, -(l00 * tnx + l01 * tny)], dim=1),
+            torch.stack([l10, l11, -(l10 * tnx + l11 * tny)], dim=1),
+        ],
+        dim=1,
+    )  # (B, 2, 3)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+# ITU-R 601 luma weights (as torchvision's rgb_to_grayscale) for R, G, B.
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def _color_jitter(x: Tensor, aug, generator: torch.Generator, mean, std) -> Tensor:
+    """Per-image brightness, contrast, saturation factors uniform in [1 - x, 1 + x], in that order.
+
+    Colour operations only mean something on raw pixel values, so the batch is un-normalized
+    with the dataset's ``mean``/``std``, jittered, and normalized again. As in torchvision:
+    brightness scales the pixels, contrast blends each image with its mean grey level, saturation
+    blends it with its own greyscale version (3-channel images only; a no-op otherwise). Unlike
+    torchvision, results are not clipped to [0, 1]: we do not know the raw range of every dataset
+    (synthetic data is unbounded), and a slightly out-of-range input is harmless to the model.
+    """
+    b, c = x.shape[:2]
+    if len(mean) != c or len(std) != c:
+        raise ValueError(f"color_jitter: mean/std have {len(mean)}/{len(std)} entries for {c} channels")
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, c, 1, 1)
+    sd = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, c, 1, 1)
+    spread = torch.tensor([aug.brightness, aug.contrast, aug.saturation], dtype=x.dtype, device=x.device)
+    u = torch.rand(3, b, generator=generator, device=generator.device).to(x.device, x.dtype)
+    brightness, contrast, saturation = (1 + (2 * u - 1) * spread[:, None]).view(3, b, 1, 1, 1)
+
+    raw = x * sd + m  # back to raw pixel values
+    raw = raw * brightness
+    grey_level = _grey(raw).mean(dim=(1, 2, 3), keepdim=True)  # (B, 1, 1, 1)
+    raw = grey_level + contrast * (raw - grey_level)
+    if c == 3:
+        grey = _grey(raw)  # (B, 1, H, W)
+        raw = grey + saturation * (raw - grey)
+    return (raw - m) / sd
+
+
+def _grey(raw: Tensor) -> Tensor:
+    """(B, 1, H, W) grey level: luma for RGB, the channel mean otherwise."""
+    if raw.shape[1] == 3:
+        weights = torch.tensor(_LUMA, dtype=raw.dtype, device=raw.device).view(1, 3, 1, 1)
+        return (raw * weights).sum(dim=1, keepdim=True)
+    return raw.mean(dim=1, keepdim=True)

@@ -1,93 +1,34 @@
-"""Behaviour of trainer.data: CIFAR readers, the seeded split, load_dataset, batches, augmentation."""
+"""Behaviour of trainer.data: dataset readers (CIFAR, MNIST), download: true, the seeded splits,
+load_dataset, batches, augmentation. The s3:// cache is tested in test_data_s3.py."""
 
-import pickle
-import tarfile
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from service.spec import DataSpec, HFlip, RandomCrop
+from official_formats import (
+    IDX_FILES,
+    assert_matches,
+    assert_mnist_matches,
+    idx_bytes,
+    make_tar,
+    write_cifar10,
+    write_cifar100,
+    write_mnist,
+)
+from service.spec import Affine, ColorJitter, DataSpec, HFlip, RandomCrop, Rotation, VFlip
 from trainer.data import (
+    FASHION_MNIST_CLASSES,
     augment_batch,
     epoch_batches,
     load_dataset,
     read_cifar,
+    read_mnist,
     split_indices,
+    stratified_split_indices,
 )
-
-
-# ----------------------------------------------------------------------------- CIFAR fixtures
-def _dump(path: Path, obj: dict) -> None:
-    # Bytes keys, as the official (Python 2) pickles load with encoding="bytes".
-    path.write_bytes(pickle.dumps(obj, protocol=2))
-
-
-def write_cifar10(root: Path, per_batch: int = 3, num_test: int = 4) -> dict:
-    """A tiny CIFAR-10 in the official layout under root/cifar-10-batches-py; returns what was written."""
-    rng = np.random.default_rng(0)
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    names = [f"name{i}" for i in range(10)]
-    train_x, train_y = [], []
-    for i in range(1, 6):
-        data = rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8)
-        labels = rng.integers(0, 10, size=per_batch).tolist()
-        _dump(folder / f"data_batch_{i}", {b"batch_label": b"x", b"data": data, b"labels": labels})
-        train_x.append(data)
-        train_y += labels
-    test = rng.integers(0, 256, size=(num_test, 3072), dtype=np.uint8)
-    # A known pixel: image 1, green channel (1), row 5, column 7 -> offset 1*1024 + 5*32 + 7.
-    test[1, 1 * 1024 + 5 * 32 + 7] = 201
-    test_y = rng.integers(0, 10, size=num_test).tolist()
-    _dump(folder / "test_batch", {b"data": test, b"labels": test_y})
-    _dump(folder / "batches.meta", {b"label_names": [n.encode() for n in names], b"num_vis": 3072})
-    return dict(
-        folder=folder,
-        train_x=np.concatenate(train_x),
-        train_y=train_y,
-        test_x=test,
-        test_y=test_y,
-        names=names,
-    )
-
-
-def write_cifar100(root: Path, num_train: int = 6, num_test: int = 3) -> dict:
-    rng = np.random.default_rng(1)
-    folder = root / "cifar-100-python"
-    folder.mkdir(parents=True)
-    train = rng.integers(0, 256, size=(num_train, 3072), dtype=np.uint8)
-    train[0, 2 * 1024 + 31 * 32 + 0] = 77  # image 0, blue, last row, first column
-    train_y = rng.integers(0, 100, size=num_train).tolist()
-    test = rng.integers(0, 256, size=(num_test, 3072), dtype=np.uint8)
-    test_y = rng.integers(0, 100, size=num_test).tolist()
-    coarse = lambda n: rng.integers(0, 20, size=n).tolist()  # noqa: E731  must be ignored
-    _dump(folder / "train", {b"data": train, b"fine_labels": train_y, b"coarse_labels": coarse(num_train)})
-    _dump(folder / "test", {b"data": test, b"fine_labels": test_y, b"coarse_labels": coarse(num_test)})
-    names = [f"fine{i}" for i in range(100)]
-    _dump(
-        folder / "meta",
-        {b"fine_label_names": [n.encode() for n in names], b"coarse_label_names": [b"c"] * 20},
-    )
-    return dict(folder=folder, train_x=train, train_y=train_y, test_x=test, test_y=test_y, names=names)
-
-
-def make_tar(folder: Path, archive: Path) -> Path:
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(folder, arcname=folder.name)
-    return archive
-
-
-def assert_matches(raw, written: dict) -> None:
-    n_train = len(written["train_y"])
-    assert raw.train_x.dtype == torch.uint8 and raw.train_x.shape == (n_train, 3, 32, 32)
-    assert raw.train_y.dtype == torch.int64
-    assert torch.equal(raw.train_x, torch.from_numpy(written["train_x"]).view(-1, 3, 32, 32))
-    assert raw.train_y.tolist() == written["train_y"]
-    assert torch.equal(raw.test_x, torch.from_numpy(written["test_x"]).view(-1, 3, 32, 32))
-    assert raw.test_y.tolist() == written["test_y"]
-    assert raw.class_names == written["names"]
 
 
 # ----------------------------------------------------------------------------- CIFAR readers
@@ -310,3 +251,299 @@ def test_no_augmentation_returns_a_copy():
     x = torch.randn(4, 1, 8, 8)
     out = augment_batch(x, [], _gen(0))
     assert torch.equal(out, x) and out.data_ptr() != x.data_ptr()
+
+
+# ----------------------------------------------------------------------------- MNIST / Fashion-MNIST
+def test_mnist_idx_plain_and_gzipped(tmp_path):
+    for gz in (False, True):
+        folder = tmp_path / ("gz" if gz else "plain")
+        written = write_mnist(folder, gz=gz)
+        assert any(f.name.endswith(".gz") for f in folder.iterdir()) == gz
+        raw = read_mnist(folder, "mnist")
+        assert_mnist_matches(raw, written)
+        assert raw.train_x[3, 0, 27, 0] == 201  # (N, 1, rows, cols), row-major as stored
+        assert raw.class_names == [str(i) for i in range(10)]
+
+
+def test_fashion_mnist_in_torchvision_layout_with_official_names(tmp_path):
+    written = write_mnist(tmp_path / "FashionMNIST" / "raw", gz=True, seed=1)
+    raw = read_mnist(tmp_path, "fashion_mnist")
+    assert_mnist_matches(raw, written)
+    assert raw.class_names == [
+        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+        "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    ]  # fmt: skip
+    assert raw.class_names == FASHION_MNIST_CLASSES
+    with pytest.raises(FileNotFoundError, match="MNIST/raw"):
+        read_mnist(tmp_path, "mnist")  # torchvision keeps MNIST under MNIST/raw, not FashionMNIST/raw
+
+
+def test_mnist_bad_header_is_a_clear_error(tmp_path):
+    write_mnist(tmp_path)
+    labels = tmp_path / IDX_FILES["train_y"]
+    good_labels = labels.read_bytes()
+    # The images file where the labels belong: magic 0x803 instead of 0x801.
+    labels.write_bytes((tmp_path / IDX_FILES["train_x"]).read_bytes())
+    with pytest.raises(ValueError, match="bad idx magic number 0x00000803, expected 0x00000801"):
+        read_mnist(tmp_path, "mnist")
+    labels.write_bytes(good_labels[:-1])  # one label short of what the header says
+    with pytest.raises(ValueError, match="header says dims"):
+        read_mnist(tmp_path, "mnist")
+    labels.write_bytes(good_labels)
+    (tmp_path / IDX_FILES["test_x"]).write_bytes(idx_bytes(np.zeros((5, 28, 27), np.uint8), 0x803))
+    with pytest.raises(ValueError, match="28x28"):
+        read_mnist(tmp_path, "mnist")
+
+
+def test_load_dataset_mnist_end_to_end(tmp_path):
+    write_mnist(tmp_path, gz=True, num_train=20, num_test=6)
+    data = load_dataset(DataSpec(name="mnist", path=f"file://{tmp_path}", val_fraction=0.25), seed=0)
+    assert data.input_shape == (1, 28, 28) and data.num_classes == 10
+    assert len(data.train_y) == 15 and len(data.val_y) == 5 and len(data.test_y) == 6
+    assert data.train_x.dtype == torch.float32 and len(data.mean) == 1
+
+
+# ----------------------------------------------------------------------------- download: true
+class FakeTorchvision:
+    """Stands in for torchvision's downloader only: writes the official files in torchvision's layout."""
+
+    def __init__(self, write=True):
+        self.calls = []
+        self.write = write
+
+    def __call__(self, name: str, root: Path) -> None:
+        self.calls.append((name, root))
+        if not self.write:
+            return
+        if name in ("mnist", "fashion_mnist"):
+            folder = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}[name]
+            write_mnist(root / folder / "raw", gz=True)
+        else:  # torchvision keeps the archive and extracts it next to it
+            written = write_cifar10(root)
+            make_tar(written["folder"], root / "cifar-10-python.tar.gz")
+
+
+def test_download_fetches_missing_files_once(tmp_path):
+    spec = DataSpec(name="fashion_mnist", path=str(tmp_path / "data"), download=True)
+    downloader = FakeTorchvision()
+    first = load_dataset(spec, seed=0, downloader=downloader)
+    assert downloader.calls == [("fashion_mnist", tmp_path / "data")]
+    assert first.class_names == FASHION_MNIST_CLASSES and first.input_shape == (1, 28, 28)
+    again = load_dataset(spec, seed=0, downloader=downloader)  # files present now: read only
+    assert len(downloader.calls) == 1
+    assert torch.equal(first.train_x, again.train_x)
+
+
+def test_download_cifar10_then_read_with_our_reader(tmp_path):
+    downloader = FakeTorchvision()
+    spec = DataSpec(name="cifar10", path=str(tmp_path / "c10"), download=True, val_fraction=0.2)
+    data = load_dataset(spec, seed=0, downloader=downloader)
+    assert [name for name, _ in downloader.calls] == ["cifar10"]
+    assert data.input_shape == (3, 32, 32) and len(data.train_y) + len(data.val_y) == 15
+
+
+def test_present_files_are_never_downloaded(tmp_path):
+    write_mnist(tmp_path / "MNIST" / "raw")
+    downloader = FakeTorchvision()
+    load_dataset(DataSpec(name="mnist", path=str(tmp_path), download=True), seed=0, downloader=downloader)
+    assert downloader.calls == []
+
+
+def test_missing_files_without_download_say_what_to_do(tmp_path):
+    downloader = FakeTorchvision()
+    for name in ("mnist", "cifar100"):
+        with pytest.raises(FileNotFoundError, match=r"no .* files at .*set data.download: true"):
+            load_dataset(DataSpec(name=name, path=str(tmp_path / "nothing")), seed=0, downloader=downloader)
+    assert downloader.calls == []
+
+
+def test_download_that_leaves_no_files_is_an_error(tmp_path):
+    spec = DataSpec(name="mnist", path=str(tmp_path / "data"), download=True)
+    with pytest.raises(FileNotFoundError, match="finished, but the files are still missing"):
+        load_dataset(spec, seed=0, downloader=FakeTorchvision(write=False))
+
+
+# ----------------------------------------------------------------------------- stratified split
+def test_stratified_split_keeps_class_proportions():
+    counts = [500, 301, 150, 47, 3, 1]  # imbalanced, including classes too small for a fair share
+    labels = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
+    labels = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))]
+    fraction = 0.15
+    train, val = stratified_split_indices(labels, fraction, seed=3)
+    assert len(val) == round(len(labels) * fraction)  # the same val size as the random split
+    assert set(train.tolist()).isdisjoint(val.tolist())
+    assert sorted(train.tolist() + val.tolist()) == list(range(len(labels)))
+    assert torch.equal(train, train.sort().values) and torch.equal(val, val.sort().values)
+    val_counts = torch.bincount(labels[val], minlength=len(counts))
+    for c, n in enumerate(counts):
+        assert abs(val_counts[c].item() - n * fraction) < 1, (c, val_counts.tolist())
+
+    again = stratified_split_indices(labels, fraction, seed=3)
+    assert torch.equal(again[0], train) and torch.equal(again[1], val)
+    assert not torch.equal(stratified_split_indices(labels, fraction, seed=4)[1], val)
+
+
+def test_load_dataset_stratified_val_split(digits):
+    random_split = digits[0]
+    spec = DataSpec(name="digits", val_fraction=0.1, val_split="stratified")
+    data = load_dataset(spec, seed=0)
+    assert len(data.val_y) == len(random_split.val_y)
+    all_y = torch.cat([data.train_y, data.val_y])
+    expected = torch.bincount(all_y, minlength=10).double() * 0.1
+    assert (torch.bincount(data.val_y, minlength=10) - expected).abs().max() < 1
+    assert set(data.train_indices.tolist()).isdisjoint(data.val_indices.tolist())
+
+
+# ----------------------------------------------------------------------------- new augmentations
+RAW_STATS = {1: ((0.13,), (0.31,)), 2: ((0.4, 0.6), (0.2, 0.3)), 3: ((0.49, 0.48, 0.45), (0.25, 0.24, 0.26))}
+NEW_AUGMENTATIONS = [
+    VFlip(name="vflip"),
+    Rotation(name="rotation", degrees=30),
+    Affine(name="affine", translate=0.2, scale=(0.8, 1.2), shear=10),
+    ColorJitter(name="color_jitter", brightness=0.4, contrast=0.4, saturation=0.4),
+]
+
+
+@pytest.mark.parametrize("shape", [(6, 1, 9, 13), (6, 3, 8, 8), (5, 2, 7, 5)])
+@pytest.mark.parametrize("aug", NEW_AUGMENTATIONS, ids=lambda a: a.name)
+def test_new_augmentations_reproducible_shape_kept_input_untouched(aug, shape):
+    x = torch.randn(shape)
+    before = x.clone()
+    mean, std = RAW_STATS[shape[1]]
+    a = augment_batch(x, [aug], _gen(0), mean, std)
+    assert torch.equal(a, augment_batch(x, [aug], _gen(0), mean, std))
+    assert not torch.equal(a, augment_batch(x, [aug], _gen(1), mean, std))
+    assert a.shape == x.shape and a.dtype == x.dtype
+    assert torch.equal(x, before)
+
+
+def test_vflip_probabilities():
+    x = torch.randn(16, 3, 5, 7)
+    assert torch.equal(augment_batch(x, [VFlip(name="vflip", p=1.0)], _gen(0)), torch.flip(x, dims=[-2]))
+    assert torch.equal(augment_batch(x, [VFlip(name="vflip", p=0.0)], _gen(0)), x)
+    out = augment_batch(x, [VFlip(name="vflip", p=0.5)], _gen(0))
+    flipped = [torch.equal(o, i.flip(-2)) for o, i in zip(out, x)]
+    assert any(flipped) and not all(flipped)
+    assert all(f or torch.equal(o, i) for f, o, i in zip(flipped, out, x))
+
+
+def test_affine_without_movement_is_identity():
+    x = torch.randn(8, 3, 9, 13)
+    still = Affine(name="affine", translate=0, scale=(1, 1), shear=0)
+    # float32 grid coordinates are off by ~1e-7 pixel, hence not bit-exact.
+    torch.testing.assert_close(augment_batch(x, [still], _gen(0)), x, atol=1e-5, rtol=0)
+
+
+def _blob(n: int, h: int, w: int, dx: float, dy: float) -> torch.Tensor:
+    """n copies of a Gaussian spot (sigma 1.5 px) at (dx right, dy down) of the image centre."""
+    yy, xx = torch.meshgrid(torch.arange(h) - (h - 1) / 2, torch.arange(w) - (w - 1) / 2, indexing="ij")
+    spot = torch.exp(-((xx - dx) ** 2 + (yy - dy) ** 2) / (2 * 1.5**2))
+    return spot.expand(n, 1, h, w).clone()
+
+
+def _centroids(images: torch.Tensor) -> torch.Tensor:
+    """(n, 2) intensity centroid (right, down) of each single-channel image, from the centre, pixels."""
+    h, w = images.shape[-2:]
+    yy, xx = torch.meshgrid(torch.arange(h) - (h - 1) / 2, torch.arange(w) - (w - 1) / 2, indexing="ij")
+    mass = images.sum(dim=(1, 2, 3))
+    return torch.stack([(images * xx).sum(dim=(1, 2, 3)) / mass, (images * yy).sum(dim=(1, 2, 3)) / mass], 1)
+
+
+def test_rotation_turns_images_about_their_centre():
+    # A non-square image: a rotation computed in affine_grid's normalized coordinates without the
+    # aspect-ratio correction would move the spot off its circle.
+    out = augment_batch(_blob(32, 21, 31, dx=8, dy=0), [Rotation(name="rotation", degrees=40)], _gen(2))
+    x, y = _centroids(out).T
+    radius = torch.hypot(x, y)
+    angle = torch.rad2deg(torch.atan2(-y, x))  # counter-clockwise as displayed (y points down)
+    assert (radius - 8).abs().max() < 0.05  # stays on its circle
+    assert angle.abs().max() <= 40.1 and angle.std() > 10  # each image its own angle within ±40°
+
+
+def test_affine_translate_scale_and_shear_stay_in_their_ranges():
+    n, h, w = 32, 21, 31
+    shift = augment_batch(_blob(n, h, w, 0, 0), [Affine(name="affine", translate=0.1, scale=(1, 1))], _gen(0))
+    sx, sy = _centroids(shift).T
+    assert sx.abs().max() <= 0.1 * w + 0.01 and sy.abs().max() <= 0.1 * h + 0.01
+    assert sx.std() > 0.5 and sy.std() > 0.5
+
+    zoom = augment_batch(_blob(n, h, w, 6, 0), [Affine(name="affine", translate=0, scale=(0.8, 1.25))], _gen(0))
+    zx, zy = _centroids(zoom).T
+    assert zx.min() >= 0.8 * 6 - 0.05 and zx.max() <= 1.25 * 6 + 0.05 and zy.abs().max() < 0.01
+    assert zx.std() > 0.2
+
+    # x-shear moves a point below the centre sideways by tan(angle) * its height.
+    sheared = augment_batch(_blob(n, h, w, 0, 6), [Affine(name="affine", translate=0, scale=(1, 1), shear=20)], _gen(0))
+    hx, hy = _centroids(sheared).T
+    assert hx.abs().max() <= math.tan(math.radians(20)) * 6 + 0.05 and (hy - 6).abs().max() < 0.05
+    assert hx.std() > 0.3
+
+
+def test_warps_pad_with_zero_the_mean_colour():
+    x = torch.ones(4, 1, 10, 10)
+    out = augment_batch(x, [Affine(name="affine", translate=0, scale=(0.5, 0.5))], _gen(0))
+    assert torch.all(out[:, :, 0, :] == 0)  # shrunk to half size: the border comes from outside
+    assert torch.allclose(out[:, :, 4:6, 4:6], torch.ones(4, 1, 2, 2))
+
+
+def _raw(x, mean, std):
+    return x * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1)
+
+
+def test_color_jitter_with_zero_strength_is_identity():
+    for c in (1, 3):
+        x = torch.randn(6, c, 5, 4)
+        mean, std = RAW_STATS[c]
+        none = ColorJitter(name="color_jitter", brightness=0, contrast=0, saturation=0)
+        torch.testing.assert_close(augment_batch(x, [none], _gen(0), mean, std), x, atol=1e-5, rtol=0)
+
+
+def test_color_jitter_works_on_raw_pixels():
+    mean, std = RAW_STATS[3]
+    x = (torch.rand(16, 3, 6, 6) - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    raw_in = _raw(x, mean, std)
+
+    bright = ColorJitter(name="color_jitter", brightness=0.5, contrast=0, saturation=0)
+    raw_out = _raw(augment_batch(x, [bright], _gen(0), mean, std), mean, std)
+    factor = raw_out / raw_in  # one factor per image, the same for every raw pixel and channel
+    per_image = factor.flatten(1)
+    assert (per_image - per_image[:, :1]).abs().max() < 1e-4
+    assert per_image.min() >= 0.5 - 1e-4 and per_image.max() <= 1.5 + 1e-4 and per_image[:, 0].std() > 0.1
+
+    contrast = ColorJitter(name="color_jitter", brightness=0, contrast=0.5, saturation=0)
+    raw_out = _raw(augment_batch(x, [contrast], _gen(0), mean, std), mean, std)
+    luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    grey_mean = lambda r: (r * luma).sum(1).mean(dim=(1, 2))  # noqa: E731
+    torch.testing.assert_close(grey_mean(raw_out), grey_mean(raw_in), atol=1e-5, rtol=0)  # level kept
+    assert not torch.allclose(raw_out, raw_in, atol=1e-3)
+
+    # Saturation leaves grey pixels (R = G = B) alone and changes coloured ones.
+    saturation = ColorJitter(name="color_jitter", brightness=0, contrast=0, saturation=0.5)
+    raw_in[:, :, :3] = raw_in[:, :1, :3]  # the top three rows grey
+    x = (raw_in - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    raw_out = _raw(augment_batch(x, [saturation], _gen(0), mean, std), mean, std)
+    torch.testing.assert_close(raw_out[:, :, :3], raw_in[:, :, :3], atol=1e-5, rtol=0)
+    assert not torch.allclose(raw_out[:, :, 3:], raw_in[:, :, 3:], atol=1e-3)
+
+
+def test_color_jitter_saturation_is_a_no_op_on_grey_images():
+    x = torch.randn(6, 1, 5, 5)
+    mean, std = RAW_STATS[1]
+    saturation = ColorJitter(name="color_jitter", brightness=0, contrast=0, saturation=0.9)
+    torch.testing.assert_close(augment_batch(x, [saturation], _gen(0), mean, std), x, atol=1e-5, rtol=0)
+
+
+def test_color_jitter_needs_the_normalization_stats():
+    with pytest.raises(ValueError, match="mean=data.mean, std=data.std"):
+        augment_batch(torch.randn(2, 3, 4, 4), [ColorJitter(name="color_jitter")], _gen(0))
+    with pytest.raises(ValueError, match="3 channels"):
+        augment_batch(torch.randn(2, 3, 4, 4), [ColorJitter(name="color_jitter")], _gen(0), (0.5,), (0.2,))
+
+
+def test_augmentations_chain_in_order():
+    x = torch.randn(8, 3, 8, 8)
+    mean, std = RAW_STATS[3]
+    augs = [HFlip(name="hflip"), *NEW_AUGMENTATIONS, RandomCrop(name="random_crop", padding=2)]
+    out = augment_batch(x, augs, _gen(5), mean, std)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    assert torch.equal(out, augment_batch(x, augs, _gen(5), mean, std))

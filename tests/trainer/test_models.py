@@ -57,19 +57,19 @@ def test_mlp_and_cnn_build_and_train(spec, input_shape):
 
 def test_resnet18_cifar_stem_trains():
     model = build_model(ResNetSpec(name="resnet", depth=18, cifar_stem=True), (3, 32, 32), 10)
-    assert isinstance(model.maxpool, nn.Identity)
-    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
+    assert isinstance(model.backbone.maxpool, nn.Identity)
+    assert model.backbone.conv1.kernel_size == (3, 3) and model.backbone.conv1.stride == (1, 1)
     train_step(model, (3, 32, 32), 10, batch=2)
 
 
 def test_resnet_stems_and_channels():
     imagenet = build_model(ResNetSpec(name="resnet", cifar_stem=False), (3, 32, 32), 7)
-    assert imagenet.conv1.kernel_size == (7, 7) and isinstance(imagenet.maxpool, nn.MaxPool2d)
-    assert imagenet.fc.out_features == 7
+    assert imagenet.backbone.conv1.kernel_size == (7, 7) and isinstance(imagenet.backbone.maxpool, nn.MaxPool2d)
+    assert imagenet.head[-1].out_features == 7
     grey = build_model(ResNetSpec(name="resnet", cifar_stem=False), (1, 32, 32), 10)
-    assert grey.conv1.in_channels == 1 and grey.conv1.kernel_size == (7, 7)
+    assert grey.backbone.conv1.in_channels == 1 and grey.backbone.conv1.kernel_size == (7, 7)
     grey_cifar = build_model(ResNetSpec(name="resnet", cifar_stem=True), (1, 8, 8), 10)
-    assert grey_cifar.conv1.in_channels == 1
+    assert grey_cifar.backbone.conv1.in_channels == 1
 
 
 def test_cnn_residual_needs_same_padding():
