@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from service.errors import UserError
 from service.loading import SpecError, load_spec
 from service.spec import SweepSpec, max_epochs, num_trials, search_space
 from service.storage import read_json, sweep_dir
@@ -12,8 +13,6 @@ from service.storage import read_json, sweep_dir
 EXIT_USER_ERROR = 2
 
 
-class UserError(Exception):
-    """Something the user can fix; printed as is."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,16 +63,17 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("name", help="sweep name")
         p.add_argument("--storage", default=SweepSpec.model_fields["storage"].default.uri, help="storage URI")
         p.add_argument("-o", "--out", metavar="DIR", help="report directory (default <storage>/<name>/report)")
-        p.add_argument("--top", type=int, default=5, help="trials in the leaderboard and learning curves (default 5)")
+        p.add_argument("--top", type=int, help="trials in the leaderboard and learning curves (default 5)")
         p.add_argument("--heatmap", nargs=2, metavar=("PARAM_X", "PARAM_Y"),
                        help="heatmap axes, e.g. filters lr (default: the first two grid parameters)")
-        p.add_argument("--overfit-epochs", type=int, default=2, metavar="N",
+        p.add_argument("--overfit-epochs", type=int, metavar="N",
                        help="flag overfitting after N epochs of val loss up while train loss goes down (default 2)")
         return p
 
     p = report_verb("report", "Write report.html (figures embedded) and the PNGs for a sweep.")
     p.set_defaults(func=cmd_report)
-    p = report_verb("evaluate", "Evaluate a trial's checkpoint on the test split; add it to the report.")
+    p = report_verb("evaluate", "Evaluate a trial's checkpoint on the test split; add it to the report "
+                                "(report options not given keep the existing report's).")
     p.add_argument("--trial", metavar="ID", help="trial id (default: the best trial)")
     p.add_argument("--worst", type=int, default=10, metavar="K", help="worst-classified images to show (default 10)")
     p.set_defaults(func=cmd_evaluate)
@@ -83,7 +83,10 @@ def _parser() -> argparse.ArgumentParser:
 def describe(spec: SweepSpec) -> str:
     trials = num_trials(spec)
     varied = ", ".join(search_space(spec)) or "nothing (a single configuration)"
-    stops = "" if spec.scheduler.name == "fifo" else f"; {spec.scheduler.name} stops weak trials early"
+    stops = {
+        "fifo": "",
+        "pbt": "; pbt copies the best trials' weights into the worst",
+    }.get(spec.scheduler.name, f"; {spec.scheduler.name} stops weak trials early")
     return (
         f"{spec.name}: {trials} trial{'s' if trials != 1 else ''} ({spec.search.algorithm} search over {varied})\n"
         f"epoch budget: at most {trials * max_epochs(spec)} epochs "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
+
 from service.spec import (
     Choice,
     Grid,
@@ -12,6 +14,7 @@ from service.spec import (
     RandInt,
     SweepSpec,
     Uniform,
+    max_epochs,
     primitive_values,
     search_space,
 )
@@ -25,7 +28,7 @@ def param_space(spec: SweepSpec) -> dict[str, Any]:
 def _domain(primitive):
     from ray import tune
 
-    values = primitive_values(primitive)
+    values = [_plain(v) for v in primitive_values(primitive)]
     if isinstance(primitive, Grid):
         return tune.grid_search(list(values))
     if isinstance(primitive, Choice):
@@ -44,29 +47,71 @@ def _domain(primitive):
     raise TypeError(f"not a search primitive: {primitive!r}")
 
 
-def searcher(spec: SweepSpec, max_concurrent: int | None = None):
-    """Grid and random both go through Tune's variant generator; the seed makes samples repeatable.
-    ``max_concurrent`` caps running trials (None: as many as the cluster's resources allow)."""
-    from ray.tune.search.basic_variant import BasicVariantGenerator
+def _plain(value):
+    """Trial configs must be plain data (they go into summary.json): models become dicts."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
-    return BasicVariantGenerator(random_state=spec.seed, max_concurrent=max_concurrent or 0)
+
+def searcher(spec: SweepSpec, max_concurrent: int | None = None):
+    """The search algorithm, seeded by the spec's seed so its proposals repeat run to run.
+    ``max_concurrent`` caps running trials (None: as many as the cluster's resources allow);
+    for TPE it also bounds how many proposals are made without the results of the others."""
+    algorithm = spec.search.algorithm
+    if algorithm in ("grid", "random"):
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        return BasicVariantGenerator(random_state=spec.seed, max_concurrent=max_concurrent or 0)
+    from ray.tune.search import ConcurrencyLimiter
+
+    if algorithm == "optuna":
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        tpe = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=spec.seed))
+    else:
+        from ray.tune.search.hyperopt import HyperOptSearch
+
+        tpe = HyperOptSearch(random_state_seed=spec.seed)
+    return ConcurrencyLimiter(tpe, max_concurrent=max_concurrent) if max_concurrent else tpe
 
 
 def scheduler(spec: SweepSpec):
     """Trial schedulers count time in epochs (Tune's training_iteration: one report per epoch)."""
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler
+    from ray.tune.schedulers import (
+        ASHAScheduler,
+        FIFOScheduler,
+        HyperBandScheduler,
+        MedianStoppingRule,
+        PopulationBasedTraining,
+    )
 
-    s, max_epochs = spec.scheduler, spec.train.epochs
+    s, max_t = spec.scheduler, max_epochs(spec)
     if s.name == "asha":
         return ASHAScheduler(
             time_attr="training_iteration",
-            max_t=max_epochs,
+            max_t=max_t,
             grace_period=s.grace_period,
             reduction_factor=s.reduction_factor,
             brackets=s.brackets,
         )
     if s.name == "hyperband":
-        return HyperBandScheduler(
-            time_attr="training_iteration", max_t=max_epochs, reduction_factor=s.reduction_factor
+        return HyperBandScheduler(time_attr="training_iteration", max_t=max_t, reduction_factor=s.reduction_factor)
+    if s.name == "median":
+        return MedianStoppingRule(
+            time_attr="training_iteration", grace_period=s.grace_period, min_samples_required=s.min_samples
+        )
+    if s.name == "pbt":
+        return PopulationBasedTraining(
+            time_attr="training_iteration",
+            perturbation_interval=s.perturbation_interval,
+            quantile_fraction=s.quantile,
+            synch=s.synchronous,
+            # keys are dotted spec paths, like the trial configs they mutate
+            hyperparam_mutations={path: _domain(p) for path, p in s.mutations.items()},
         )
     return FIFOScheduler()

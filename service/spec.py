@@ -187,7 +187,7 @@ class DataSpec(_Strict):
     download: bool = False  # fetch the official files into `path` with torchvision when missing
     val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1  # of the official training split
     val_split: Literal["random", "stratified"] = "random"  # stratified: same class mix as train
-    augment: list[Augmentation] = []  # applied to training batches only, never to validation
+    augment: Tunable[list[Augmentation]] = []  # applied to training batches only, never to validation
     # synthetic only: a class-dependent pattern plus noise
     num_samples: PositiveInt = 2048  # train+val images (a test split of the same size/4 is added)
     image_size: PositiveInt = 16  # pixels per side
@@ -277,7 +277,8 @@ class ResNetSpec(_Strict):
     name: Literal["resnet"]
     depth: Tunable[Literal[18, 34, 50]] = 18
     cifar_stem: Tunable[bool] = False  # 3x3 stride-1 stem, no max-pool: for 32x32 inputs from scratch
-    mode: Tunable[Literal["scratch", "frozen", "finetune"]] = "scratch"  # frozen: train the head only
+    # scratch/finetune: train everything; frozen: train the head only (backbone weights fixed)
+    mode: Tunable[Literal["scratch", "frozen", "finetune"]] = "scratch"
     pretrained: Literal["none", "imagenet"] = "none"  # imagenet: torchvision's weights (needs network)
     weights_uri: str | None = None  # backbone state_dict (local path or s3://), loaded weights_only
     head: Tunable[Literal["linear", "mlp"]] = "linear"
@@ -287,14 +288,10 @@ class ResNetSpec(_Strict):
     resize: PositiveInt | None = None  # upsample inputs to resize×resize pixels (e.g. 224) first
 
     @model_validator(mode="after")
-    def _transfer_needs_weights(self):
+    def _one_weight_source(self):
+        # (frozen with neither is allowed: a random-features baseline, and a download-free smoke test)
         if self.pretrained == "imagenet" and self.weights_uri:
             raise ValueError("give either pretrained: imagenet or weights_uri, not both")
-        if self.mode in ("frozen", "finetune") and self.pretrained == "none" and not self.weights_uri:
-            raise ValueError(
-                f"mode {self.mode!r} transfers learned weights: set pretrained: imagenet or weights_uri "
-                "(or mode: scratch to train from random initialization)"
-            )
         return self
 
 
@@ -350,6 +347,9 @@ class SchedulerSpec(_Strict):
     perturbation_interval: PositiveInt = 2  # epochs
     quantile: Annotated[float, Field(gt=0, le=0.5)] = 0.25  # fraction of the population
     mutations: dict[str, Tunable[Any]] = {}  # dotted spec path -> choice/uniform/loguniform/...
+    # synchronous: every trial reaches the perturbation epoch before any exploit, so which trial
+    # copies which does not depend on timing (and trials need not run side by side).
+    synchronous: bool = True
 
     @field_validator("mutations")
     @classmethod
@@ -417,7 +417,8 @@ class SweepSpec(_Strict):
     name: Annotated[str, Field(max_length=40, pattern=DNS1123)]
     seed: int = 0  # fixes the train/val split, model init, data order and the searcher
     data: DataSpec
-    model: ModelSpec
+    # a model, or a primitive over whole models: {grid: [{name: mlp, ...}, {name: cnn, ...}]}
+    model: Tunable[ModelSpec]
     train: TrainSpec = TrainSpec()
     search: SearchSpec = SearchSpec()
     scheduler: SchedulerSpec = SchedulerSpec()
@@ -430,6 +431,13 @@ class SweepSpec(_Strict):
     @model_validator(mode="after")
     def _search_fits_space(self):
         space = search_space(self)
+        if isinstance(self.model, (Grid, Choice)):
+            nested = [i for i, m in enumerate(primitive_values(self.model)) if search_space(m)]
+            if nested:
+                raise ValueError(
+                    f"model: the models listed at positions {nested} contain search primitives; a "
+                    "primitive over whole models lists plain models (one trial each)"
+                )
         sampled = [path for path, p in space.items() if not isinstance(p, Grid)]
         grids = [path for path, p in space.items() if isinstance(p, Grid)]
         algorithm, scheduler = self.search.algorithm, self.scheduler
@@ -443,8 +451,6 @@ class SweepSpec(_Strict):
                 f"search.algorithm {algorithm!r} samples every value, it cannot walk a grid: "
                 f"write {grids} as {{choice: [...]}}"
             )
-        if algorithm in ("optuna", "hyperopt") and not space:
-            raise ValueError(f"search.algorithm {algorithm!r} needs at least one search primitive")
         if scheduler.name in ("asha", "median") and scheduler.grace_period > max_epochs(self):
             raise ValueError(
                 f"scheduler.grace_period ({scheduler.grace_period}) exceeds train.epochs "
@@ -459,6 +465,13 @@ class SweepSpec(_Strict):
                 raise ValueError(
                     f"scheduler.perturbation_interval ({scheduler.perturbation_interval}) must be a multiple "
                     f"of checkpoint.every ({self.checkpoint.every}): PBT copies weights from checkpoints"
+                )
+            population, cap = num_trials(self), self.resources.max_concurrent_trials
+            if scheduler.synchronous and cap and cap < population:
+                raise ValueError(
+                    f"synchronous PBT waits for all {population} trials at every perturbation, but "
+                    f"resources.max_concurrent_trials={cap} never starts them all: raise it to "
+                    f"{population}, remove it, or set scheduler.synchronous: false"
                 )
             _check_mutation_paths(self)
         return self

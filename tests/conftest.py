@@ -41,7 +41,10 @@ def make_spec(tmp_path):
     """make_spec(name=..., model={...}) → a SweepSpec storing under this test's tmp dir."""
 
     def make(**changes) -> SweepSpec:
-        data = deep_update(BASE_SPEC, {"storage": {"uri": str(tmp_path / "runs")}, **changes})
+        base = copy.deepcopy(BASE_SPEC)
+        if "name" in changes.get("model", {}):  # another model family: replace, don't merge
+            base["model"] = {}
+        data = deep_update(base, {"storage": {"uri": str(tmp_path / "runs")}, **changes})
         return SweepSpec.model_validate(data)
 
     return make

@@ -41,7 +41,7 @@ def fit(spec: SweepSpec, session) -> None:
     device = _device(spec)
     torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
 
-    data = _dataset(spec.data.model_dump_json(), spec.seed)
+    data = _dataset(spec.data.model_dump_json(exclude={"augment"}), spec.seed)  # augmentation: per batch
     train_x, train_y = data.train_x.to(device), data.train_y.to(device)
     val_x, val_y = data.val_x.to(device), data.val_y.to(device)
 

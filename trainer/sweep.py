@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from datetime import datetime, timezone
 from typing import Callable
 
@@ -24,7 +25,8 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 from ray.tune import Callback  # noqa: E402
 
 from service import space, storage
-from service.spec import SweepSpec, num_trials, search_space
+from service.errors import UserError
+from service.spec import SweepSpec, max_epochs, num_trials, search_space
 
 SUMMARY = "summary.json"
 SPEC = "spec.yaml"
@@ -34,20 +36,33 @@ METRIC_KEYS = (
 )
 
 
-def run_sweep(spec: SweepSpec, *, echo: Callable[[str], None] = print, callbacks: list = ()) -> dict:
-    """Run the whole sweep in-process (embedded Ray) and return the summary that was written.
-    ``callbacks``: more Tune callbacks (e.g. the metrics exporter), called after our monitor."""
+def run_sweep(
+    spec: SweepSpec,
+    *,
+    echo: Callable[[str], None] = print,
+    callbacks: list = (),
+    wait_for_resources: bool = False,
+) -> dict:
+    """Run the whole sweep (Ray in-process unless already connected) and return the summary.
+    ``callbacks``: more Tune callbacks, called after our monitor. ``wait_for_resources``: on an
+    autoscaling cluster (KubeRay) trials may wait for nodes; otherwise a trial that can never fit
+    the cluster is an error before anything starts."""
     import ray
     from ray import tune
 
     from trainer.loop import tune_trial
-
-    sweep_dir = storage.sweep_dir(spec.storage.uri, spec.name)
-    storage.write_text_atomic(sweep_dir / SPEC, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    from trainer.metrics import start_exporter
 
     if not ray.is_initialized():
         # Trial stdout stays in the trial logs; errors reach the terminal through our monitor.
         ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    if not wait_for_resources:
+        check_trial_fits(spec, ray.cluster_resources())
+
+    # Prometheus exporter (spec.metrics.port; 0: none). Before writing: a busy port fails cleanly.
+    exporter = start_exporter(spec)
+    sweep_dir = storage.sweep_dir(spec.storage.uri, spec.name)
+    storage.write_text_atomic(sweep_dir / SPEC, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
 
     monitor = SweepMonitor(spec, sweep_dir / SUMMARY, echo)
     tuner = tune.Tuner(
@@ -73,12 +88,32 @@ def run_sweep(spec: SweepSpec, *, echo: Callable[[str], None] = print, callbacks
             ),
             # A crashed trial (killed worker, lost node) restarts from its last checkpoint.
             failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
-            callbacks=[monitor, *callbacks],
+            callbacks=[monitor, *callbacks, *([exporter.callback] if exporter else [])],
             verbose=0,  # our monitor prints one progress line instead of Tune's tables
         ),
     )
-    results = tuner.fit()
+    try:
+        results = tuner.fit()
+    finally:
+        if exporter:
+            exporter.stop()  # up → 0, one last scrape if Prometheus is watching, then the port is free
     return monitor.finish(results)
+
+
+def check_trial_fits(spec: SweepSpec, cluster: dict) -> None:
+    """Refuse a sweep whose single trial needs more CPUs/GPUs than the whole cluster has:
+    Tune would wait for them forever."""
+    r = spec.resources
+    need = {"CPU": r.cpus_per_worker * r.workers_per_trial, "GPU": r.gpus_per_worker * r.workers_per_trial}
+    short = {k: v for k, v in need.items() if v > cluster.get(k, 0)}
+    if short:
+        wanted = ", ".join(f"{v:g} {k}" for k, v in need.items() if v)
+        have = ", ".join(f"{cluster.get(k, 0):g} {k}" for k in need)
+        raise UserError(
+            f"one trial needs {wanted} ({r.workers_per_trial} worker(s) × resources.cpus_per_worker/"
+            f"gpus_per_worker) but this Ray cluster has {have}; nothing was started.\n"
+            f"  Lower them, e.g. --set resources.cpus_per_worker=1 --set resources.gpus_per_worker=0"
+        )
 
 
 def _trial_dirname(trial) -> str:
@@ -99,8 +134,10 @@ def _max_concurrent(spec: SweepSpec) -> int | None:
     r = spec.resources
     if r.max_concurrent_trials:
         return r.max_concurrent_trials
-    if r.workers_per_trial > 1:
+    if r.workers_per_trial > 1 and spec.scheduler.name != "pbt":
         # Trials of N workers that cannot all be placed would wait on each other's worker groups.
+        # (Not for PBT: it pauses trials, which frees their workers, and waits for the whole
+        # population; a cap below the population size would wait forever.)
         import ray
 
         cpus = ray.cluster_resources().get("CPU", 1)
@@ -129,8 +166,19 @@ class SweepMonitor(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         record = self._trial(trial)
+        record["config"] = self._config(trial)  # PBT mutates configs while trials run
         epoch = {"epoch": result["epoch"], **{k: result[k] for k in METRIC_KEYS if k in result}}
         record["val_split"] = result.get("val_split")
+        donor = Path(result["restored_from"]).parent.name if result.get("restored_from") else None
+        if donor and donor != trial.trial_id:  # restored from another trial's checkpoint: a PBT exploit
+            record["exploits"].append({
+                "epoch": result["resumed_from_epoch"],
+                "donor": donor,
+                "donor_checkpoint": result["restored_from"],
+                "restored_weights": result.get("restored_weights"),
+                "config": record["config"],
+            })
+            self.echo(f"trial {trial.trial_id} took over trial {donor}'s weights at epoch {result['resumed_from_epoch']}")
         record["history"] = [h for h in record["history"] if h["epoch"] < epoch["epoch"]] + [epoch]
         record["epochs"] = epoch["epoch"]
         record["seconds"] = result.get("time_total_s", record["seconds"])
@@ -142,7 +190,7 @@ class SweepMonitor(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         record = self._trial(trial)
-        if record["epochs"] < self.spec.train.epochs:
+        if record["epochs"] < self._epoch_budget(trial):
             record["status"], record["stop_reason"] = "stopped_early", f"{self.spec.scheduler.name} scheduler"
         else:
             record["status"], record["stop_reason"] = "terminated", "completed all epochs"
@@ -162,11 +210,19 @@ class SweepMonitor(Callback):
         self._update(trials, force=True)
 
     # --- summary
+    def _config(self, trial) -> dict:
+        """The trial's searched and mutated values, by dotted path."""
+        keys = list(search_space(self.spec)) + list(self.spec.scheduler.mutations)
+        return {k: trial.config[k] for k in dict.fromkeys(keys) if k in trial.config}
+
+    def _epoch_budget(self, trial) -> int:
+        return int(trial.config.get("train.epochs", self.spec.train.epochs))
+
     def _trial(self, trial) -> dict:
         if trial.trial_id not in self.trials:
             self.trials[trial.trial_id] = {
                 "trial_id": trial.trial_id,
-                "config": {k: trial.config[k] for k in search_space(self.spec) if k in trial.config},
+                "config": self._config(trial),
                 "status": "pending",
                 "stop_reason": None,
                 "epochs": 0,
@@ -174,6 +230,7 @@ class SweepMonitor(Callback):
                 "history": [],
                 "checkpoint": None,
                 "restarts": 0,
+                "exploits": [],  # PBT: epochs at which this trial continued from a better trial
             }
         return self.trials[trial.trial_id]
 
@@ -198,7 +255,7 @@ class SweepMonitor(Callback):
             "sweep": self.spec.name,
             "status": status,
             "objective": {"metric": self.metric, "mode": self.mode},
-            "max_epochs": self.spec.train.epochs,
+            "max_epochs": max_epochs(self.spec),
             "num_trials": num_trials(self.spec),
             "trial_states": states,
             "started_at": datetime.fromtimestamp(self.started, timezone.utc).isoformat(timespec="seconds"),

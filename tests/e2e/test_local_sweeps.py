@@ -189,3 +189,12 @@ def _kill_trial_after_checkpoint(sweep_dir: Path, epoch: int, killed: list[int],
                     killed.append(int(proc.name))
             return
         time.sleep(0.01)
+
+
+def test_a_trial_that_can_never_fit_the_cluster_is_refused_before_anything_starts(ray_local, make_spec):
+    from service.errors import UserError
+
+    spec = make_spec(name="too-big", resources={"cpus_per_worker": 1, "gpus_per_worker": 1})
+    with pytest.raises(UserError, match=r"needs 1 CPU, 1 GPU .* has 2 CPU, 0 GPU"):
+        run_sweep(spec, echo=quiet)
+    assert not (Path(spec.storage.uri) / "too-big").exists()

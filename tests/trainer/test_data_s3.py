@@ -187,3 +187,18 @@ def test_local_paths_pass_through_with_sha256_checked(tmp_path):
         cache_location("s3://bucket/../../etc/passwd")
     with pytest.raises(ValueError, match="unsupported data URI scheme 'gs'"):
         fetch_to_cache("gs://bucket/key")
+
+
+def test_weights_uri_loads_from_s3_through_the_same_fetch(s3, tmp_path):
+    """model.weights_uri: s3:// goes through fetch_to_cache like datasets do."""
+    import torchvision
+
+    from trainer.models import load_backbone_weights
+
+    donor = torchvision.models.resnet18(weights=None)
+    torch.save(donor.state_dict(), tmp_path / "resnet18.pt")
+    client, bucket = s3
+    client.upload_file(str(tmp_path / "resnet18.pt"), bucket, "models/resnet18.pt")
+    state = load_backbone_weights(f"s3://{bucket}/models/resnet18.pt")
+    assert state.keys() == {k for k in donor.state_dict() if not k.startswith("fc.")}
+    assert all(torch.equal(state[k], donor.state_dict()[k]) for k in state)

@@ -1,0 +1,5 @@
+"""Errors a user can fix. The CLI prints them without a traceback (exit code 2)."""
+
+
+class UserError(Exception):
+    """Something the user can fix; the message says what and how."""

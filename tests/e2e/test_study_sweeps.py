@@ -1,0 +1,65 @@
+"""Every study in sweeps/ runs end to end at smoke scale through `sweepctl run`, using the smoke
+overrides its own header documents (synthetic data, 1-2 epochs, at most 4 trials)."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import pytest
+
+from service.cli import main
+from service.loading import load_spec
+from service.spec import max_epochs, num_trials
+from service.storage import read_json
+
+pytestmark = pytest.mark.slow
+SWEEPS = sorted((Path(__file__).resolve().parents[2] / "sweeps").glob("*.yaml"))
+
+# What each study asks for at full scale (the seed studies' own numbers).
+FULL_SCALE_TRIALS = {
+    "quickstart": 12,
+    "model_type": 3,
+    "cnn_structure": 36,
+    "cnn_hyperband": 20,
+    "cnn_regularization": 16,
+    "resnet_transfer": 4,
+    "cifar10net_optuna": 30,
+    "cifar100_small_resnet_asha": 24,
+    "activation_optimizer": 30,
+    "resnet50_hyperopt": 10,
+    "mnist_cnn_ladder": 9,
+    "cifar10_augmentation": 3,
+    "cnn_pbt": 8,
+}
+
+
+def smoke_overrides(path: Path) -> list[str]:
+    """The --set values of the '# Smoke:' line in the spec's header."""
+    line = next((l for l in path.read_text().splitlines() if l.startswith("# Smoke:")), None)
+    assert line, f"{path.name}: the header has no '# Smoke:' line"
+    words = shlex.split(line.removeprefix("# Smoke:"))
+    return [words[i + 1] for i, word in enumerate(words) if word == "--set"]
+
+
+def test_every_study_is_listed_with_its_full_scale_trial_count():
+    assert {p.stem for p in SWEEPS} == set(FULL_SCALE_TRIALS)
+    for path in SWEEPS:
+        assert num_trials(load_spec(path)) == FULL_SCALE_TRIALS[path.stem], path.name
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=[p.stem for p in SWEEPS])
+def test_study_runs_at_smoke_scale(ray_local, tmp_path, path, capsys):
+    overrides = smoke_overrides(path) + [f"storage.uri={tmp_path}", "metrics.port=0"]
+    spec = load_spec(path, overrides)
+    assert num_trials(spec) <= 4 and max_epochs(spec) <= 2
+    assert spec.data.name in ("synthetic", "digits"), "smoke runs must not need a dataset download"
+
+    args = ["run", str(path)] + [arg for o in overrides for arg in ("--set", o)]
+    assert main(args) == 0, capsys.readouterr().err
+
+    summary = read_json(tmp_path / spec.name / "summary.json")
+    assert len(summary["trials"]) == num_trials(spec)
+    assert summary["status"] == "finished"
+    assert all(t["status"] in ("terminated", "stopped_early") for t in summary["trials"]), summary["trial_states"]
+    assert "Top " in capsys.readouterr().out  # the leaderboard was printed
