@@ -338,7 +338,11 @@ def _fit_distributed(spec: SweepSpec) -> None:
     start_from = ray.tune.get_checkpoint()
     trainer = TorchTrainer(
         _train_worker,
-        train_loop_config={"spec_json": spec.model_dump_json()},
+        train_loop_config={
+            "spec_json": spec.model_dump_json(),
+            # Train V2 has no resume_from_checkpoint: the workers start from this one themselves.
+            "start_from": ray.train.Checkpoint(start_from.path, filesystem=start_from.filesystem) if start_from else None,
+        },
         scaling_config=ray.train.ScalingConfig(
             num_workers=r.workers_per_trial,
             use_gpu=r.gpus_per_worker > 0,
@@ -350,9 +354,6 @@ def _fit_distributed(spec: SweepSpec) -> None:
             storage_path=str(Path(context.get_trial_dir()).parent),
             callbacks=[_ForwardReports(reports)],
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),  # Tune keeps the copies
-        ),
-        resume_from_checkpoint=(
-            ray.train.Checkpoint(start_from.path, filesystem=start_from.filesystem) if start_from else None
         ),
     )
     failure: list[BaseException] = []
@@ -386,7 +387,22 @@ class _ForwardReports(UserCallback):
 
 
 def _train_worker(loop_config: dict) -> None:
-    import ray.train
-
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    fit(SweepSpec.model_validate_json(loop_config["spec_json"]), ray.train)
+    fit(SweepSpec.model_validate_json(loop_config["spec_json"]), _TrainSession(loop_config["start_from"]))
+
+
+class _TrainSession:
+    """``ray.train`` as ``fit`` uses it, but starting from the checkpoint Tune handed over unless
+    this Train run has one of its own (after Ray Train restarted a failed worker group)."""
+
+    def __init__(self, start_from):
+        import ray.train
+
+        self._train, self._start_from = ray.train, start_from
+        self.Checkpoint = ray.train.Checkpoint
+
+    def get_checkpoint(self):
+        return self._train.get_checkpoint() or self._start_from
+
+    def report(self, metrics: dict, checkpoint=None) -> None:
+        self._train.report(metrics, checkpoint=checkpoint)

@@ -202,12 +202,17 @@ def prometheus(tmp_path, monkeypatch):
     server.stop()
 
 
+RAY_SERIES = ("ray_node_cpu_utilization", "ray_node_mem_used", "ray_resources")
+
+
 def wait_until_scraped(prometheus: Prometheus, sweep: str, timeout: float = 90) -> None:
-    """Until Prometheus has scraped the sweep's driver and Ray targets at least twice each."""
+    """Until Prometheus has scraped the sweep's driver and Ray targets at least twice each, and
+    Ray's series are in (the raylet reports ray_resources every 10 s: a fresh Ray may not have yet)."""
     deadline = time.monotonic() + timeout
     while True:
-        result = prometheus.api("query", query=f'count by (job) (count_over_time(up{{sweep="{sweep}"}}[5m]) >= 2)')
-        if {r["metric"].get("job") for r in result["result"]} >= {"sweep-driver", "ray"}:
+        scraped = prometheus.api("query", query=f'count by (job) (count_over_time(up{{sweep="{sweep}"}}[5m]) >= 2)')
+        ray = prometheus.api("query", query=f'count by (__name__) ({{sweep="{sweep}",__name__=~"{"|".join(RAY_SERIES)}"}})')
+        if {r["metric"].get("job") for r in scraped["result"]} >= {"sweep-driver", "ray"} and len(ray["result"]) == 3:
             return
         if time.monotonic() > deadline:
             targets = prometheus.api("targets")["activeTargets"]
@@ -224,7 +229,8 @@ except ImportError:  # the fast tests above need no Ray
 class WaitUntilScraped(_Callback):
     """Prometheus applies file_sd changes in batches (every 5 s), and a sweep this small can end
     sooner. Real sweeps last minutes; here the driver loop holds at the first trial start until
-    both targets were scraped (the trial keeps training meanwhile)."""
+    both targets were scraped (the trial keeps training meanwhile). Synchronization, not a timing
+    assertion: it only waits."""
 
     def __init__(self, prometheus: Prometheus, sweep: str):
         self.prometheus, self.sweep, self.done = prometheus, sweep, False

@@ -86,28 +86,3 @@ def test_frozen_transfer_leaves_the_backbone_exactly_as_loaded(ray_local, make_s
     torch.manual_seed(spec.seed)  # the head as it was initialised before training
     fresh_head = build_model(spec.model, (3, 16, 16), 10).head
     assert any(not torch.equal(a, b) for a, b in zip(model.head.state_dict().values(), fresh_head.state_dict().values()))
-
-
-def test_pbt_exploit_restores_the_donors_weights_in_ddp_trials(ray_local, make_spec):
-    """2 workers per trial: Tune, not Ray Train, holds the checkpoints, so an exploited trial's new
-    worker group starts from the donor's weights and optimizer state."""
-    spec = make_spec(
-        name="pbt-ddp",
-        model={"name": "mlp", "hidden_sizes": [32]},
-        train={"epochs": 2, "optimizer": {"name": "sgd", "lr": {"grid": [1e-4, 3e-2]}}},
-        scheduler={
-            "name": "pbt",
-            "perturbation_interval": 1,
-            "quantile": 0.5,
-            "mutations": {"train.optimizer.lr": {"loguniform": [1e-3, 1e-1]}},
-        },
-        resources={"workers_per_trial": 2, "cpus_per_worker": 1},
-        checkpoint={"keep": None},
-    )
-    summary = run_sweep(spec, echo=quiet)
-    exploits = [e for t in summary["trials"] for e in t["exploits"]]
-    assert exploits, "PBT never exploited"
-    for exploit in exploits:
-        donor_model, _ = load_model(exploit["donor_checkpoint"])
-        assert exploit["restored_weights"] == weights_digest(donor_model)
-    assert all(h["duplicate_samples"] == 0 for t in summary["trials"] for h in t["history"])
