@@ -48,9 +48,10 @@ def _domain(primitive):
 
 
 def _plain(value):
-    """Trial configs must be plain data (they go into summary.json): models become dicts."""
+    """Trial configs must be plain data (they go into summary.json): models become dicts of
+    what the spec set (defaults are filled in again when the trial's spec is validated)."""
     if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
+        return value.model_dump(mode="json", exclude_unset=True)
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value

@@ -353,6 +353,8 @@ def leaderboard(summary: dict, top: int = 5) -> str:
 
 
 def _fmt(value) -> str:
+    if isinstance(value, dict) and "name" in value:  # a whole model from a grid over models
+        return value["name"] + "(" + ", ".join(f"{k}={v}" for k, v in value.items() if k != "name") + ")"
     if isinstance(value, float):
         return f"{value:.4g}" if abs(value) < 1e-2 or abs(value) >= 1e4 else f"{value:.4f}"
     return str(value)
