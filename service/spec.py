@@ -466,6 +466,11 @@ class SweepSpec(_Strict):
                     f"scheduler.perturbation_interval ({scheduler.perturbation_interval}) must be a multiple "
                     f"of checkpoint.every ({self.checkpoint.every}): PBT copies weights from checkpoints"
                 )
+            if self.checkpoint.keep is not None and self.checkpoint.keep < 3:
+                raise ValueError(
+                    f"scheduler 'pbt' with checkpoint.keep={self.checkpoint.keep}: a donor's checkpoint "
+                    "could be deleted before another trial copies it; keep at least 3 (or null: all)"
+                )
             population, cap = num_trials(self), self.resources.max_concurrent_trials
             if scheduler.synchronous and cap and cap < population:
                 raise ValueError(

@@ -104,3 +104,25 @@ def test_duplicate_keys_and_broken_yaml_are_reported_with_lines():
     assert err.value.problems[0].line == 10
     with pytest.raises(SpecError, match="not valid YAML"):
         parse_spec("name: [unclosed\n")
+
+
+PBT = GOOD.replace("{grid: [2, 3, 4]}", "2").replace("{grid: [64, 128, 152]}", "64").replace(
+    "{grid: [2, 3]}", "3").replace("{grid: [2, 4]}", "2") + """\
+search: {algorithm: random, num_samples: 4}
+scheduler:
+  name: pbt
+  perturbation_interval: 1
+  mutations: {train.optimizer.lr: {loguniform: [1.0e-4, 1.0e-1]}}
+"""
+
+
+def test_pbt_specs_are_checked_for_what_would_break_or_deadlock_at_run_time():
+    assert parse_spec(PBT + "checkpoint: {keep: 3}\n").scheduler.synchronous
+    with pytest.raises(SpecError, match="donor's checkpoint could be deleted"):
+        parse_spec(PBT)  # default keep: 2
+    with pytest.raises(SpecError, match="never starts them all"):
+        parse_spec(PBT + "checkpoint: {keep: null}\nresources: {max_concurrent_trials: 2}\n")
+    with pytest.raises(SpecError, match="train.optimizer.lrr"):
+        parse_spec(PBT.replace("train.optimizer.lr:", "train.optimizer.lrr:") + "checkpoint: {keep: null}\n")
+    with pytest.raises(SpecError, match="need a distribution"):
+        parse_spec(PBT.replace("{loguniform: [1.0e-4, 1.0e-1]}", "0.1") + "checkpoint: {keep: null}\n")
