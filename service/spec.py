@@ -132,7 +132,6 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0, lt=1)]
 
 # ----------------------------------------------------------------------------- data
-DATASETS = ("synthetic", "digits", "mnist", "fashion_mnist", "cifar10", "cifar100")
 ON_DISK = ("mnist", "fashion_mnist", "cifar10", "cifar100")  # read from data.path in the official format
 
 
@@ -576,6 +575,3 @@ def concrete(spec: SweepSpec, trial_config: dict[str, Any]) -> SweepSpec:
     merged = apply_overrides(spec.model_dump(mode="json"), trial_config)
     return SweepSpec.model_validate(merged)
 
-
-def is_dns1123(name: str) -> bool:
-    return bool(re.match(DNS1123, name)) and len(name) <= 40
