@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from pydantic import BaseModel
@@ -81,6 +82,23 @@ def searcher(spec: SweepSpec, max_concurrent: int | None = None):
     return ConcurrencyLimiter(tpe, max_concurrent=max_concurrent) if max_concurrent else tpe
 
 
+def _mutation_bounds(spec: SweepSpec) -> dict[str, tuple]:
+    bounds = {}
+    for path, primitive in spec.scheduler.mutations.items():
+        if isinstance(primitive, (Uniform, LogUniform, QUniform, RandInt)):
+            lo, hi = primitive_values(primitive)[:2]
+            bounds[path] = (lo, hi - 1 if isinstance(primitive, RandInt) else hi)  # randint: hi excluded
+    return bounds
+
+
+def clamp_to_ranges(config: dict, bounds: dict[str, tuple]) -> dict:
+    """PBT explore hook: clip perturbed values into their mutation's [lo, hi]."""
+    for path, (lo, hi) in bounds.items():
+        if path in config:
+            config[path] = type(config[path])(min(max(config[path], lo), hi))
+    return config
+
+
 def scheduler(spec: SweepSpec):
     """Trial schedulers count time in epochs (Tune's training_iteration: one report per epoch)."""
     from ray.tune.schedulers import (
@@ -114,5 +132,7 @@ def scheduler(spec: SweepSpec):
             synch=s.synchronous,
             # keys are dotted spec paths, like the trial configs they mutate
             hyperparam_mutations={path: _domain(p) for path, p in s.mutations.items()},
+            # PBT perturbs by ×1.2/×0.8 without clipping (0.99 momentum → 1.19): keep values in range
+            custom_explore_fn=functools.partial(clamp_to_ranges, bounds=_mutation_bounds(spec)),
         )
     return FIFOScheduler()

@@ -126,3 +126,19 @@ def test_pbt_specs_are_checked_for_what_would_break_or_deadlock_at_run_time():
         parse_spec(PBT.replace("train.optimizer.lr:", "train.optimizer.lrr:") + "checkpoint: {keep: null}\n")
     with pytest.raises(SpecError, match="need a distribution"):
         parse_spec(PBT.replace("{loguniform: [1.0e-4, 1.0e-1]}", "0.1") + "checkpoint: {keep: null}\n")
+
+
+def test_pbt_perturbations_are_clipped_into_the_mutation_range():
+    pytest.importorskip("ray")
+    from service.space import scheduler
+
+    spec = parse_spec(PBT.replace(
+        "mutations: {train.optimizer.lr: {loguniform: [1.0e-4, 1.0e-1]}}",
+        "mutations: {train.optimizer.momentum: {uniform: [0.8, 0.99]}, train.batch_size: {randint: [16, 65]}}",
+    ) + "checkpoint: {keep: null}\n")
+    explore = scheduler(spec)._custom_explore_fn
+    assert explore({"train.optimizer.momentum": 0.99 * 1.2, "train.batch_size": 80}) == {
+        "train.optimizer.momentum": 0.99, "train.batch_size": 64,
+    }
+    assert explore({"train.optimizer.momentum": 0.85})["train.optimizer.momentum"] == 0.85
+    parse_spec(PBT + "checkpoint: {keep: null}\n", overrides=["train.optimizer.momentum=0.99"])  # in range: valid
