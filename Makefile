@@ -21,7 +21,7 @@ prometheus:
 	prometheus --config.file=deploy/prometheus/prometheus.yml --storage.tsdb.path=runs/.prometheus \
 	  --web.listen-address=$(PROMETHEUS_ADDR)
 
-# The whole test suite (real Ray, real data formats); ~5-10 minutes on 2 cores.
+# The whole test suite (real Ray, real Prometheus, real data formats); ~5 minutes on 2 cores.
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
