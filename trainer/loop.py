@@ -36,7 +36,8 @@ CHECKPOINT_SPEC = "spec.json"  # the trial's concrete spec: enough to rebuild th
 
 def fit(spec: SweepSpec, session) -> None:
     """Train ``spec`` (concrete: no search primitives) and report once per epoch through
-    ``session`` (``ray.tune`` or ``ray.train``: both offer report() and get_checkpoint())."""
+    ``session``: ``ray.tune`` in a 1-worker trial, ``_TrainSession`` on DDP workers (both offer
+    report(), get_checkpoint() and Checkpoint)."""
     rank, world_size = _rank_and_world()
     device = _device(spec)
     torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
@@ -44,6 +45,7 @@ def fit(spec: SweepSpec, session) -> None:
     data = _dataset(spec.data.model_dump_json(exclude={"augment"}), spec.seed)  # augmentation: per batch
     train_x, train_y = data.train_x.to(device), data.train_y.to(device)
     val_x, val_y = data.val_x.to(device), data.val_y.to(device)
+    val_split = _fingerprint(data.val_indices)  # reported: the same for every trial of a sweep
 
     torch.manual_seed(spec.seed)  # same init on every rank and for every trial of this seed
     model = build_model(spec.model, data.input_shape, data.num_classes).to(device)
@@ -122,7 +124,7 @@ def fit(spec: SweepSpec, session) -> None:
             "epoch_seconds": time.perf_counter() - epoch_start,
             "train_samples": train_samples,
             "resumed_from_epoch": first_epoch - 1,  # 0 = fresh start
-            "val_split": _fingerprint(data.val_indices),  # the same for every trial of a sweep
+            "val_split": val_split,
             **(restored if epoch == first_epoch else {}),
         }
         if world_size > 1:
