@@ -1,9 +1,17 @@
-"""The one place that knows storage URIs.
+"""The one place that knows storage URIs: a local path (or file://PATH), or s3://bucket/prefix.
 
 Layout under the storage root, per sweep:  <root>/<sweep-name>/
     spec.yaml       the resolved spec (after --set), the source of truth for resume/report
     summary.json    per-trial config, metric history, status; best trial and checkpoint
+    driver.json     the driver attempts: which one owns the sweep now (see trainer/sweep.py)
     <trial dirs>    Ray Tune's experiment: trial results and checkpoints
+    report/         sweepctl report / evaluate output
+
+S3: endpoint, region and credentials come from the standard AWS environment (AWS_ENDPOINT_URL
+[_S3], AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, AWS_PROFILE), never from a
+spec file; ``SWEEP_S3_ADDRESSING_STYLE`` = auto | path | virtual (MinIO and Ceph usually want
+path). Writes of one object are a single PUT, which S3 makes visible all at once: a reader sees
+the old object or the new one, never half of one (the same promise as write-then-rename locally).
 """
 
 from __future__ import annotations
@@ -14,6 +22,19 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+ADDRESSING_STYLE_ENV = "SWEEP_S3_ADDRESSING_STYLE"
+# Forwarded from the driver to every Ray worker (workers keep the environment of `ray.init`).
+FORWARDED_ENV_PREFIXES = ("AWS_", "SWEEP_")
+
+
+class StorageError(Exception):
+    """Storage unreachable or refusing: the message names the URI and what to check."""
+
+
+# ============================================================================ URIs
+def is_s3(uri: str) -> bool:
+    return str(uri).startswith("s3://")
+
 
 def local_path(uri: str) -> Path:
     """file://PATH or a plain path → absolute local path (relative paths from the working dir)."""
@@ -21,6 +42,34 @@ def local_path(uri: str) -> Path:
     return Path(path).expanduser().resolve()
 
 
+def normalize(uri: str) -> str:
+    """s3://bucket/prefix without a trailing slash, or an absolute local path."""
+    uri = str(uri)
+    return uri.rstrip("/") if is_s3(uri) else str(local_path(uri))
+
+
+def join(uri: str, *parts: str) -> str:
+    uri = normalize(uri)
+    if is_s3(uri):
+        return "/".join([uri, *(p.strip("/") for p in parts)])
+    return str(Path(uri).joinpath(*parts))
+
+
+def sweep_uri(storage_uri: str, sweep_name: str) -> str:
+    return join(storage_uri, sweep_name)
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """s3://bucket/key → (bucket, key)."""
+    if not is_s3(uri):
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    if not bucket:
+        raise ValueError(f"no bucket in {uri!r}: expected s3://bucket/key or s3://bucket/prefix/")
+    return bucket, key
+
+
+# Kept for local-only callers (reports written next to the sweep).
 def sweep_root(storage_uri: str) -> Path:
     return local_path(storage_uri)
 
@@ -29,24 +78,194 @@ def sweep_dir(storage_uri: str, sweep_name: str) -> Path:
     return sweep_root(storage_uri) / sweep_name
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write-then-rename: a reader sees the old file or the new one, never half of one."""
+# ============================================================================ S3 clients
+def s3_client():
+    """A boto3 S3 client from the standard AWS environment (boto3 reads AWS_ENDPOINT_URL[_S3])."""
+    import boto3
+    from botocore.config import Config
+
+    style = os.environ.get(ADDRESSING_STYLE_ENV) or "auto"
+    if style not in ("auto", "path", "virtual"):
+        raise ValueError(f"{ADDRESSING_STYLE_ENV} must be auto, path or virtual, got {style!r}")
+    # A fresh session per call: boto3's default session is not thread-safe, and trials may fetch
+    # from several threads. Retries: "standard" mode backs off on throttling and 5xx.
+    return boto3.session.Session().client(
+        "s3", config=Config(s3={"addressing_style": style}, retries={"max_attempts": 5, "mode": "standard"})
+    )
+
+
+def s3_endpoint() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
+def pyarrow_filesystem(uri: str):
+    """(filesystem, path) for Ray Tune/Train's ``storage_filesystem``/``storage_path``.
+
+    pyarrow ignores AWS_ENDPOINT_URL, so the endpoint is passed explicitly (MinIO, Ceph, moto);
+    local URIs return (None, absolute path) and Ray uses its local filesystem."""
+    uri = normalize(uri)
+    if not is_s3(uri):
+        return None, uri
+    from urllib.parse import urlparse
+
+    import pyarrow.fs
+
+    options: dict[str, Any] = {}
+    endpoint = s3_endpoint()
+    if endpoint:
+        parsed = urlparse(endpoint)
+        options["endpoint_override"] = parsed.netloc or parsed.path
+        options["scheme"] = parsed.scheme or "https"
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        options["region"] = region
+    if (os.environ.get(ADDRESSING_STYLE_ENV) or "auto") == "virtual":
+        options["force_virtual_addressing"] = True
+    # Retries on connection errors and 5xx: a storage outage of tens of seconds is survived.
+    options["retry_strategy"] = pyarrow.fs.AwsStandardS3RetryStrategy(max_attempts=10)
+    return pyarrow.fs.S3FileSystem(**options), uri.removeprefix("s3://")
+
+
+# ============================================================================ objects
+def _s3_error(err: Exception, uri: str) -> StorageError:
+    where = s3_endpoint() or "AWS"
+    return StorageError(f"cannot reach {uri} (endpoint {where}): {err}. Check AWS_ENDPOINT_URL and the credentials.")
+
+
+def _is_missing(err: Exception) -> bool:
+    code = getattr(err, "response", {}).get("Error", {}).get("Code")
+    return code in ("404", "NoSuchKey", "NotFound")
+
+
+def read_bytes(uri: str) -> bytes:
+    """The object's bytes; FileNotFoundError when there is none."""
+    if not is_s3(uri):
+        return local_path(uri).read_bytes()
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = split_s3(uri)
+    try:
+        return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as err:
+        if _is_missing(err):
+            raise FileNotFoundError(uri) from None
+        raise _s3_error(err, uri) from err
+    except BotoCoreError as err:
+        raise _s3_error(err, uri) from err
+
+
+def read_text(uri: str) -> str:
+    return read_bytes(uri).decode()
+
+
+def read_json(uri: str | Path) -> Any:
+    return json.loads(read_bytes(str(uri)))
+
+
+def read_json_if_exists(uri: str) -> Any | None:
+    try:
+        return read_json(uri)
+    except FileNotFoundError:
+        return None
+
+
+def exists(uri: str) -> bool:
+    if not is_s3(uri):
+        return local_path(uri).exists()
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = split_s3(uri)
+    client = s3_client()
+    try:
+        client.head_object(Bucket=bucket, Key=key)
+        return True
+    except ClientError as err:
+        if not _is_missing(err):
+            raise _s3_error(err, uri) from err
+    except BotoCoreError as err:
+        raise _s3_error(err, uri) from err
+    # A "directory": any object under key/
+    listing = client.list_objects_v2(Bucket=bucket, Prefix=key.rstrip("/") + "/", MaxKeys=1)
+    return listing.get("KeyCount", 0) > 0
+
+
+def write_bytes_atomic(uri: str | Path, data: bytes) -> None:
+    """Locally write-then-rename; on S3 one PUT. Either way a reader never sees half a file."""
+    uri = str(uri)
+    if is_s3(uri):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        bucket, key = split_s3(uri)
+        try:
+            s3_client().put_object(Bucket=bucket, Key=key, Body=data)
+        except (ClientError, BotoCoreError) as err:
+            raise _s3_error(err, uri) from err
+        return
+    path = local_path(uri)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; results are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+def write_text_atomic(uri: str | Path, text: str) -> None:
+    write_bytes_atomic(uri, text.encode())
 
 
-def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+def write_json_atomic(uri: str | Path, data: Any) -> None:
+    write_text_atomic(uri, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def list_files(uri: str) -> list[str]:
+    """Relative paths of every file under the directory/prefix ``uri`` (sorted)."""
+    uri = normalize(uri)
+    if not is_s3(uri):
+        root = local_path(uri)
+        return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    bucket, key = split_s3(uri)
+    prefix = key + "/" if key else ""
+    names = []
+    for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        names += [obj["Key"][len(prefix):] for obj in page.get("Contents", [])]
+    return sorted(names)
+
+
+def download_dir(uri: str, target: Path) -> list[Path]:
+    """Copy every file under ``uri`` into ``target`` (created); returns the local files."""
+    target = Path(target)
+    files = []
+    for name in list_files(uri):
+        dest = target / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if is_s3(uri):
+            bucket, key = split_s3(join(uri, name))
+            s3_client().download_file(bucket, key, str(dest))
+        else:
+            dest.write_bytes((local_path(uri) / name).read_bytes())
+        files.append(dest)
+    return files
+
+
+# ============================================================================ sweeps
+SUMMARY = "summary.json"
+SPEC = "spec.yaml"
+
+
+def read_summary(storage_uri: str, sweep_name: str) -> dict | None:
+    """The sweep's summary.json, or None when the sweep has none (yet)."""
+    return read_json_if_exists(join(sweep_uri(storage_uri, sweep_name), SUMMARY))
+
+
+def forwarded_env() -> dict[str, str]:
+    """AWS_* and SWEEP_* settings of this process, for the Ray workers' runtime_env."""
+    return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
