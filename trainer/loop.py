@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import math
 import os
 import tempfile
@@ -32,6 +33,7 @@ from trainer.models import build_model
 
 CHECKPOINT_STATE = "state.pt"  # torch.save of model/optimizer/scaler state + epoch
 CHECKPOINT_SPEC = "spec.json"  # the trial's concrete spec: enough to rebuild the model
+CHECKPOINT_CHECKSUMS = "checksums.json"  # sha256 of the files above: `sweepctl pull` verifies copies
 
 
 def fit(spec: SweepSpec, session) -> None:
@@ -172,6 +174,16 @@ def save_checkpoint(directory, spec, data, model, optimizer, scaler, epoch: int)
     }
     torch.save(state, Path(directory) / CHECKPOINT_STATE)
     (Path(directory) / CHECKPOINT_SPEC).write_text(spec.model_dump_json(indent=2))
+    checksums = {name: sha256_file(Path(directory) / name) for name in (CHECKPOINT_STATE, CHECKPOINT_SPEC)}
+    (Path(directory) / CHECKPOINT_CHECKSUMS).write_text(json.dumps(checksums, indent=2))
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------- precision
