@@ -77,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--trial", metavar="ID", help="trial id (default: the best trial)")
     p.add_argument("--worst", type=int, default=10, metavar="K", help="worst-classified images to show (default 10)")
     p.set_defaults(func=cmd_evaluate)
+    _service_verbs(verbs)
     return parser
 
 
@@ -161,6 +162,126 @@ def cmd_evaluate(args) -> int:
     except ReportError as err:
         raise UserError(str(err)) from None
     print(f"report (with test-set evaluation): {path}")
+    return 0
+
+
+# ============================================================================ the sweep service
+def _service_verbs(verbs) -> None:
+    """submit/status/list/logs/cancel: talk to the sweep service (service/client.py)."""
+
+    def service_verb(name: str, help: str, takes_name: bool = True):
+        p = verbs.add_parser(name, help=help, description=help)
+        if takes_name:
+            p.add_argument("name", help="sweep name")
+        p.add_argument("--server", metavar="URL",
+                       help="the sweep service, e.g. http://sweeps.example.com (default $SWEEPCTL_SERVER, then "
+                            "server: in ~/.config/sweepctl/config.yaml); token from $SWEEPCTL_TOKEN or token: there")
+        return p
+
+    p = service_verb("submit", "Submit a sweep to the sweep service (it runs there: a RayJob on Kubernetes).",
+                     takes_name=False)
+    p.add_argument("spec", help="sweep spec YAML, or - to read it from stdin")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec value by dotted path (repeatable), as for run")
+    p.set_defaults(func=cmd_submit)
+    service_verb("status", "State and progress of a sweep on the service: trial counts, best so far.").set_defaults(
+        func=cmd_status)
+    service_verb("list", "The sweeps on the service.", takes_name=False).set_defaults(func=cmd_list)
+    p = service_verb("logs", "Print a sweep's driver log from the service.")
+    p.add_argument("--tail", type=int, default=0, metavar="N", help="only the last N lines")
+    p.set_defaults(func=cmd_logs)
+    service_verb("cancel", "Cancel a sweep on the service (finished trials stay in storage).").set_defaults(
+        func=cmd_cancel)
+
+
+def _service_call(call):
+    """Run a client call; the server's message becomes the CLI's (exit 2 for 4xx, 1 otherwise)."""
+    from service.client import ServiceError
+
+    try:
+        return call()
+    except ServiceError as err:
+        if 400 <= err.status < 500:
+            raise UserError(str(err)) from None
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _client(args):
+    from service.client import SweepClient
+
+    return SweepClient.from_settings(args.server)
+
+
+def cmd_submit(args) -> int:
+    from service.loading import parse_spec
+
+    source = "<stdin>" if args.spec == "-" else args.spec
+    if args.spec == "-":
+        text = sys.stdin.read()
+    else:
+        try:
+            with open(args.spec) as f:
+                text = f.read()
+        except OSError as err:
+            raise UserError(f"{args.spec}: cannot read the spec file: {err.strerror}") from None
+    parse_spec(text, source=source, overrides=args.overrides)  # errors with this file's name and lines
+    client = _client(args)
+    created = _service_call(lambda: client.submit(text, args.overrides))
+    print(f"submitted {created['name']}: {created['state']} ({created['trials']} trials) on {client.server}")
+    print(f"  follow it: sweepctl status {created['name']}   logs: sweepctl logs {created['name']}")
+    return 0
+
+
+def cmd_status(args) -> int:
+    client = _client(args)
+    sweep = _service_call(lambda: client.status(args.name))
+    print(f"{sweep['name']}: {sweep['state']} (created {sweep['created']})")
+    if sweep.get("message"):
+        print(f"  {sweep['message']}")
+    progress = sweep.get("progress")
+    if progress:
+        states = ", ".join(f"{state} {count}" for state, count in sorted(progress["trial_states"].items()))
+        print(f"trials: {states or 'none started'} (of {progress['num_trials']} planned; driver: {progress['status']})")
+        best, objective = progress.get("best"), progress.get("objective") or {}
+        if best:
+            metric = objective.get("metric")
+            value = best["metrics"].get(metric)
+            shown = f"{value:.4f}" if isinstance(value, float) else value
+            print(f"best: {metric} {shown} (trial {best['trial_id']}, epoch {best['metrics'].get('epoch')})")
+            print("  config: " + (", ".join(f"{k}={v}" for k, v in best["config"].items()) or "(no searched parameters)"))
+            if best.get("checkpoint"):
+                print(f"  checkpoint: {best['checkpoint']}")
+    elif sweep.get("storage_error"):
+        print(f"progress unavailable: {sweep['storage_error']}")
+    else:
+        print("trials: none reported yet")
+    return 0
+
+
+def cmd_list(args) -> int:
+    client = _client(args)
+    sweeps = _service_call(client.list)
+    if not sweeps:
+        print(f"no sweeps on {client.server}")
+        return 0
+    width = max(len(s["name"]) for s in sweeps)
+    print(f"{'NAME':<{width}}  {'STATE':<10} CREATED")
+    for s in sweeps:
+        print(f"{s['name']:<{width}}  {s['state']:<10} {s['created']}")
+    return 0
+
+
+def cmd_logs(args) -> int:
+    client = _client(args)
+    sys.stdout.write(_service_call(lambda: client.logs(args.name, args.tail)))
+    return 0
+
+
+def cmd_cancel(args) -> int:
+    client = _client(args)
+    sweep = _service_call(lambda: client.cancel(args.name))
+    print(f"{sweep['name']}: {sweep['state']}")
     return 0
 
 

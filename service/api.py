@@ -1,0 +1,314 @@
+"""The sweep service: an HTTP API over a backend (RayJobs in a Kubernetes namespace, or local processes).
+
+    POST   /sweeps              spec as YAML or JSON (+ ?set=key=value, repeatable) → 201 | 409 | 422
+    GET    /sweeps              name, state, created of every sweep
+    GET    /sweeps/{name}       state from the backend + progress from the sweep's summary.json
+    DELETE /sweeps/{name}       cancel
+    GET    /sweeps/{name}/best  the best trial so far: config, metrics, checkpoint URI
+    GET    /sweeps/{name}/logs  the driver's log (text)
+    GET    /healthz, /metrics   open: probes and Prometheus
+
+Everything else needs ``Authorization: Bearer $SWEEP_SERVICE_TOKEN``. Specs are validated by the
+same loader as ``sweepctl validate``, so a bad spec gets the CLI's messages. Errors always come
+back as JSON ``{"detail": ...}`` saying what failed; a Kubernetes API error keeps the API
+server's own message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from service import storage
+from service.backends import Backend, BackendError, SweepInfo
+from service.errors import UserError
+from service.loading import SpecError, parse_spec
+from service.spec import num_trials
+
+log = logging.getLogger("sweep-service")
+
+TOKEN_ENV = "SWEEP_SERVICE_TOKEN"
+BACKEND_ENV = "SWEEP_SERVICE_BACKEND"
+NAMESPACE_ENV = "SWEEP_SERVICE_NAMESPACE"
+CONFIG_ENV = "SWEEP_SERVICE_CONFIG"
+WORKDIR_ENV = "SWEEP_SERVICE_WORKDIR"
+DEFAULT_CONFIG = "/etc/sweep-service/config.yaml"
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+# Routes anyone may call: probes, Prometheus, and the API's own description.
+OPEN_PATHS = frozenset({"/healthz", "/metrics", "/docs", "/openapi.json"})
+MAX_SPEC_BYTES = 1 << 20
+YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml", "text/plain", "")
+
+
+class ServiceConfigError(UserError):
+    """The service cannot start as configured; the message says which setting to fix."""
+
+
+class HTTPProblem(Exception):
+    def __init__(self, status: int, detail, headers: dict | None = None):
+        self.status, self.detail, self.headers = status, detail, headers
+
+
+# ============================================================================ metrics
+class ServiceMetrics:
+    """The service's own series, in its own registry (not the process-global one)."""
+
+    def __init__(self):
+        from prometheus_client import CollectorRegistry, Counter
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "sweep_service_requests", "HTTP requests answered, by route template and status",
+            ["method", "route", "status"], registry=self.registry,
+        )
+        self.submitted = Counter("sweep_service_sweeps_submitted", "Sweeps accepted by POST /sweeps", registry=self.registry)
+        self.cancelled = Counter("sweep_service_sweeps_cancelled", "Sweeps cancelled by DELETE /sweeps/{name}", registry=self.registry)
+        self.backend_errors = Counter(
+            "sweep_service_backend_errors", "Backend calls that failed (Kubernetes API, storage), by HTTP status",
+            ["status"], registry=self.registry,
+        )
+
+    def exposition(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
+
+
+# ============================================================================ the app
+def create_app(backend: Backend | None = None, token: str | None = None) -> FastAPI:
+    """The API over ``backend`` (default: from the environment), guarded by ``token``
+    (default: $SWEEP_SERVICE_TOKEN). Raises ServiceConfigError when there is no token."""
+    token = token if token is not None else os.environ.get(TOKEN_ENV, "")
+    if not token.strip():
+        raise ServiceConfigError(
+            f"no API token: set {TOKEN_ENV} (the Helm chart takes it from a Secret). "
+            "The service refuses to run unauthenticated."
+        )
+    backend = backend if backend is not None else backend_from_env()
+    metrics = ServiceMetrics()
+    app = FastAPI(title="sweep-service", version="0.1.0", redoc_url=None, swagger_ui_oauth2_redirect_url=None)
+    app.state.backend, app.state.metrics = backend, metrics
+    expected = token.encode()
+
+    def require_token(request: Request) -> None:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+            raise HTTPProblem(
+                401, "missing or wrong bearer token: send 'Authorization: Bearer <token>' "
+                "(sweepctl reads it from SWEEPCTL_TOKEN or ~/.config/sweepctl/config.yaml)",
+                {"WWW-Authenticate": "Bearer"},
+            )
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next):
+        response = await call_next(request)
+        route = request.scope.get("route")
+        metrics.requests.labels(request.method, getattr(route, "path", "unmatched"), str(response.status_code)).inc()
+        return response
+
+    @app.exception_handler(HTTPProblem)
+    async def problem(_request, err: HTTPProblem):
+        return JSONResponse({"detail": err.detail}, err.status, headers=err.headers)
+
+    @app.exception_handler(BackendError)
+    async def backend_error(_request, err: BackendError):
+        if err.status >= 500:  # 404/409 are answers, not failures of the backend
+            metrics.backend_errors.labels(str(err.status)).inc()
+        return JSONResponse({"detail": err.message}, err.status)
+
+    @app.exception_handler(storage.StorageError)
+    async def storage_error(_request, err: storage.StorageError):
+        metrics.backend_errors.labels("503").inc()
+        return JSONResponse({"detail": f"storage unavailable: {err}"}, 503)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request, err: Exception):
+        log.exception("unexpected error")  # the traceback goes to the service log, not the client
+        return JSONResponse({"detail": f"internal error: {type(err).__name__}: {err}"}, 500)
+
+    guarded = [Depends(require_token)]
+
+    @app.get("/healthz")
+    def healthz():
+        return {"status": "ok"}
+
+    @app.get("/metrics")
+    def prometheus_metrics():
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/sweeps", status_code=201, dependencies=guarded)
+    async def submit(
+        request: Request,
+        overrides: list[str] = Query(default=[], alias="set", description="key.path=value, like --set"),
+    ):
+        text = await _spec_text(request)
+        info, spec = await run_in_threadpool(_submit, backend, text, overrides)
+        metrics.submitted.inc()
+        return {**info.to_dict(), "trials": num_trials(spec)}
+
+    @app.get("/sweeps", dependencies=guarded)
+    def list_sweeps():
+        return {"sweeps": [{"name": s.name, "state": s.state, "created": s.created} for s in backend.list()]}
+
+    @app.get("/sweeps/{name}", dependencies=guarded)
+    def status(name: str):
+        info = backend.get(name)
+        body = info.to_dict()
+        try:
+            body["progress"] = progress(storage.read_summary(info.storage_uri, name))
+        except (storage.StorageError, OSError, ValueError) as err:
+            # The backend's state is still worth answering with; say why progress is missing.
+            body["progress"], body["storage_error"] = None, str(err)
+        return body
+
+    @app.delete("/sweeps/{name}", dependencies=guarded)
+    def cancel(name: str):
+        info = backend.cancel(name)
+        metrics.cancelled.inc()
+        return info.to_dict()
+
+    @app.get("/sweeps/{name}/best", dependencies=guarded)
+    def best(name: str):
+        info = backend.get(name)
+        summary = storage.read_summary(info.storage_uri, name)
+        if not summary or not summary.get("best"):
+            raise HTTPProblem(
+                404, f"sweep '{name}' has no best trial yet: no trial has reported its objective "
+                f"(state: {info.state}); try again once a trial finished an epoch",
+            )
+        return {"name": name, "state": info.state, "objective": summary.get("objective"), **summary["best"]}
+
+    @app.get("/sweeps/{name}/logs", dependencies=guarded, response_class=PlainTextResponse)
+    def logs(name: str, tail: int = Query(default=0, ge=0, description="last N lines only (0: all)")):
+        text = backend.logs(name)
+        if tail:
+            text = "".join(text.splitlines(keepends=True)[-tail:])
+        return PlainTextResponse(text)
+
+    return app
+
+
+async def _spec_text(request: Request) -> str:
+    body = await request.body()
+    if len(body) > MAX_SPEC_BYTES:
+        raise HTTPProblem(413, f"spec too large: {len(body)} bytes (at most {MAX_SPEC_BYTES})")
+    try:
+        text = body.decode()
+    except UnicodeDecodeError:
+        raise HTTPProblem(400, "the spec must be UTF-8 text") from None
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "application/json":
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as err:
+            raise HTTPProblem(422, _spec_problem(f"<request>: not valid JSON: {err.msg} (line {err.lineno})")) from None
+        # JSON is YAML, so the same loader reports lines; tabs (only ever whitespace outside JSON
+        # strings) are the one thing YAML refuses there.
+        return text.replace("\t", " ")
+    if content_type not in YAML_TYPES:
+        raise HTTPProblem(415, f"unsupported Content-Type {content_type!r}: send application/yaml or application/json")
+    return text
+
+
+def _spec_problem(message: str, errors: list | None = None) -> dict:
+    return {"message": message, "errors": errors if errors is not None else [message]}
+
+
+def _submit(backend: Backend, text: str, overrides: list[str]):
+    try:
+        spec = parse_spec(text, source="<request>", overrides=overrides)
+    except SpecError as err:
+        errors = [{"path": p.path, "line": p.line, "message": p.message, "text": str(p)} for p in err.problems]
+        raise HTTPProblem(422, _spec_problem(str(err), errors)) from None
+    try:
+        existing = backend.get(spec.name)
+    except BackendError as err:
+        if err.status != 404:
+            raise
+    else:
+        raise HTTPProblem(
+            409, f"sweep '{spec.name}' already exists (state: {existing.state}); submit it under "
+            f"another name (--set name=NEW-NAME), or cancel the running one first",
+        )
+    root = backend.storage_uri(spec)
+    if storage.exists(storage.join(root, spec.name, storage.SPEC)):
+        raise HTTPProblem(
+            409, f"sweep '{spec.name}' already has results in {storage.sweep_uri(root, spec.name)}; "
+            "nothing was changed. Submit it under another name (--set name=NEW-NAME)",
+        )
+    return backend.submit(spec, text), spec
+
+
+def progress(summary: dict | None) -> dict | None:
+    """The part of summary.json a status line needs (the per-trial history stays in storage)."""
+    if summary is None:
+        return None
+    keys = ("status", "num_trials", "trial_states", "objective", "best_trial", "best", "started_at", "updated_at")
+    return {key: summary.get(key) for key in keys}
+
+
+# ============================================================================ configuration
+def backend_from_env() -> Backend:
+    kind = os.environ.get(BACKEND_ENV, "local").strip().lower()
+    if kind == "local":
+        from service.backends import LocalBackend
+
+        workdir = os.environ.get(WORKDIR_ENV) or Path.home() / ".cache" / "sweep-service" / "local"
+        return LocalBackend(workdir)
+    if kind == "kubernetes":
+        from service.backends import KubernetesBackend
+        from service.rayjob import load_render_options
+
+        config = os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG
+        if not Path(config).is_file():
+            raise ServiceConfigError(
+                f"no service configuration at {config}: set {CONFIG_ENV} to the RenderOptions YAML "
+                "(the Helm chart mounts it from a ConfigMap)"
+            )
+        return KubernetesBackend(current_namespace(), load_render_options(config))
+    raise ServiceConfigError(f"{BACKEND_ENV} must be 'kubernetes' or 'local', got {kind!r}")
+
+
+def current_namespace() -> str:
+    explicit = os.environ.get(NAMESPACE_ENV, "").strip()
+    if explicit:
+        return explicit
+    try:
+        return Path(SERVICE_ACCOUNT_NAMESPACE).read_text().strip() or "default"
+    except OSError:
+        return "default"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="sweep-service",
+        description=f"The sweep service API. Token from ${TOKEN_ENV}; backend from ${BACKEND_ENV} "
+        f"(kubernetes | local); Kubernetes settings from ${CONFIG_ENV} (default {DEFAULT_CONFIG}).",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    args = parser.parse_args(argv)
+    try:
+        app = create_app()
+    except (UserError, SpecError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

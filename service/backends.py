@@ -1,0 +1,385 @@
+"""Where the service runs sweeps: a Kubernetes namespace (RayJobs) or this machine (subprocesses).
+
+Both answer the same five calls (``Backend``) with ``SweepInfo`` records and raise ``BackendError``
+carrying the HTTP status the API should answer with, so the API never guesses what went wrong.
+States: pending | running | succeeded | failed | cancelled (| unknown when a backend cannot tell).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Protocol
+
+import yaml
+
+from service import storage
+from service.spec import SweepSpec
+
+TERMINAL_STATES = ("succeeded", "failed", "cancelled")
+
+
+@dataclass
+class SweepInfo:
+    name: str
+    state: str
+    created: str  # ISO 8601, UTC
+    storage_uri: str  # the storage root holding <name>/summary.json
+    message: str = ""  # why the backend says so, when it has more to say (e.g. a failure reason)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class BackendError(Exception):
+    """A backend refused or failed; ``status`` is the HTTP status the API answers with."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class Backend(Protocol):
+    def storage_uri(self, spec: SweepSpec) -> str:
+        """The storage root this backend's run of ``spec`` writes to."""
+
+    def submit(self, spec: SweepSpec, source_yaml: str) -> SweepInfo: ...
+
+    def get(self, name: str) -> SweepInfo: ...
+
+    def list(self) -> list[SweepInfo]: ...
+
+    def cancel(self, name: str) -> SweepInfo: ...
+
+    def logs(self, name: str) -> str: ...
+
+
+def not_found(name: str, where: str) -> BackendError:
+    return BackendError(404, f"no sweep '{name}' {where}; `sweepctl list` shows the sweeps there")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# ============================================================================ local
+class LocalBackend:
+    """Development backend: each sweep is a ``sweepctl run SPEC --resume`` subprocess.
+
+    A subprocess keeps torch and Ray out of the service process and lets cancel end the whole
+    embedded Ray (its own process group). Per sweep, ``<workdir>/<name>/`` holds ``spec.yaml``
+    (resolved, storage made absolute), ``process.log`` (stdout+stderr), ``sweep.json`` (pid,
+    created), then ``exit_code`` and/or ``cancelled``: enough to answer after the process ended or
+    the service restarted.
+    """
+
+    LOG = "process.log"
+
+    def __init__(self, workdir: str | Path, grace_seconds: float = 20.0):
+        self.workdir = Path(workdir).expanduser().resolve()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.grace_seconds = grace_seconds  # SIGTERM → SIGKILL: Ray needs a few seconds to stop
+        self._lock = threading.Lock()
+        self._processes: dict[str, subprocess.Popen] = {}
+
+    def storage_uri(self, spec: SweepSpec) -> str:
+        # Absolute, so the subprocess and the service agree whatever their working directories.
+        return storage.normalize(spec.storage.uri)
+
+    def submit(self, spec: SweepSpec, source_yaml: str) -> SweepInfo:
+        home = self.workdir / spec.name
+        with self._lock:
+            try:
+                home.mkdir()
+            except FileExistsError:
+                raise BackendError(409, f"sweep '{spec.name}' already exists (local backend, {home})") from None
+            resolved = spec.model_dump(mode="json")
+            resolved["storage"]["uri"] = self.storage_uri(spec)
+            (home / "spec.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+            log = open(home / self.LOG, "wb")
+            command = [sys.executable, "-m", "service.cli", "run", str(home / "spec.yaml"), "--resume"]
+            # Its own session: cancel signals the driver and the Ray processes it started, together.
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            log.close()
+            info = {"name": spec.name, "pid": process.pid, "created": _now(), "storage_uri": self.storage_uri(spec)}
+            (home / "sweep.json").write_text(json.dumps(info))
+            self._processes[spec.name] = process
+        threading.Thread(target=self._record_exit, args=(home, process), daemon=True).start()
+        return self.get(spec.name)
+
+    def _record_exit(self, home: Path, process: subprocess.Popen) -> None:
+        code = process.wait()
+        storage.write_text_atomic(home / "exit_code", str(code))
+
+    def _home(self, name: str) -> Path:
+        home = self.workdir / name
+        if not (home / "sweep.json").exists():
+            raise not_found(name, f"in {self.workdir}")
+        return home
+
+    def get(self, name: str) -> SweepInfo:
+        home = self._home(name)
+        info = json.loads((home / "sweep.json").read_text())
+        state, message = self._state(home, info["pid"], info["storage_uri"], name)
+        return SweepInfo(name, state, info["created"], info["storage_uri"], message)
+
+    def _state(self, home: Path, pid: int, storage_uri: str, name: str) -> tuple[str, str]:
+        if (home / "cancelled").exists():
+            return "cancelled", ""
+        code_file = home / "exit_code"
+        if code_file.exists():
+            code = int(code_file.read_text())
+            if code == 0:
+                return "succeeded", ""
+            return "failed", f"sweepctl run exited with code {code}; see `sweepctl logs {name}`"
+        process = self._processes.get(name)
+        if process is not None:
+            code = process.returncode  # set by _record_exit's wait(); poll() would race with it
+            if code is None:
+                return "running", ""
+            return ("succeeded", "") if code == 0 else ("failed", f"sweepctl run exited with code {code}")
+        if _alive(pid):
+            return "running", ""
+        # Started by an earlier service process that is gone: only storage can tell how it ended.
+        summary = storage.read_summary(storage_uri, name)
+        if summary and summary.get("status") == "finished":
+            return "succeeded", ""
+        return "failed", "the sweep process ended while the service was not watching it"
+
+    def list(self) -> list[SweepInfo]:
+        names = sorted(p.parent.name for p in self.workdir.glob("*/sweep.json"))
+        return [self.get(name) for name in names]
+
+    def cancel(self, name: str) -> SweepInfo:
+        home = self._home(name)
+        current = self.get(name)
+        if current.state in TERMINAL_STATES:
+            raise BackendError(409, f"sweep '{name}' already {current.state}; nothing to cancel")
+        (home / "cancelled").write_text(_now())
+        pid = json.loads((home / "sweep.json").read_text())["pid"]
+        _signal_group(pid, signal.SIGTERM)
+        threading.Thread(target=self._kill_after_grace, args=(pid,), daemon=True).start()
+        return self.get(name)
+
+    def _kill_after_grace(self, pid: int) -> None:
+        deadline = time.monotonic() + self.grace_seconds
+        while time.monotonic() < deadline:
+            if not _group_alive(pid):
+                return
+            time.sleep(0.2)
+        _signal_group(pid, signal.SIGKILL)
+
+    def logs(self, name: str) -> str:
+        return (self._home(name) / self.LOG).read_text(errors="replace")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)  # the session leader's pid is its process group id
+    except ProcessLookupError:
+        pass  # already gone: nothing left to stop
+
+
+# ============================================================================ kubernetes
+RAYJOB = {"group": "ray.io", "version": "v1", "plural": "rayjobs"}
+MANAGED_BY = "app.kubernetes.io/managed-by=sweep-service"
+STORAGE_ANNOTATION = "sweep-service/storage-uri"
+DRIVER_LOG = "driver.log"
+
+
+class KubernetesBackend:
+    """Sweeps as KubeRay RayJobs in one namespace, through the official ``kubernetes`` client.
+
+    The client is configured lazily (in-cluster service account, else kubeconfig), so importing
+    this module costs nothing. Every Kubernetes API error becomes a ``BackendError`` that keeps the
+    API server's reason and message; nothing is swallowed.
+    """
+
+    def __init__(self, namespace: str, options, api_client=None):
+        self.namespace = namespace
+        self.options = options  # service.rayjob.RenderOptions
+        self._api_client = api_client
+        self._custom = None
+
+    # ---------------------------------------------------------------------- client
+    def _api(self):
+        if self._custom is None:
+            from kubernetes import client
+
+            self._custom = client.CustomObjectsApi(self._api_client or _configured_api_client())
+        return self._custom
+
+    def _call(self, action: str, name: str, method: str, **kwargs):
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            return getattr(self._api(), method)(**RAYJOB, namespace=self.namespace, **kwargs)
+        except ApiException as err:
+            raise self._api_error(err, action, name) from None
+        except (HTTPError, OSError) as err:
+            host = self._api().api_client.configuration.host
+            raise BackendError(503, f"cannot reach the Kubernetes API server at {host} to {action}: {err}") from None
+
+    def _api_error(self, err, action: str, name: str) -> BackendError:
+        reason, message = _status_reason_message(err)
+        said = f"{err.status} {reason}: {message}"
+        if err.status == 404 and action != "create the RayJob":
+            return not_found(name, f"in namespace {self.namespace} (Kubernetes API: {said})")
+        if err.status == 409:
+            return BackendError(409, f"sweep '{name}' already exists in namespace {self.namespace} (Kubernetes API: {said})")
+        hint = {
+            401: "; the service's Kubernetes credentials were refused",
+            403: f"; the service account needs RayJob permissions in namespace {self.namespace} (the Helm chart's Role)",
+            404: "; is the KubeRay operator (the ray.io/v1 RayJob CRD) installed?",
+            422: "; the RayJob does not match the cluster's RayJob CRD (KubeRay version?)",
+        }.get(err.status, "")
+        status = 503 if err.status == 503 else 502  # the service works; what it depends on does not
+        return BackendError(status, f"the Kubernetes API refused to {action} for sweep '{name}': {said}{hint}")
+
+    # ---------------------------------------------------------------------- backend calls
+    def storage_uri(self, spec: SweepSpec) -> str:
+        # A local path means nothing inside a cluster: the service's storage replaces it.
+        return spec.storage.uri if storage.is_s3(spec.storage.uri) else self.options.storage_uri
+
+    def submit(self, spec: SweepSpec, source_yaml: str) -> SweepInfo:
+        from service.rayjob import render_rayjob
+
+        rayjob = render_rayjob(spec, self.options, source_yaml=source_yaml)
+        created = self._call("create the RayJob", spec.name, "create_namespaced_custom_object", body=rayjob)
+        return self._info(created)
+
+    def get(self, name: str) -> SweepInfo:
+        try:
+            return self._info(self._call("read the RayJob", name, "get_namespaced_custom_object", name=name))
+        except BackendError as err:
+            if err.status != 404:
+                raise
+            gone = self._from_storage(name)
+            if gone is None:
+                raise
+            return gone
+
+    def _from_storage(self, name: str) -> SweepInfo | None:
+        """A sweep whose RayJob is gone (ttlSecondsAfterFinished, or cancelled) but whose results remain."""
+        summary = storage.read_summary(self.options.storage_uri, name)
+        if summary is None:
+            return None
+        finished = summary.get("status") == "finished"
+        return SweepInfo(
+            name, "succeeded" if finished else "unknown", summary.get("started_at") or "", self.options.storage_uri,
+            "its RayJob is gone (removed after it finished, or cancelled); progress is from storage",
+        )
+
+    def list(self) -> list[SweepInfo]:
+        found = self._call("list RayJobs", "*", "list_namespaced_custom_object", label_selector=MANAGED_BY)
+        return sorted((self._info(item) for item in found.get("items", [])), key=lambda s: s.name)
+
+    def cancel(self, name: str) -> SweepInfo:
+        current = self.get(name)
+        if current.state in TERMINAL_STATES:
+            raise BackendError(409, f"sweep '{name}' already {current.state}; nothing to cancel")
+        # Deleting the RayJob makes KubeRay delete its Ray cluster; results stay in storage.
+        self._call("delete the RayJob", name, "delete_namespaced_custom_object", name=name)
+        return SweepInfo(name, "cancelled", current.created, current.storage_uri, "RayJob deleted")
+
+    def logs(self, name: str) -> str:
+        info = self.get(name)
+        uri = storage.join(storage.sweep_uri(info.storage_uri, name), DRIVER_LOG)
+        try:
+            return storage.read_text(uri)
+        except FileNotFoundError:
+            raise BackendError(
+                404, f"no driver log for sweep '{name}' yet (state: {info.state}; looked for {uri}): "
+                "the driver writes it once the RayJob's head pod runs",
+            ) from None
+
+    def _info(self, rayjob: dict) -> SweepInfo:
+        metadata = rayjob.get("metadata", {})
+        state, message = rayjob_state(rayjob.get("status") or {})
+        storage_uri = (metadata.get("annotations") or {}).get(STORAGE_ANNOTATION) or self.options.storage_uri
+        return SweepInfo(metadata.get("name", ""), state, metadata.get("creationTimestamp", ""), storage_uri, message)
+
+
+def rayjob_state(status: dict) -> tuple[str, str]:
+    """KubeRay's RayJob status (jobDeploymentStatus + the Ray job's jobStatus) → (state, message)."""
+    deployment = status.get("jobDeploymentStatus") or ""
+    job = status.get("jobStatus") or ""
+    message = status.get("message") or status.get("reason") or ""
+    if job == "SUCCEEDED":
+        return "succeeded", message
+    if job == "FAILED" or deployment in ("Failed", "ValidationFailed"):
+        return "failed", message or f"RayJob {deployment or 'failed'}"
+    if job == "STOPPED" or deployment in ("Suspending", "Suspended"):
+        return "cancelled", message
+    if deployment == "Retrying":
+        failed = status.get("failed", 0)
+        return "pending", f"retrying after {failed} failed attempt(s); the sweep resumes from storage"
+    if deployment == "Running" and job == "RUNNING":
+        return "running", message
+    if deployment == "Complete":  # complete without a terminal job status: KubeRay could not tell
+        return "failed", message or "RayJob complete without a job status"
+    return "pending", message  # "", New, Initializing, Waiting, or Running with the job still PENDING
+
+
+def _status_reason_message(err) -> tuple[str, str]:
+    """The API server's Status object (reason, message), else the HTTP reason and raw body."""
+    try:
+        body = json.loads(err.body or "")
+    except (TypeError, ValueError):
+        body = None
+    if isinstance(body, dict) and body.get("message"):
+        return body.get("reason") or err.reason or "", body["message"]
+    return err.reason or "", (err.body or "").strip()[:500] or "(no message)"
+
+
+def _configured_api_client():
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        try:
+            config.load_kube_config()
+        except (config.ConfigException, OSError) as err:
+            raise BackendError(
+                503, "no Kubernetes configuration: not running in a cluster (no service account token) "
+                f"and no usable kubeconfig (KUBECONFIG or ~/.kube/config): {err}",
+            ) from None
+    return client.ApiClient()
