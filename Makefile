@@ -4,7 +4,14 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: quickstart test test-fast install clean prometheus report-screenshot
+.PHONY: quickstart test test-fast install clean prometheus report-screenshot helm-files
+
+# Helm's engine for tests/helm: helm-sdkpy (pinned in tests/helm/requirements.txt) needs Python >= 3.12,
+# so it gets a venv of its own. Python 3.12: python3.12 on PATH, else pyenv's; or HELM_PYTHON=/path.
+HELM_VENV   ?= .venv-helm
+HELM_STAMP  := $(HELM_VENV)/.installed
+HELM_PYTHON ?= $(shell for py in python3.12 $$(pyenv root 2>/dev/null)/versions/3.12*/bin/python3.12; do \
+                 "$$py" -c '' 2>/dev/null && { command -v "$$py"; break; }; done)
 
 # The main job: a real sweep on scikit-learn's digits, embedded Ray, results under ./runs/quickstart.
 quickstart: $(STAMP)
@@ -22,11 +29,11 @@ prometheus:
 	  --web.listen-address=$(PROMETHEUS_ADDR)
 
 # The whole test suite (real Ray, real Prometheus, real data formats); ~5 minutes on 2 cores.
-test: $(STAMP)
+test: $(STAMP) $(HELM_STAMP)
 	$(BIN)/python -m pytest
 
 # Only the tests that start no Ray (seconds).
-test-fast: $(STAMP)
+test-fast: $(STAMP) $(HELM_STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
 # A screenshot of a sweep's report.html (writes the report first if there is none), with Debian's
@@ -53,5 +60,23 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $@
 
+# Without Python 3.12 the chart tests skip, saying so; under CI=true this fails instead.
+$(HELM_STAMP): tests/helm/requirements.txt
+	@if [ -z "$(HELM_PYTHON)" ]; then \
+	  echo "python3.12 not found (pyenv install 3.12, apt-get install python3.12, or HELM_PYTHON=...):" \
+	       "the Helm chart tests will skip" >&2; \
+	  test "$$CI" != true; \
+	else \
+	  (test -x $(HELM_VENV)/bin/python || $(HELM_PYTHON) -m venv $(HELM_VENV)) && \
+	  $(HELM_VENV)/bin/pip install --quiet -r tests/helm/requirements.txt && touch $@; \
+	fi
+
+# Helm reads no file outside its chart: the chart keeps copies of the dashboard, the alert rules and
+# the PodMonitors. Run this after editing the originals (tests/helm/test_chart.py checks they are equal).
+helm-files:
+	cp deploy/grafana/sweeps.json helm/sweep-service/files/sweeps.json
+	cp deploy/prometheus/rules.yml helm/sweep-service/files/rules.yml
+	cp deploy/prometheus/podmonitors.yaml helm/sweep-service/files/podmonitors.yaml
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(HELM_VENV) runs .pytest_cache
