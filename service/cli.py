@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 
 from service.errors import UserError
 from service.loading import SpecError, load_spec
 from service.spec import SweepSpec, max_epochs, num_trials, search_space
-from service.storage import read_json, sweep_dir
+from service import storage
 
 EXIT_USER_ERROR = 2
+# The storage of verbs that name a sweep (leaderboard, best, pull, ...): the spec's default unless set.
+DEFAULT_STORAGE = os.environ.get("SWEEP_STORAGE") or SweepSpec.model_fields["storage"].default.uri
 
 
 
@@ -41,6 +45,13 @@ def _parser() -> argparse.ArgumentParser:
         )
         return p
 
+    def storage_verb(name: str, help: str):
+        p = verbs.add_parser(name, help=help, description=help)
+        p.add_argument("name", help="sweep name")
+        p.add_argument("--storage", default=DEFAULT_STORAGE, metavar="URI",
+                       help=f"where the sweep is stored: s3://bucket/prefix or a path (default $SWEEP_STORAGE or {DEFAULT_STORAGE})")
+        return p
+
     p = spec_verb("validate", "Check a spec without running anything; print trials and epoch budget.")
     p.set_defaults(func=cmd_validate)
 
@@ -50,18 +61,39 @@ def _parser() -> argparse.ArgumentParser:
         "--metrics-port", type=int, metavar="PORT",
         help="Prometheus exporter port (same as --set metrics.port=PORT; default 9500, 0 turns it off)",
     )
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="if the sweep already exists in storage, resume it instead of refusing (what a RayJob does)")
+    again.add_argument("--new", action="store_true",
+                       help="if the sweep already exists, run this one as NAME-2 (NAME-3, ...) instead of refusing")
+    p.add_argument("--wait-for-resources", action="store_true",
+                   help="let trials wait for nodes (autoscaling clusters) instead of refusing trials that cannot fit now")
     p.set_defaults(func=cmd_run)
 
-    p = verbs.add_parser("leaderboard", help="Print the top trials of a finished or running sweep.")
-    p.add_argument("name", help="sweep name")
-    p.add_argument("--storage", default=SweepSpec.model_fields["storage"].default.uri, help="storage URI")
+    p = storage_verb("resume", "Continue an interrupted sweep from its storage: finished trials are kept, "
+                               "unfinished ones continue from their last checkpoint.")
+    p.add_argument("--top", type=int, default=5, help="rows in the final leaderboard (default 5)")
+    p.add_argument("--wait-for-resources", action="store_true", help="as for run")
+    p.set_defaults(func=cmd_resume)
+
+    p = storage_verb("best", "Print the best trial of a sweep: config, metrics, checkpoint URI.")
+    p.add_argument("--json", action="store_true", help="print it as JSON")
+    p.set_defaults(func=cmd_best)
+
+    p = storage_verb("pull", "Download a trial's checkpoint (default: the best) with a model_card.json, "
+                             "verifying every file's sha256.")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--trial", metavar="ID", help="trial id (default: the best trial)")
+    which.add_argument("--best", action="store_true", help="the best trial's best checkpoint (the default)")
+    p.add_argument("-o", "--out", metavar="DIR", help="target directory (default ./<name>-<trial>)")
+    p.set_defaults(func=cmd_pull)
+
+    p = storage_verb("leaderboard", "Print the top trials of a finished or running sweep.")
     p.add_argument("--top", type=int, default=5)
     p.set_defaults(func=cmd_leaderboard)
 
     def report_verb(name: str, help: str):
-        p = verbs.add_parser(name, help=help, description=help)
-        p.add_argument("name", help="sweep name")
-        p.add_argument("--storage", default=SweepSpec.model_fields["storage"].default.uri, help="storage URI")
+        p = storage_verb(name, help)
         p.add_argument("-o", "--out", metavar="DIR", help="report directory (default <storage>/<name>/report)")
         p.add_argument("--top", type=int, help="trials in the leaderboard and learning curves (default 5)")
         p.add_argument("--heatmap", nargs=2, metavar=("PARAM_X", "PARAM_Y"),
@@ -104,36 +136,112 @@ def cmd_validate(args) -> int:
 def cmd_run(args) -> int:
     metrics_port = [] if args.metrics_port is None else [f"metrics.port={args.metrics_port}"]
     spec = load_spec(args.spec, args.overrides + metrics_port)
-    target = sweep_dir(spec.storage.uri, spec.name)
-    if target.exists():
+    exists = storage.exists(storage.sweep_uri(spec.storage.uri, spec.name))
+    if exists and args.new:
+        spec = spec.model_copy(update={"name": _next_free_name(spec)})
+        exists = False
+        print(f"sweep name taken; running this one as {spec.name}")
+    if exists and not args.resume:
         raise UserError(
-            f"sweep '{spec.name}' already exists at {target}; nothing was changed.\n"
-            f"  Run it under another name (--set name=NEW-NAME) or remove that directory first."
+            f"sweep '{spec.name}' already exists in {storage.sweep_uri(spec.storage.uri, spec.name)}; nothing was changed.\n"
+            f"  Continue it:       sweepctl resume {spec.name} --storage {spec.storage.uri}\n"
+            f"  Or start another:  sweepctl run {args.spec} --new   (or --set name=NEW-NAME)"
         )
+    if exists:  # --resume: the stored spec is the sweep's truth; this file only named it
+        return _drive(_stored_spec(spec.storage.uri, spec.name), resume=True, top=args.top,
+                      wait_for_resources=args.wait_for_resources, metrics_port=spec.metrics.port)
     print(describe(spec), flush=True)
+    return _drive(spec, resume=False, top=args.top, wait_for_resources=args.wait_for_resources)
+
+
+def cmd_resume(args) -> int:
+    spec = _stored_spec(args.storage, args.name)
+    print(describe(spec), flush=True)
+    return _drive(spec, resume=True, top=args.top, wait_for_resources=args.wait_for_resources)
+
+
+def _stored_spec(storage_uri: str, name: str) -> SweepSpec:
+    from service.loading import parse_spec
+
+    uri = storage.join(storage.sweep_uri(storage_uri, name), storage.SPEC)
+    try:
+        text = storage.read_text(uri)
+    except FileNotFoundError:
+        raise UserError(f"no sweep '{name}' under {storage_uri} (looked for {uri})") from None
+    return parse_spec(text, source=uri)
+
+
+def _next_free_name(spec: SweepSpec) -> str:
+    for n in range(2, 1000):
+        name = f"{spec.name[:36]}-{n}"
+        if not storage.exists(storage.sweep_uri(spec.storage.uri, name)):
+            return name
+    raise UserError(f"no free name {spec.name}-N under {spec.storage.uri}; use --set name=NEW-NAME")
+
+
+def _drive(spec: SweepSpec, *, resume: bool, top: int, wait_for_resources: bool, metrics_port: int | None = None) -> int:
     from trainer.metrics import MetricsPortInUse
     from trainer.sweep import leaderboard, run_sweep  # torch + ray: only for verbs that train
 
+    if metrics_port is not None:
+        spec = spec.model_copy(update={"metrics": spec.metrics.model_copy(update={"port": metrics_port})})
     try:
-        summary = run_sweep(spec, echo=lambda line: print(line, flush=True))
+        summary = run_sweep(spec, resume=resume, echo=lambda line: print(line, flush=True),
+                            wait_for_resources=wait_for_resources)
     except MetricsPortInUse as err:  # raised before anything is written: the same command can be rerun
         raise UserError(str(err)) from None
     print()
-    print(leaderboard(summary, top=args.top))
-    print(f"\nresults: {target}/summary.json")
+    print(leaderboard(summary, top=top))
+    print(f"\nresults: {storage.join(storage.sweep_uri(spec.storage.uri, spec.name), storage.SUMMARY)}")
     if summary["best"]:
         print(f"best checkpoint: {summary['best']['checkpoint']}")
     errors = summary["trial_states"].get("error", 0)
     return 1 if errors and errors == len(summary["trials"]) else 0
 
 
+def _summary(storage_uri: str, name: str) -> dict:
+    summary = storage.read_summary(storage_uri, name)
+    if summary is None:
+        where = storage.join(storage.sweep_uri(storage_uri, name), storage.SUMMARY)
+        raise UserError(f"no sweep '{name}' under {storage_uri} (looked for {where}); pass --storage URI")
+    return summary
+
+
 def cmd_leaderboard(args) -> int:
-    path = sweep_dir(args.storage, args.name) / "summary.json"
-    if not path.exists():
-        raise UserError(f"no sweep '{args.name}' under {args.storage} (looked for {path})")
     from trainer.sweep import leaderboard
 
-    print(leaderboard(read_json(path), top=args.top))
+    print(leaderboard(_summary(args.storage, args.name), top=args.top))
+    return 0
+
+
+def cmd_best(args) -> int:
+    best = _summary(args.storage, args.name)["best"]
+    if best is None:
+        raise UserError(f"sweep '{args.name}' has no scored trial yet")
+    if args.json:
+        print(json.dumps(best, indent=2))
+        return 0
+    metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["metrics"].items()
+                        if k in ("epoch", "val_acc", "val_loss", "train_acc", "train_loss"))
+    print(f"best trial: {best['trial_id']}")
+    print("config:     " + (", ".join(f"{k}={v}" for k, v in best["config"].items()) or "(no searched parameters)"))
+    print(f"metrics:    {metrics}")
+    print(f"checkpoint: {best['checkpoint']}")
+    return 0
+
+
+def cmd_pull(args) -> int:
+    from service.pull import PullError, pull_checkpoint  # boto3 only when pulling
+
+    summary = _summary(args.storage, args.name)
+    try:
+        out, card = pull_checkpoint(summary, args.trial, args.out)
+    except PullError as err:
+        raise UserError(str(err)) from None
+    print(f"pulled trial {card['trial_id']} ({summary['objective']['metric']} "
+          f"{card['metrics'].get(summary['objective']['metric'])}) from {card['checkpoint']}")
+    print(f"into {out}: {', '.join(sorted(card['files']))}; sha256 verified")
+    print(f"load it:  from trainer import load_model; model, spec = load_model({str(out)!r})")
     return 0
 
 

@@ -3,3 +3,7 @@
 
 class UserError(Exception):
     """Something the user can fix; the message says what and how."""
+
+
+class SweepBusy(UserError):
+    """Another driver is running this sweep; nothing was written."""

@@ -109,6 +109,11 @@ def parse_overrides(overrides: list[str]) -> tuple[dict[str, Any], list[Problem]
 
 # ----------------------------------------------------------------------------- validation
 def load_spec(path: str | Path, overrides: list[str] = ()) -> SweepSpec:
+    """Load a spec file; ``-`` reads the YAML from stdin (how a RayJob hands over its spec)."""
+    if str(path) == "-":
+        import sys
+
+        return parse_spec(sys.stdin.read(), source="<stdin>", overrides=list(overrides))
     path = Path(path)
     try:
         text = path.read_text()

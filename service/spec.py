@@ -388,14 +388,21 @@ class ResourcesSpec(_Strict):
 
 
 class StorageSpec(_Strict):
-    uri: str = "file://./runs"  # file://PATH, a plain path, or (later) s3://bucket/prefix
+    # Where spec.yaml, summary.json, trial results and checkpoints go: file://PATH, a plain path,
+    # or s3://bucket/prefix (any S3-compatible store; endpoint and credentials come from the AWS
+    # environment variables, never from the spec).
+    uri: str = "file://./runs"
 
     @field_validator("uri")
     @classmethod
     def _known_scheme(cls, uri: str) -> str:
         scheme = uri.split("://", 1)[0] if "://" in uri else "file"
-        if scheme != "file":
-            raise ValueError(f"unsupported storage scheme {scheme!r}: use file://PATH or a plain path")
+        if scheme == "s3":
+            bucket = uri.removeprefix("s3://").split("/", 1)[0]
+            if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
+                raise ValueError(f"{uri!r} needs a bucket name (3-63 lowercase letters, digits, '.', '-'): s3://bucket/prefix")
+        elif scheme != "file":
+            raise ValueError(f"unsupported storage scheme {scheme!r}: use s3://bucket/prefix, file://PATH or a plain path")
         return uri
 
 

@@ -12,6 +12,7 @@ forward pre-hook on that layer records its input. No model code knows about eval
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from service import storage
 from trainer import report
 
 TSNE_SEED = 0  # t-SNE and its subsample are fixed: the same checkpoint draws the same map
@@ -146,12 +148,16 @@ def display_images(x: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -
 
 
 # ----------------------------------------------------------------------------- the verb
-def checkpoint_dir(storage_uri: str, path: str) -> Path:
-    """Where a checkpoint recorded in the summary can be read locally. Local storage: the path
-    itself (the seam where S3 checkpoints will be fetched first)."""
-    local = Path(path)
+def checkpoint_dir(storage_uri: str, uri: str) -> Path:
+    """A local directory holding the checkpoint recorded in the summary: the path itself for
+    local storage, a fresh download for s3://."""
+    if storage.is_s3(uri):
+        local = Path(tempfile.mkdtemp(prefix="sweep-checkpoint-"))
+        storage.download_dir(uri, local)
+    else:
+        local = Path(uri)
     if not (local / "state.pt").exists():
-        raise report.ReportError(f"checkpoint {path} is missing (no state.pt)")
+        raise report.ReportError(f"checkpoint {uri} is missing (no state.pt); retention may have deleted it")
     return local
 
 
@@ -230,4 +236,4 @@ def evaluate_trial(
                  "embedding": np.round(embedding, 4).tolist()},
         "figures": sorted(figures),
     })
-    return report.generate_report(storage_uri, name, out, reuse_options=True, **report_options)
+    return report.generate_report(storage_uri, name, out, reuse_options=True, publish=out_dir is None, **report_options)

@@ -33,7 +33,7 @@ from trainer.models import build_model
 
 CHECKPOINT_STATE = "state.pt"  # torch.save of model/optimizer/scaler state + epoch
 CHECKPOINT_SPEC = "spec.json"  # the trial's concrete spec: enough to rebuild the model
-CHECKPOINT_CHECKSUMS = "checksums.json"  # sha256 of the files above: `sweepctl pull` verifies copies
+CHECKPOINT_MANIFEST = "checkpoint.json"  # epoch, its metrics, sha256 of the files above (`sweepctl pull` verifies)
 
 
 def fit(spec: SweepSpec, session) -> None:
@@ -138,7 +138,7 @@ def fit(spec: SweepSpec, session) -> None:
             checkpoint = None
             if wants_checkpoint and rank == 0:
                 write_start = time.perf_counter()
-                save_checkpoint(ckpt_dir, spec, data, model, optimizer, scaler, epoch)
+                save_checkpoint(ckpt_dir, spec, data, model, optimizer, scaler, epoch, metrics)
                 metrics["checkpoint_seconds"] = time.perf_counter() - write_start  # serialize + local write
                 metrics["checkpoint_bytes"] = sum(f.stat().st_size for f in Path(ckpt_dir).iterdir())
                 checkpoint = session.Checkpoint.from_directory(ckpt_dir)
@@ -162,7 +162,7 @@ def evaluate(model, x, y, amp_dtype, rank: int = 0, world_size: int = 1, batch_s
     return loss, acc
 
 
-def save_checkpoint(directory, spec, data, model, optimizer, scaler, epoch: int) -> None:
+def save_checkpoint(directory, spec, data, model, optimizer, scaler, epoch: int, metrics: dict) -> None:
     state = {
         # what rebuilding the model needs without reading the dataset again
         "input_shape": list(data.input_shape),
@@ -174,8 +174,12 @@ def save_checkpoint(directory, spec, data, model, optimizer, scaler, epoch: int)
     }
     torch.save(state, Path(directory) / CHECKPOINT_STATE)
     (Path(directory) / CHECKPOINT_SPEC).write_text(spec.model_dump_json(indent=2))
-    checksums = {name: sha256_file(Path(directory) / name) for name in (CHECKPOINT_STATE, CHECKPOINT_SPEC)}
-    (Path(directory) / CHECKPOINT_CHECKSUMS).write_text(json.dumps(checksums, indent=2))
+    manifest = {
+        "epoch": epoch,
+        "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+        "sha256": {name: sha256_file(Path(directory) / name) for name in (CHECKPOINT_STATE, CHECKPOINT_SPEC)},
+    }
+    (Path(directory) / CHECKPOINT_MANIFEST).write_text(json.dumps(manifest, indent=2))
 
 
 def sha256_file(path: Path) -> str:

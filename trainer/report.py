@@ -59,23 +59,43 @@ class ReportError(Exception):
 
 # ============================================================================= I/O (swappable)
 def read_summary(storage_uri: str, name: str) -> dict:
-    path = storage.sweep_dir(storage_uri, name) / SUMMARY
-    if not path.exists():
-        raise ReportError(f"no sweep '{name}' under {storage_uri} (looked for {path})")
-    return storage.read_json(path)
+    summary = storage.read_summary(storage_uri, name)
+    if summary is None:
+        where = storage.join(storage.sweep_uri(storage_uri, name), SUMMARY)
+        raise ReportError(f"no sweep '{name}' under {storage_uri} (looked for {where}); pass --storage URI")
+    return summary
 
 
 def read_spec(storage_uri: str, name: str) -> SweepSpec | None:
     """The resolved spec the sweep ran with; None when it is missing (the report then skips
     what needs it: rung milestones, the default heatmap axes)."""
-    path = storage.sweep_dir(storage_uri, name) / SPEC
-    if not path.exists():
+    try:
+        text = storage.read_text(storage.join(storage.sweep_uri(storage_uri, name), SPEC))
+    except FileNotFoundError:
         return None
-    return SweepSpec.model_validate(yaml.safe_load(path.read_text()))
+    return SweepSpec.model_validate(yaml.safe_load(text))
 
 
 def default_report_dir(storage_uri: str, name: str) -> Path:
+    """Local storage: <storage>/<name>/report. S3: ./reports/<name> here, uploaded to
+    <storage>/<name>/report/ when written (see publish_report)."""
+    if storage.is_s3(storage_uri):
+        out = Path("reports", name).resolve()
+        remote = storage.join(storage.sweep_uri(storage_uri, name), "report")
+        if not (out / REPORT_JSON).exists() and storage.exists(remote):
+            storage.download_dir(remote, out)  # keep an earlier evaluation and the report's options
+        return out
     return storage.sweep_dir(storage_uri, name) / "report"
+
+
+def publish_report(storage_uri: str, name: str, out: Path) -> None:
+    """S3 storage: copy the report next to the sweep, so everyone reading the bucket sees it."""
+    if not storage.is_s3(storage_uri):
+        return
+    remote = storage.join(storage.sweep_uri(storage_uri, name), "report")
+    for path in sorted(Path(out).iterdir()):
+        if path.is_file():
+            storage.write_bytes_atomic(storage.join(remote, path.name), path.read_bytes())
 
 
 def write_file(path: Path, data: bytes | str) -> None:
@@ -996,6 +1016,7 @@ def generate_report(
     heatmap: tuple[str, str] | None = None,
     overfit_epochs: int | None = None,
     reuse_options: bool = False,
+    publish: bool | None = None,
 ) -> Path:
     """Compute every analysis, draw every figure, write DIR/report.html + PNGs + report.json.
 
@@ -1005,6 +1026,7 @@ def generate_report(
     summary = read_summary(storage_uri, name)
     spec = read_spec(storage_uri, name)
     out = Path(out_dir) if out_dir else default_report_dir(storage_uri, name)
+    publish = out_dir is None if publish is None else publish  # an explicit -o DIR stays local
     previous = (read_json_if_exists(out / REPORT_JSON) or {}).get("options", {}) if reuse_options else {}
     top = top if top is not None else previous.get("top", 5)
     heatmap = heatmap or (tuple(previous["heatmap"]) if previous.get("heatmap") else None)
@@ -1072,4 +1094,6 @@ def generate_report(
         **{k: ctx[k] for k in ("leaderboard", "overfitting", "heatmap", "importance", "early_stopping", "pbt", "compute")},
         "evaluation": EVALUATION_JSON if ctx["evaluation"] else None,
     })
+    if publish:
+        publish_report(storage_uri, name, out)
     return out / REPORT_HTML

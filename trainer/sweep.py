@@ -10,10 +10,14 @@ report, so a crash never hides what had finished.
 from __future__ import annotations
 
 import os
+import socket
+import threading
 import time
+import uuid
 from pathlib import Path
 from datetime import datetime, timezone
 from typing import Callable
+import logging
 
 import yaml
 
@@ -21,15 +25,23 @@ import yaml
 # (harmless for short trials) would bury it. Read by Ray at import/run time, so set first.
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+# Tune snapshots its experiment state (which trials finished, each one's latest checkpoint) every
+# 10+ s by default; a driver killed in between resumes from an older view and re-runs epochs.
+# A snapshot is one small JSON file, so take one every 2 s.
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
 
 from ray.tune import Callback  # noqa: E402
 
 from service import space, storage
-from service.errors import UserError
+from service.errors import SweepBusy, UserError
 from service.spec import SweepSpec, max_epochs, num_trials, search_space
 
-SUMMARY = "summary.json"
-SPEC = "spec.yaml"
+log = logging.getLogger(__name__)
+
+SUMMARY = storage.SUMMARY
+SPEC = storage.SPEC
+DRIVER = "driver.json"  # which driver attempt owns the sweep, and its heartbeat
+DRIVER_LOG = "driver.log"  # the progress lines, readable from storage (sweepctl logs, the service)
 METRIC_KEYS = (
     "val_acc", "val_loss", "train_acc", "train_loss", "lr", "samples_per_second", "epoch_seconds",
     "resumed_from_epoch", "train_samples", "duplicate_samples", "checkpoint_seconds", "checkpoint_bytes",
@@ -39,65 +51,98 @@ METRIC_KEYS = (
 def run_sweep(
     spec: SweepSpec,
     *,
+    resume: bool = False,
     echo: Callable[[str], None] = print,
     callbacks: list = (),
     wait_for_resources: bool = False,
 ) -> dict:
     """Run the whole sweep (Ray in-process unless already connected) and return the summary.
-    ``callbacks``: more Tune callbacks, called after our monitor. ``wait_for_resources``: on an
-    autoscaling cluster (KubeRay) trials may wait for nodes; otherwise a trial that can never fit
-    the cluster is an error before anything starts."""
+
+    ``resume``: continue the sweep stored under <storage>/<name> (Tune's restore: finished trials
+    are kept, unfinished ones continue from their last checkpoint). ``callbacks``: more Tune
+    callbacks, called after our monitor. ``wait_for_resources``: on an autoscaling cluster
+    (KubeRay) trials may wait for nodes; otherwise a trial that can never fit the cluster is an
+    error before anything starts. Raises ``SweepBusy`` (before writing anything) when another
+    driver is running this sweep."""
     import ray
     from ray import tune
 
     from trainer.loop import tune_trial
     from trainer.metrics import start_exporter
 
+    sweep_uri = storage.sweep_uri(spec.storage.uri, spec.name)
+    fs, storage_path = storage.pyarrow_filesystem(spec.storage.uri)
     if not ray.is_initialized():
         # Trial stdout stays in the trial logs; errors reach the terminal through our monitor.
-        ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+        # Workers keep the environment of ray.init: hand them the S3 endpoint and credentials.
+        ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False,
+                 runtime_env={"env_vars": storage.forwarded_env()})
     if not wait_for_resources:
         check_trial_fits(spec, ray.cluster_resources())
 
-    # Prometheus exporter (spec.metrics.port; 0: none). Before writing: a busy port fails cleanly.
-    exporter = start_exporter(spec)
-    sweep_dir = storage.sweep_dir(spec.storage.uri, spec.name)
-    storage.write_text_atomic(sweep_dir / SPEC, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
-
-    monitor = SweepMonitor(spec, sweep_dir / SUMMARY, echo)
-    tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(tune_trial, spec_json=spec.model_dump_json()), _trial_resources(spec)),
-        param_space=space.param_space(spec),
-        tune_config=tune.TuneConfig(
-            metric=spec.objective.metric,
-            mode=spec.objective.mode,
-            search_alg=space.searcher(spec, max_concurrent=_max_concurrent(spec)),
-            scheduler=space.scheduler(spec),
-            num_samples=spec.search.num_samples,
-            # A fresh Python worker per trial costs seconds; 1-worker trials reuse theirs.
-            reuse_actors=spec.resources.workers_per_trial == 1,
-            trial_dirname_creator=_trial_dirname,
-        ),
-        run_config=tune.RunConfig(
-            name=spec.name,
-            storage_path=str(storage.sweep_root(spec.storage.uri)),
-            checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=spec.checkpoint.keep,
-                checkpoint_score_attribute=spec.objective.metric,
-                checkpoint_score_order=spec.objective.mode,
-            ),
-            # A crashed trial (killed worker, lost node) restarts from its last checkpoint.
-            failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
-            callbacks=[monitor, *callbacks, *([exporter.callback] if exporter else [])],
-            verbose=0,  # our monitor prints one progress line instead of Tune's tables
-        ),
-    )
+    lock = DriverLock(sweep_uri)
+    lock.acquire()  # refuses (SweepBusy) before anything is written when another driver is alive
+    exporter = None
     try:
+        # Prometheus exporter (spec.metrics.port; 0: none). Early: a busy port fails cleanly.
+        exporter = start_exporter(spec)
+        previous = storage.read_summary(spec.storage.uri, spec.name) if resume else None
+        if not resume:
+            storage.write_text_atomic(storage.join(sweep_uri, SPEC),
+                                      yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+        monitor = SweepMonitor(spec, sweep_uri, echo, attempt=lock.attempt, previous=previous, lock=lock)
+        trainable = tune.with_resources(
+            tune.with_parameters(tune_trial, spec_json=spec.model_dump_json()), _trial_resources(spec)
+        )
+        all_callbacks = [monitor, *callbacks, *([exporter.callback] if exporter else [])]
+        experiment_path = storage.join(storage_path, spec.name) if fs else str(Path(storage_path, spec.name))
+        if resume and tune.Tuner.can_restore(experiment_path, storage_filesystem=fs):
+            echo(f"resuming sweep {spec.name} (driver attempt {lock.attempt}) from {sweep_uri}")
+            tuner = tune.Tuner.restore(
+                experiment_path, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=fs
+            )
+            # The restored run config holds the previous driver's callbacks (pickled in tuner.pkl);
+            # Tuner.restore takes none, so this driver's replace them in the config it will run.
+            tuner._local_tuner.get_run_config().callbacks = all_callbacks
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space=space.param_space(spec),
+                tune_config=tune.TuneConfig(
+                    metric=spec.objective.metric,
+                    mode=spec.objective.mode,
+                    search_alg=space.searcher(spec, max_concurrent=_max_concurrent(spec)),
+                    scheduler=space.scheduler(spec),
+                    num_samples=spec.search.num_samples,
+                    # A fresh Python worker per trial costs seconds; 1-worker trials reuse theirs.
+                    reuse_actors=spec.resources.workers_per_trial == 1,
+                    trial_dirname_creator=_trial_dirname,
+                ),
+                run_config=tune.RunConfig(
+                    name=spec.name,
+                    storage_path=storage_path,
+                    storage_filesystem=fs,
+                    checkpoint_config=tune.CheckpointConfig(
+                        num_to_keep=spec.checkpoint.keep,
+                        checkpoint_score_attribute=spec.objective.metric,
+                        checkpoint_score_order=spec.objective.mode,
+                    ),
+                    # A crashed trial (killed worker, lost node) restarts from its last checkpoint.
+                    failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
+                    callbacks=all_callbacks,
+                    verbose=0,  # our monitor prints one progress line instead of Tune's tables
+                ),
+            )
         results = tuner.fit()
+        summary = monitor.finish(results)
+        lock.release("finished")
+        return summary
+    except BaseException:
+        lock.release("interrupted")
+        raise
     finally:
         if exporter:
             exporter.stop()  # up → 0, one last scrape if Prometheus is watching, then the port is free
-    return monitor.finish(results)
 
 
 def check_trial_fits(spec: SweepSpec, cluster: dict) -> None:
@@ -114,6 +159,92 @@ def check_trial_fits(spec: SweepSpec, cluster: dict) -> None:
             f"gpus_per_worker) but this Ray cluster has {have}; nothing was started.\n"
             f"  Lower them, e.g. --set resources.cpus_per_worker=1 --set resources.gpus_per_worker=0"
         )
+
+
+class DriverLock:
+    """One driver per sweep. ``driver.json`` in the sweep's storage names the current attempt
+    (a number that grows with every driver start), its host/pid and a heartbeat.
+
+    A new driver refuses while the recorded one is alive: on the same host, its pid still runs;
+    elsewhere (a RayJob retried on another pod), its heartbeat is younger than STALE_SECONDS.
+    The heartbeat thread also fences: if another attempt took over (this driver was presumed dead,
+    e.g. cut off from storage for minutes), this one stops writing the summary."""
+
+    HEARTBEAT_SECONDS = 10.0
+    STALE_SECONDS = 90.0  # > the longest storage outage we ride out, so a live driver keeps its lock
+
+    def __init__(self, sweep_uri: str):
+        self.uri = storage.join(sweep_uri, DRIVER)
+        self.sweep_uri = sweep_uri
+        self.token = uuid.uuid4().hex
+        self.attempt = 0
+        self.lost = False  # another attempt owns the sweep now
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def acquire(self) -> None:
+        current = storage.read_json_if_exists(self.uri)
+        if current and current.get("state") == "running" and self._alive(current):
+            age = time.time() - current.get("heartbeat_at", 0)
+            raise SweepBusy(
+                f"sweep at {self.sweep_uri} is being run by driver attempt {current['attempt']} "
+                f"(host {current['host']}, pid {current['pid']}, last heartbeat {age:.0f} s ago); "
+                f"nothing was written.\n  Wait for it to finish (sweepctl leaderboard shows progress), "
+                f"or stop it; a driver on another host counts as gone {self.STALE_SECONDS:.0f} s after its last heartbeat."
+            )
+        self.attempt = (current or {}).get("attempt", 0) + 1
+        self.record = {
+            "attempt": self.attempt, "state": "running", "host": socket.gethostname(), "pid": os.getpid(),
+            "token": self.token, "started_at": _now(), "heartbeat_at": time.time(),
+            "previous": (current or {}).get("previous", [])[-20:] + ([_without(current, "previous")] if current else []),
+        }
+        storage.write_json_atomic(self.uri, self.record)
+        # Two drivers starting at the same moment both write; the later write wins and the
+        # earlier one sees a foreign token here and steps back before writing anything else.
+        time.sleep(0.2)
+        if (storage.read_json_if_exists(self.uri) or {}).get("token") != self.token:
+            raise SweepBusy(f"another driver started sweep at {self.sweep_uri} at the same moment; nothing else was written.")
+        self._thread = threading.Thread(target=self._heartbeat, name="sweep-driver-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _alive(self, record: dict) -> bool:
+        if record.get("host") == socket.gethostname():
+            try:
+                os.kill(int(record["pid"]), 0)
+                return True
+            except ProcessLookupError:
+                return False
+            except PermissionError:  # a live process of another user
+                return True
+        return time.time() - record.get("heartbeat_at", 0) < self.STALE_SECONDS
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.HEARTBEAT_SECONDS):
+            self._beat()
+
+    def _beat(self, state: str = "running") -> None:
+        try:
+            current = storage.read_json_if_exists(self.uri) or {}
+            if current.get("token") not in (None, self.token):
+                self.lost = True
+                return
+            self.record.update(state=state, heartbeat_at=time.time())
+            storage.write_json_atomic(self.uri, self.record)
+        except Exception as err:  # storage outage: try again at the next beat
+            log.warning("driver heartbeat to %s failed: %s", self.uri, err)
+
+    def release(self, state: str) -> None:
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        self._thread = None
+        if not self.lost:
+            self._beat(state)
+
+
+def _without(record: dict, key: str) -> dict:
+    return {k: v for k, v in record.items() if k != key}
 
 
 def _trial_dirname(trial) -> str:
@@ -152,12 +283,30 @@ def _now() -> str:
 class SweepMonitor(Callback):
     """Tune callback: keeps the summary current, writes it atomically, prints a progress line."""
 
-    def __init__(self, spec: SweepSpec, summary_path, echo):
-        self.spec, self.summary_path, self.echo = spec, summary_path, echo
+    def __init__(self, spec: SweepSpec, sweep_uri: str, echo, *, attempt: int = 1,
+                 previous: dict | None = None, lock: DriverLock | None = None):
+        self.spec, self.echo, self.attempt, self.lock = spec, echo, attempt, lock
+        self.summary_uri = storage.join(sweep_uri, SUMMARY)
+        self.log_uri = storage.join(sweep_uri, DRIVER_LOG)
         self.metric, self.mode = spec.objective.metric, spec.objective.mode
+        self.s3 = storage.is_s3(spec.storage.uri)
         self.started = time.time()
-        self.trials: dict[str, dict] = {}
         self.last_write = 0.0
+        # Resume: what the previous drivers recorded stays (finished trials are not run again).
+        self.trials: dict[str, dict] = {t["trial_id"]: t for t in (previous or {}).get("trials", [])}
+        self.seconds_before = (previous or {}).get("wall_seconds", 0.0)
+        self.started_at = (previous or {}).get("started_at") or _now()
+        self.log_lines = (storage.read_text(self.log_uri).splitlines() if previous and storage.exists(self.log_uri) else [])
+
+    def __getstate__(self):
+        # Tune pickles its callbacks into tuner.pkl; a resumed driver brings its own monitor,
+        # so the heartbeat thread's lock need not (and cannot) travel.
+        return {**self.__dict__, "lock": None}
+
+    def say(self, line: str) -> None:
+        """A progress line for the terminal, also kept in <sweep>/driver.log."""
+        self.echo(line)
+        self.log_lines.append(f"{_now()} {line}")
 
     # --- Tune hooks
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -167,9 +316,12 @@ class SweepMonitor(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         record = self._trial(trial)
         record["config"] = self._config(trial)  # PBT mutates configs while trials run
-        epoch = {"epoch": result["epoch"], **{k: result[k] for k in METRIC_KEYS if k in result}}
+        # attempt: the driver that recorded it (a resumed sweep must not count an epoch twice)
+        epoch = {"epoch": result["epoch"], **{k: result[k] for k in METRIC_KEYS if k in result}, "attempt": self.attempt}
         record["val_split"] = result.get("val_split")
         donor = Path(result["restored_from"]).parent.name if result.get("restored_from") else None
+        if result.get("restored_from"):
+            result = {**result, "restored_from": self._uri(result["restored_from"])}
         if donor and donor != trial.trial_id:  # restored from another trial's checkpoint: a PBT exploit
             record["exploits"].append({
                 "epoch": result["resumed_from_epoch"],
@@ -178,14 +330,14 @@ class SweepMonitor(Callback):
                 "restored_weights": result.get("restored_weights"),
                 "config": record["config"],
             })
-            self.echo(f"trial {trial.trial_id} took over trial {donor}'s weights at epoch {result['resumed_from_epoch']}")
+            self.say(f"trial {trial.trial_id} took over trial {donor}'s weights at epoch {result['resumed_from_epoch']}")
         record["history"] = [h for h in record["history"] if h["epoch"] < epoch["epoch"]] + [epoch]
         record["epochs"] = epoch["epoch"]
         record["seconds"] = result.get("time_total_s", record["seconds"])
         if result.get("checkpoint_path"):  # N-worker trials: Ray Train stores the checkpoint
-            record["checkpoint"] = result["checkpoint_path"]
+            record["checkpoint"] = self._uri(result["checkpoint_path"])
         elif trial.checkpoint is not None:
-            record["checkpoint"] = trial.checkpoint.path
+            record["checkpoint"] = self._uri(trial.checkpoint.path)
         self._update(trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -199,17 +351,21 @@ class SweepMonitor(Callback):
     def on_trial_recover(self, iteration, trials, trial, **info):
         record = self._trial(trial)
         record["restarts"] += 1
-        self.echo(f"trial {trial.trial_id} crashed; restarting from its last checkpoint")
+        self.say(f"trial {trial.trial_id} crashed; restarting from its last checkpoint")
         self._update(trials, force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         record = self._trial(trial)
         record["status"] = "error"
         record["stop_reason"] = _first_line(trial.get_error())
-        self.echo(f"trial {trial.trial_id} failed: {record['stop_reason']} (log: {trial.path})")
+        self.say(f"trial {trial.trial_id} failed: {record['stop_reason']} (log: {trial.path})")
         self._update(trials, force=True)
 
     # --- summary
+    def _uri(self, path: str) -> str:
+        """Ray reports paths inside its storage filesystem ("bucket/prefix/..." on S3): make URIs."""
+        return path if not self.s3 or path.startswith("s3://") else "s3://" + path
+
     def _config(self, trial) -> dict:
         """The trial's searched and mutated values, by dotted path."""
         keys = list(search_space(self.spec)) + list(self.spec.scheduler.mutations)
@@ -258,9 +414,10 @@ class SweepMonitor(Callback):
             "max_epochs": max_epochs(self.spec),
             "num_trials": num_trials(self.spec),
             "trial_states": states,
-            "started_at": datetime.fromtimestamp(self.started, timezone.utc).isoformat(timespec="seconds"),
+            "started_at": self.started_at,
             "updated_at": _now(),
-            "wall_seconds": round(time.time() - self.started, 2),
+            "driver_attempt": self.attempt,
+            "wall_seconds": round(self.seconds_before + time.time() - self.started, 2),
             "best_trial": ranked[0]["trial_id"] if ranked else None,
             "best": _best_entry(ranked[0]) if ranked else None,
             "trials": trials,
@@ -272,9 +429,20 @@ class SweepMonitor(Callback):
         now = time.time()
         if force or now - self.last_write > 2.0:  # bounded I/O on chatty sweeps
             summary = self.summary()
-            storage.write_json_atomic(self.summary_path, summary)
+            self.say(progress_line(summary))
+            self._write(summary)
             self.last_write = now
-            self.echo(progress_line(summary))
+
+    def _write(self, summary: dict) -> None:
+        if self.lock is not None and self.lock.lost:
+            return  # another driver attempt owns the sweep now: its summary wins
+        try:
+            storage.write_json_atomic(self.summary_uri, summary)
+            storage.write_text_atomic(self.log_uri, "\n".join(self.log_lines[-5000:]) + "\n")
+        except storage.StorageError as err:
+            # Storage down: Tune keeps training and checkpoints retry on their own; the next
+            # write carries everything (the summary is rebuilt in memory each time).
+            self.echo(f"warning: could not write the summary ({err}); retrying at the next update")
 
     def finish(self, results) -> dict:
         """Fill in each trial's best retained checkpoint from the result grid; final write."""
@@ -285,9 +453,16 @@ class SweepMonitor(Callback):
                 continue
             best = _best_retained_checkpoint(result, self.metric, self.mode)
             if best:
-                record["checkpoint"] = best
+                record["checkpoint"] = self._uri(best)
         summary = self.summary(status="finished")
-        storage.write_json_atomic(self.summary_path, summary)
+        for _ in range(30):  # the final summary must land: retry through a storage outage
+            try:
+                storage.write_json_atomic(self.summary_uri, summary)
+                break
+            except storage.StorageError as err:
+                self.echo(f"warning: could not write the final summary ({err}); retrying in 10 s")
+                time.sleep(10)
+        self._write(summary)
         return summary
 
 
