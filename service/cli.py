@@ -110,6 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--worst", type=int, default=10, metavar="K", help="worst-classified images to show (default 10)")
     p.set_defaults(func=cmd_evaluate)
     _service_verbs(verbs)
+    _render_verbs(verbs)
     return parser
 
 
@@ -390,6 +391,46 @@ def cmd_cancel(args) -> int:
     client = _client(args)
     sweep = _service_call(lambda: client.cancel(args.name))
     print(f"{sweep['name']}: {sweep['state']}")
+    return 0
+
+
+
+# ============================================================================ Kubernetes manifests
+def _render_verbs(verbs) -> None:
+    """render rayjob: the RayJob a sweep runs as on KubeRay (service/rayjob.py), for kubectl apply."""
+    p = verbs.add_parser("render", help="Print a sweep as a Kubernetes manifest.",
+                         description="Print a sweep as a Kubernetes manifest.")
+    kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")
+    help = "The self-contained KubeRay RayJob running a sweep: sweepctl render rayjob SPEC | kubectl apply -f -"
+    p = kinds.add_parser("rayjob", help=help, description=help)
+    p.add_argument("spec", help="sweep spec YAML, e.g. sweeps/cnn_structure.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec value by dotted path (repeatable), as for run")
+    p.add_argument("--image", help="image of the Ray pods (default: the --config's, else this version's release image)")
+    p.add_argument("--config", metavar="OPTIONS_YAML",
+                   help="render options: image, storage_uri, s3, head, worker, ... (the service's config.yaml; "
+                        "default: the built-in defaults, which match deploy/minio.yaml)")
+    p.add_argument("-o", "--output", metavar="FILE", help="write the manifest to FILE instead of stdout")
+    p.set_defaults(func=cmd_render_rayjob)
+
+
+def cmd_render_rayjob(args) -> int:
+    from service.rayjob import load_render_options, render_rayjob, to_yaml, with_image
+
+    spec = load_spec(args.spec, args.overrides)
+    options = load_render_options(args.config)
+    if args.image:
+        options = with_image(options, args.image)
+    manifest = to_yaml(render_rayjob(spec, options))
+    if not args.output:
+        sys.stdout.write(manifest)
+        return 0
+    try:
+        with open(args.output, "w") as out:
+            out.write(manifest)
+    except OSError as err:
+        raise UserError(f"cannot write {args.output}: {err.strerror}") from None
+    print(f"wrote {args.output}", file=sys.stderr)
     return 0
 
 
