@@ -1,0 +1,83 @@
+"""A real sweep through the service: uvicorn + the API + the local backend (a `sweepctl run` subprocess
+with its own embedded Ray), driven by `sweepctl submit/status/list/logs/cancel` as a user would."""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import pytest
+import yaml
+from live_service import serve, sweepctl
+
+from conftest import BASE_SPEC
+from service.api import create_app
+from service.backends import LocalBackend
+from service.storage import read_json
+
+TOKEN = "e2e-token"
+
+
+def _spec_file(tmp_path, name: str, **changes) -> str:
+    spec = copy.deepcopy(BASE_SPEC)
+    spec.update(name=name, storage={"uri": str(tmp_path / "runs")}, **changes)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return str(path)
+
+
+def _wait_for(predicate, what: str, timeout: float = 420):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.slow
+def test_a_sweep_runs_to_completion_through_the_service_and_another_is_cancelled(tmp_path):
+    backend = LocalBackend(tmp_path / "service", grace_seconds=15)
+    with serve(create_app(backend, token=TOKEN)) as url:
+        def cli(*args):
+            return sweepctl(*args, server=url, token=TOKEN, home=tmp_path)
+
+        # 2 trials (filters 4 and 8), 1 epoch each, on the bundled digits.
+        model = {**BASE_SPEC["model"], "filters": {"grid": [4, 8]}}
+        train = {**BASE_SPEC["train"], "epochs": 1}
+        submitted = cli("submit", _spec_file(tmp_path, "svc-digits", model=model, train=train))
+        assert submitted.returncode == 0, submitted.stderr
+        assert "submitted svc-digits: running (2 trials)" in submitted.stdout
+
+        def finished():
+            out = cli("status", "svc-digits").stdout
+            return out if out.startswith(("svc-digits: succeeded", "svc-digits: failed")) else None
+
+        status = _wait_for(finished, "svc-digits to finish")
+        assert status.startswith("svc-digits: succeeded"), status + cli("logs", "svc-digits").stdout
+        summary = read_json(tmp_path / "runs" / "svc-digits" / "summary.json")
+        assert summary["trial_states"] == {"terminated": 2}
+        assert "trials: terminated 2 (of 2 planned; driver: finished)" in status
+        best_acc = summary["best"]["metrics"]["val_acc"]
+        assert f"best: val_acc {best_acc:.4f} (trial {summary['best']['trial_id']}, epoch 1)" in status
+
+        listed = cli("list").stdout
+        assert any(line.split()[:2] == ["svc-digits", "succeeded"] for line in listed.splitlines()), listed
+        logs = cli("logs", "svc-digits").stdout
+        assert "svc-digits: 2 trials" in logs and "results:" in logs  # the driver's own output
+
+        # A long sweep, cancelled once it has started training: its whole process group ends.
+        long_train = {**BASE_SPEC["train"], "epochs": 1000}
+        assert cli("submit", _spec_file(tmp_path, "svc-cancel", train=long_train)).returncode == 0
+        _wait_for(lambda: "trials: running 1" in cli("status", "svc-cancel").stdout, "svc-cancel to train")
+        cancelled = cli("cancel", "svc-cancel")
+        assert cancelled.returncode == 0 and cancelled.stdout.strip() == "svc-cancel: cancelled"
+        exit_code = tmp_path / "service" / "svc-cancel" / "exit_code"
+        _wait_for(exit_code.exists, "the cancelled sweep's process to end", timeout=60)
+        assert int(exit_code.read_text()) != 0
+        assert cli("status", "svc-cancel").stdout.startswith("svc-cancel: cancelled")
+        again = cli("cancel", "svc-cancel")
+        assert again.returncode == 2 and "already cancelled" in again.stderr
+        final = read_json(tmp_path / "runs" / "svc-cancel" / "summary.json")
+        assert final["status"] == "running"  # the driver was stopped, not allowed to finish
