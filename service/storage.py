@@ -236,7 +236,8 @@ def list_files(uri: str) -> list[str]:
     prefix = key + "/" if key else ""
     names = []
     for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        names += [obj["Key"][len(prefix):] for obj in page.get("Contents", [])]
+        # keys ending in "/" are directory markers (pyarrow writes them), not files
+        names += [obj["Key"][len(prefix):] for obj in page.get("Contents", []) if not obj["Key"].endswith("/")]
     return sorted(names)
 
 

@@ -1,0 +1,200 @@
+"""Sweeps stored on S3, end to end: a real S3 protocol server (moto) over HTTP, real Ray, the real
+`sweepctl` driver in its own process (so it can be SIGKILLed like a lost RayJob head).
+
+Each test starts its sweep with `sweepctl run` in a subprocess: the driver's embedded Ray gets the
+AWS_* environment at start-up, as it would from a Kubernetes Secret.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import BASE_SPEC, deep_update
+from service import storage
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def bucket(s3_server, monkeypatch, tmp_path):
+    """A fresh bucket; this test's environment (inherited by the drivers) points at the server."""
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("SWEEP_S3_ADDRESSING_STYLE", "path")
+    name = f"sweeps-{uuid.uuid4().hex[:10]}"
+    storage.s3_client().create_bucket(Bucket=name)
+    return name
+
+
+def write_spec(tmp_path: Path, bucket: str, **changes) -> Path:
+    spec = deep_update(BASE_SPEC, {"storage": {"uri": f"s3://{bucket}/team-a"}, **changes})
+    path = tmp_path / f"{spec['name']}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def sweepctl(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=600, **kwargs)
+
+
+def start_driver(*args: str, log: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "service.cli", *args], cwd=REPO,
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+
+def keys(bucket: str, prefix: str) -> list[str]:
+    pages = storage.s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return sorted(obj["Key"] for page in pages for obj in page.get("Contents", []))
+
+
+def wait_for(condition, what: str, timeout_s: float = 300, proc: subprocess.Popen | None = None, log: Path | None = None):
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"driver exited ({proc.returncode}) before {what}:\n{log.read_text() if log else ''}")
+        time.sleep(0.3)
+    pytest.fail(f"timed out waiting for {what}:\n{log.read_text() if log else ''}")
+
+
+def summary_of(uri: str, name: str) -> dict | None:
+    try:
+        return storage.read_summary(uri, name)
+    except storage.StorageError:
+        return None
+
+
+def test_sweep_on_s3_stores_everything_and_pull_reproduces_the_best_val_acc(bucket, tmp_path):
+    spec_path = write_spec(tmp_path, bucket, name="s3-grid", model={"filters": {"grid": [4, 8]}},
+                           checkpoint={"keep": 1})
+    run = sweepctl("run", str(spec_path))
+    assert run.returncode == 0, run.stdout + run.stderr
+
+    uri = f"s3://{bucket}/team-a"
+    summary = storage.read_summary(uri, "s3-grid")
+    assert summary["status"] == "finished" and summary["trial_states"] == {"terminated": 2}
+    objects = keys(bucket, "team-a/s3-grid/")
+    assert {"team-a/s3-grid/spec.yaml", "team-a/s3-grid/summary.json", "team-a/s3-grid/driver.log",
+            "team-a/s3-grid/driver.json"} <= set(objects)
+    for trial in summary["trials"]:
+        assert trial["checkpoint"].startswith(f"s3://{bucket}/team-a/s3-grid/{trial['trial_id']}/checkpoint_")
+        ckpt_key = trial["checkpoint"].removeprefix(f"s3://{bucket}/")
+        assert {f"{ckpt_key}/state.pt", f"{ckpt_key}/spec.json", f"{ckpt_key}/checkpoint.json"} <= set(objects)
+        # retention: keep 1 by val_acc, plus Ray's latest: at most 2 checkpoints left of 2 epochs
+        kept = {k.split("/")[3] for k in objects if k.startswith(f"team-a/s3-grid/{trial['trial_id']}/checkpoint_")}
+        assert 1 <= len(kept) <= 2
+
+    best = sweepctl("best", "s3-grid", "--storage", uri, "--json")
+    assert best.returncode == 0, best.stderr
+    assert json.loads(best.stdout) == summary["best"]
+
+    out = tmp_path / "pulled"
+    pull = sweepctl("pull", "s3-grid", "--storage", uri, "--best", "-o", str(out))
+    assert pull.returncode == 0, pull.stdout + pull.stderr
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["trial_id"] == summary["best_trial"] and card["config"] == summary["best"]["config"]
+    assert set(card["files"]) == {"state.pt", "spec.json", "checkpoint.json"}
+
+    from trainer import load_model
+    from trainer.data import load_dataset
+    from trainer.loop import evaluate
+
+    model, trial_spec = load_model(out)
+    data = load_dataset(trial_spec.data, trial_spec.seed)  # the same seed: the same validation split
+    _, val_acc = evaluate(model, data.val_x, data.val_y, None)
+    best_trial = next(t for t in summary["trials"] if t["trial_id"] == card["trial_id"])
+    recorded = next(h for h in best_trial["history"] if h["epoch"] == card["epoch"])
+    assert val_acc == pytest.approx(recorded["val_acc"]) == pytest.approx(card["metrics"]["val_acc"])
+
+    # A corrupted object is caught by the checksums, and nothing is left behind.
+    key = card["checkpoint"].removeprefix(f"s3://{bucket}/") + "/state.pt"
+    storage.s3_client().put_object(Bucket=bucket, Key=key, Body=b"not the weights")
+    bad = sweepctl("pull", "s3-grid", "--storage", uri, "-o", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "checksum mismatch for state.pt" in bad.stderr
+    assert not (tmp_path / "bad").exists()
+
+
+# Slow enough (about 1 s per epoch here) that the driver can be caught between epochs.
+SLOW_TRIALS = {
+    "model": {"num_conv_layers": 2, "filters": 48, "num_fc_layers": 1},
+    "train": {"epochs": 4, "batch_size": 16, "optimizer": {"lr": {"grid": [1.0e-3, 2.0e-3, 3.0e-3]}}},
+    "resources": {"max_concurrent_trials": 1},
+}
+
+
+def test_killed_driver_resumes_without_rerunning_finished_trials_and_a_second_driver_refuses(bucket, tmp_path):
+    spec_path = write_spec(tmp_path, bucket, name="s3-resume", **SLOW_TRIALS)
+    uri = f"s3://{bucket}/team-a"
+    log = tmp_path / "driver-1.log"
+    driver = start_driver("run", str(spec_path), log=log)
+    try:
+        def one_done_one_checkpointed():
+            s = summary_of(uri, "s3-resume")
+            if not s:
+                return None
+            done = [t for t in s["trials"] if t["status"] == "terminated"]
+            running = [t for t in s["trials"] if t["status"] == "running" and t["checkpoint"] and 1 <= t["epochs"] < 4]
+            return s if done and running else None
+
+        before = wait_for(one_done_one_checkpointed, "a finished trial and a checkpointed running one", proc=driver, log=log)
+
+        # A second driver on the same sweep refuses and writes nothing.
+        owner = storage.read_json(f"{uri}/s3-resume/driver.json")
+        spec_before = storage.read_text(f"{uri}/s3-resume/spec.yaml")
+        second = sweepctl("resume", "s3-resume", "--storage", uri)
+        assert second.returncode == 2, second.stdout + second.stderr
+        assert "being run by driver attempt 1" in second.stderr and "Traceback" not in second.stderr
+        again = sweepctl("run", str(spec_path))
+        assert again.returncode == 2 and "sweepctl resume s3-resume" in again.stderr
+        assert storage.read_json(f"{uri}/s3-resume/driver.json")["token"] == owner["token"]
+        assert storage.read_text(f"{uri}/s3-resume/spec.yaml") == spec_before
+
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    killed = summary_of(uri, "s3-resume")
+
+    resumed = sweepctl("resume", "s3-resume", "--storage", uri)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    after = storage.read_summary(uri, "s3-resume")
+    assert after["status"] == "finished" and after["trial_states"] == {"terminated": 3}
+    assert after["driver_attempt"] == 2
+
+    finished_before = {t["trial_id"]: t for t in before["trials"] if t["status"] == "terminated"}
+    for trial in after["trials"]:
+        epochs = [h["epoch"] for h in trial["history"]]
+        assert epochs == [1, 2, 3, 4], f"every epoch exactly once: {trial['trial_id']} has {epochs}"
+        if trial["trial_id"] in finished_before:  # not run again: the same records, all from attempt 1
+            assert trial["history"] == finished_before[trial["trial_id"]]["history"]
+            assert {h["attempt"] for h in trial["history"]} == {1}
+    interrupted = [t for t in killed["trials"] if t["status"] == "running"]
+    assert len(interrupted) == 1
+    trial = next(t for t in after["trials"] if t["trial_id"] == interrupted[0]["trial_id"])
+    resumed_epochs = [h for h in trial["history"] if h["attempt"] == 2]
+    first = resumed_epochs[0]
+    # It continued from a checkpoint of the first attempt, not from scratch.
+    assert first["resumed_from_epoch"] == first["epoch"] - 1 >= 1
+    assert all(h["attempt"] == 1 for h in trial["history"] if h["epoch"] <= first["resumed_from_epoch"])
