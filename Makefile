@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: quickstart test test-fast install clean prometheus report-screenshot helm-files
+.PHONY: quickstart test test-fast install clean prometheus report-screenshot helm-files deploy-manifests
 
 # Helm's engine for tests/helm: helm-sdkpy (pinned in tests/helm/requirements.txt) needs Python >= 3.12,
 # so it gets a venv of its own. Python 3.12: python3.12 on PATH, else pyenv's; or HELM_PYTHON=/path.
@@ -77,6 +77,11 @@ helm-files:
 	cp deploy/grafana/sweeps.json helm/sweep-service/files/sweeps.json
 	cp deploy/prometheus/rules.yml helm/sweep-service/files/rules.yml
 	cp deploy/prometheus/podmonitors.yaml helm/sweep-service/files/podmonitors.yaml
+
+# The example RayJob in deploy/ is `sweepctl render rayjob`'s output for a shipped spec; regenerate it
+# after changing the spec or service/rayjob.py (tests/deploy/test_manifests.py checks it is current).
+deploy-manifests: $(STAMP)
+	$(BIN)/sweepctl render rayjob sweeps/cnn_structure.yaml -o deploy/rayjob-cnn-structure.yaml
 
 clean:
 	rm -rf $(VENV) $(HELM_VENV) runs .pytest_cache
