@@ -64,7 +64,7 @@ $(STAMP): pyproject.toml
 $(HELM_STAMP): tests/helm/requirements.txt
 	@if [ -z "$(HELM_PYTHON)" ]; then \
 	  echo "python3.12 not found (pyenv install 3.12, apt-get install python3.12, or HELM_PYTHON=...):" \
-	       "the Helm chart tests will skip" >&2; \
+	       "without it the Helm chart tests skip (and CI=true fails)" >&2; \
 	  test "$$CI" != true; \
 	else \
 	  (test -x $(HELM_VENV)/bin/python || $(HELM_PYTHON) -m venv $(HELM_VENV)) && \
