@@ -125,6 +125,10 @@ def create_app(backend: Backend | None = None, token: str | None = None) -> Fast
             metrics.backend_errors.labels(str(err.status)).inc()
         return JSONResponse({"detail": err.message}, err.status)
 
+    @app.exception_handler(UserError)
+    async def user_error(_request, err: UserError):  # e.g. a spec the cluster cannot run
+        return JSONResponse({"detail": _spec_problem(str(err))}, 422)
+
     @app.exception_handler(storage.StorageError)
     async def storage_error(_request, err: storage.StorageError):
         metrics.backend_errors.labels("503").inc()

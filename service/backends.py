@@ -219,7 +219,6 @@ def _signal_group(pgid: int, sig: int) -> None:
 # ============================================================================ kubernetes
 RAYJOB = {"group": "ray.io", "version": "v1", "plural": "rayjobs"}
 MANAGED_BY = "app.kubernetes.io/managed-by=sweep-service"
-STORAGE_ANNOTATION = "sweep-service/storage-uri"
 DRIVER_LOG = "driver.log"
 
 
@@ -245,14 +244,14 @@ class KubernetesBackend:
             self._custom = client.CustomObjectsApi(self._api_client or _configured_api_client())
         return self._custom
 
-    def _call(self, action: str, name: str, method: str, **kwargs):
+    def _call(self, action: str, sweep: str, method: str, **kwargs):
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
 
         try:
             return getattr(self._api(), method)(**RAYJOB, namespace=self.namespace, **kwargs)
         except ApiException as err:
-            raise self._api_error(err, action, name) from None
+            raise self._api_error(err, action, sweep) from None
         except (HTTPError, OSError) as err:
             host = self._api().api_client.configuration.host
             raise BackendError(503, f"cannot reach the Kubernetes API server at {host} to {action}: {err}") from None
@@ -275,8 +274,9 @@ class KubernetesBackend:
 
     # ---------------------------------------------------------------------- backend calls
     def storage_uri(self, spec: SweepSpec) -> str:
-        # A local path means nothing inside a cluster: the service's storage replaces it.
-        return spec.storage.uri if storage.is_s3(spec.storage.uri) else self.options.storage_uri
+        from service.rayjob import cluster_spec  # the renderer's rule: default local storage → the service's
+
+        return cluster_spec(spec, self.options).storage.uri
 
     def submit(self, spec: SweepSpec, source_yaml: str) -> SweepInfo:
         from service.rayjob import render_rayjob
@@ -333,7 +333,7 @@ class KubernetesBackend:
     def _info(self, rayjob: dict) -> SweepInfo:
         metadata = rayjob.get("metadata", {})
         state, message = rayjob_state(rayjob.get("status") or {})
-        storage_uri = (metadata.get("annotations") or {}).get(STORAGE_ANNOTATION) or self.options.storage_uri
+        storage_uri = _embedded_storage_uri(rayjob) or self.options.storage_uri
         return SweepInfo(metadata.get("name", ""), state, metadata.get("creationTimestamp", ""), storage_uri, message)
 
 
@@ -356,6 +356,18 @@ def rayjob_state(status: dict) -> tuple[str, str]:
     if deployment == "Complete":  # complete without a terminal job status: KubeRay could not tell
         return "failed", message or "RayJob complete without a job status"
     return "pending", message  # "", New, Initializing, Waiting, or Running with the job still PENDING
+
+
+def _embedded_storage_uri(rayjob: dict) -> str | None:
+    """storage.uri of the resolved spec the renderer put in the head container's environment."""
+    from service.rayjob import SPEC_ENV
+
+    try:
+        head = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+        text = next(e["value"] for e in head.get("env", []) if e.get("name") == SPEC_ENV)
+        return yaml.safe_load(text)["storage"]["uri"]
+    except (KeyError, IndexError, TypeError, StopIteration, yaml.YAMLError):
+        return None  # not rendered by us (or by an older renderer): the service's storage
 
 
 def _status_reason_message(err) -> tuple[str, str]:
