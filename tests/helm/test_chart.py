@@ -408,3 +408,33 @@ def test_notes_warn_when_the_cluster_has_no_kuberay():
     notes = install(TOKEN)["notes"]
     assert "install the KubeRay operator" not in notes
     assert f"port-forward svc/{RELEASE}-sweep-service" in notes
+
+
+# ---- values.yaml ---------------------------------------------------------------------------------
+
+def undocumented_values(values_yaml: str) -> list[str]:
+    """Dotted paths of values without a `# --` comment, on themselves or on a block holding them."""
+    undocumented, path, documented_blocks, comment = [], [], [], None
+    for line in values_yaml.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            comment = stripped if stripped.startswith("# --") else comment
+            continue
+        if not stripped or stripped.startswith("-"):
+            comment = None
+            continue
+        indent = len(line) - len(line.lstrip())
+        key, _, inline = stripped.partition(":")
+        path = [(i, k) for i, k in path if i < indent] + [(indent, key)]
+        documented_blocks = [i for i in documented_blocks if i < indent]
+        if comment:
+            documented_blocks.append(indent)
+        elif inline.strip() and not documented_blocks:
+            undocumented.append(".".join(k for _, k in path))
+        comment = None
+    return undocumented
+
+
+def test_every_value_is_documented():
+    assert undocumented_values((CHART / "values.yaml").read_text()) == []
+    assert undocumented_values("a:\n  # -- documented\n  b: 1\n  c: 2\n") == ["a.c"]  # the check can fail
