@@ -280,7 +280,12 @@ def backend_from_env() -> Backend:
                 f"no service configuration at {config}: set {CONFIG_ENV} to the RenderOptions YAML "
                 "(the Helm chart mounts it from a ConfigMap)"
             )
-        return KubernetesBackend(current_namespace(), load_render_options(config))
+        backend = KubernetesBackend(current_namespace(), load_render_options(config))
+        try:
+            backend.connect()  # a pod without credentials should fail at start, not on the first request
+        except BackendError as err:
+            raise ServiceConfigError(err.message) from None
+        return backend
     raise ServiceConfigError(f"{BACKEND_ENV} must be 'kubernetes' or 'local', got {kind!r}")
 
 

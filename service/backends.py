@@ -108,7 +108,12 @@ class LocalBackend:
             log = open(home / self.LOG, "wb")
             command = [sys.executable, "-m", "service.cli", "run", str(home / "spec.yaml"), "--resume"]
             # Its own session: cancel signals the driver and the Ray processes it started, together.
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            # The service's own settings (its API token above all) stay out of the sweep: the driver
+            # forwards SWEEP_* variables to every Ray worker.
+            env = {k: v for k, v in os.environ.items() if not k.startswith("SWEEP_SERVICE_")}
+            process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
+            )
             log.close()
             info = {"name": spec.name, "pid": process.pid, "created": _now(), "storage_uri": self.storage_uri(spec)}
             (home / "sweep.json").write_text(json.dumps(info))
@@ -237,6 +242,10 @@ class KubernetesBackend:
         self._custom = None
 
     # ---------------------------------------------------------------------- client
+    def connect(self) -> None:
+        """Load the cluster credentials now (in-cluster, else kubeconfig); BackendError without any."""
+        self._api()
+
     def _api(self):
         if self._custom is None:
             from kubernetes import client

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -223,3 +224,48 @@ def test_cli_without_a_server_says_where_to_set_one(tmp_path):
     result = sweepctl("list", server=None, token=TOKEN, home=tmp_path)
     assert result.returncode == 2
     assert "--server URL" in result.stderr and "SWEEPCTL_SERVER" in result.stderr
+
+
+def test_the_sweep_service_console_script_serves_the_api(tmp_path):
+    import urllib.request
+
+    from live_service import free_port
+
+    port = free_port()
+    env = {**os.environ, "SWEEP_SERVICE_TOKEN": TOKEN, "SWEEP_SERVICE_BACKEND": "local",
+           "SWEEP_SERVICE_WORKDIR": str(tmp_path / "local")}
+    script = Path(sys.executable).with_name("sweep-service")
+    server = subprocess.Popen([str(script), "--port", str(port)], cwd=REPO, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        listed = None
+        for _ in range(300):
+            if server.poll() is not None:
+                break
+            try:
+                request = urllib.request.Request(f"http://127.0.0.1:{port}/sweeps", headers=AUTH)
+                listed = json.loads(urllib.request.urlopen(request, timeout=5).read())
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert listed == {"sweeps": []}, server.stderr.read() if server.poll() is not None else "no answer"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_the_kubernetes_backend_refuses_to_start_without_configuration_or_credentials(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBERNETES_", "KUBECONFIG"))}
+    env.update(SWEEP_SERVICE_TOKEN=TOKEN, SWEEP_SERVICE_BACKEND="kubernetes", HOME=str(tmp_path),
+               SWEEP_SERVICE_CONFIG=str(tmp_path / "config.yaml"))
+
+    def start():
+        return subprocess.run([sys.executable, "-m", "service.api"], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    no_config = start()
+    assert no_config.returncode == 2 and f"no service configuration at {tmp_path / 'config.yaml'}" in no_config.stderr
+    (tmp_path / "config.yaml").write_text("storage_uri: s3://sweeps/runs\nimage: registry.example.com/s:1\n")
+    no_cluster = start()
+    assert no_cluster.returncode == 2, no_cluster.stderr
+    assert "no Kubernetes configuration" in no_cluster.stderr and "Traceback" not in no_cluster.stderr
