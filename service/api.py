@@ -242,8 +242,8 @@ def _submit(backend: Backend, text: str, overrides: list[str]):
             raise
     else:
         raise HTTPProblem(
-            409, f"sweep '{spec.name}' already exists (state: {existing.state}); submit it under "
-            f"another name (--set name=NEW-NAME), or cancel the running one first",
+            409, f"sweep '{spec.name}' already exists (state: {existing.state}); nothing was changed. "
+            "Submit it under another name (--set name=NEW-NAME)",
         )
     root = backend.storage_uri(spec)
     if storage.exists(storage.join(root, spec.name, storage.SPEC)):
