@@ -155,3 +155,15 @@ def test_the_secret_example_has_the_keys_every_ray_pod_reads():
     (secret,) = documents("Secret", DEPLOY / "secret-s3.example.yaml")
     assert secret["metadata"]["name"] == DEFAULTS.s3.secret_name
     assert set(secret["stringData"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+
+
+def test_the_render_options_example_in_the_readme_loads(tmp_path):
+    from service.rayjob import load_render_options
+
+    readme = (DEPLOY / "README.md").read_text()
+    example = re.search(r"```yaml\n# render\.yaml\n(.*?)```", readme, re.S)
+    assert example, "deploy/README.md lost its render.yaml example"
+    (tmp_path / "render.yaml").write_text(example.group(1))
+    options = load_render_options(tmp_path / "render.yaml")
+    assert options.storage_uri == "s3://my-bucket/sweeps" and options.s3.endpoint == ""
+    validate(render_rayjob(load_spec(REPO / "sweeps/cnn_structure.yaml"), options))
