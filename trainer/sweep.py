@@ -95,7 +95,7 @@ def run_sweep(
             tune.with_parameters(tune_trial, spec_json=spec.model_dump_json()), _trial_resources(spec)
         )
         all_callbacks = [monitor, *callbacks, *([exporter.callback] if exporter else [])]
-        experiment_path = storage.join(storage_path, spec.name) if fs else str(Path(storage_path, spec.name))
+        experiment_path = f"{storage_path}/{spec.name}"  # inside `fs` ("bucket/prefix/name" on S3)
         if resume and tune.Tuner.can_restore(experiment_path, storage_filesystem=fs):
             echo(f"resuming sweep {spec.name} (driver attempt {lock.attempt}) from {sweep_uri}")
             tuner = tune.Tuner.restore(
