@@ -236,9 +236,9 @@ def render_rayjob(spec: SweepSpec, options: RenderOptions, *, source_yaml: str |
     included) is kept verbatim in an annotation; what runs is the resolved spec."""
     spec = cluster_spec(spec, options)
     labels = {**MANAGED_BY, SWEEP_LABEL: spec.name}
-    metadata_ = {"name": spec.name, "labels": labels}
+    meta = {"name": spec.name, "labels": labels}
     if source_yaml is not None:
-        metadata_["annotations"] = {SOURCE_ANNOTATION: source_yaml}
+        meta["annotations"] = {SOURCE_ANNOTATION: source_yaml}
     job_spec = {
         "entrypoint": entrypoint(spec),
         # A Kubernetes Job runs `ray job submit` and follows the driver's output, so
@@ -263,7 +263,7 @@ def render_rayjob(spec: SweepSpec, options: RenderOptions, *, source_yaml: str |
         "headGroupSpec": _head_group(spec, options, labels),
         "workerGroupSpecs": [_worker_group(spec, options, labels)],
     }
-    return {"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": metadata_, "spec": job_spec}
+    return {"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": meta, "spec": job_spec}
 
 
 def cluster_spec(spec: SweepSpec, options: RenderOptions) -> SweepSpec:
