@@ -268,5 +268,7 @@ def read_summary(storage_uri: str, sweep_name: str) -> dict | None:
 
 
 def forwarded_env() -> dict[str, str]:
-    """AWS_* and SWEEP_* settings of this process, for the Ray workers' runtime_env."""
-    return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
+    """AWS_* and SWEEP_* settings of this process, for the workers of a Ray we start ourselves.
+    Not the spec a RayJob hands its driver, nor the service's own settings (its API token)."""
+    return {k: v for k, v in os.environ.items()
+            if k.startswith(FORWARDED_ENV_PREFIXES) and k != "SWEEP_SPEC" and not k.startswith("SWEEP_SERVICE_")}

@@ -74,9 +74,13 @@ def run_sweep(
     fs, storage_path = storage.pyarrow_filesystem(spec.storage.uri)
     if not ray.is_initialized():
         # Trial stdout stays in the trial logs; errors reach the terminal through our monitor.
-        # Workers keep the environment of ray.init: hand them the S3 endpoint and credentials.
+        # A Ray we start here: its workers would keep the environment of its start, so hand them
+        # the S3 endpoint and credentials. On a cluster (RAY_ADDRESS, e.g. a RayJob) every pod has
+        # them from the Secret already, and a job's runtime env is visible to anyone with the
+        # dashboard: nothing is forwarded.
+        joining = bool(os.environ.get("RAY_ADDRESS"))
         ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False,
-                 runtime_env={"env_vars": storage.forwarded_env()})
+                 runtime_env=None if joining else {"env_vars": storage.forwarded_env()})
     if not wait_for_resources:
         check_trial_fits(spec, ray.cluster_resources())
 

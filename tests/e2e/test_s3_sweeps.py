@@ -135,9 +135,10 @@ def test_sweep_on_s3_stores_everything_and_pull_reproduces_the_best_val_acc(buck
     assert not (tmp_path / "bad").exists()
 
 
-# Slow enough (about 1 s per epoch here) that the driver can be caught between epochs.
+# Slow enough (a few seconds per epoch) that the driver can be caught between epochs.
 SLOW_TRIALS = {
-    "model": {"num_conv_layers": 2, "filters": 48, "num_fc_layers": 1},
+    "data": {"name": "synthetic", "num_samples": 4096, "image_size": 32},
+    "model": {"num_conv_layers": 2, "filters": 32, "num_fc_layers": 1},
     "train": {"epochs": 4, "batch_size": 16, "optimizer": {"lr": {"grid": [1.0e-3, 2.0e-3, 3.0e-3]}}},
     "resources": {"max_concurrent_trials": 1},
 }
@@ -149,18 +150,10 @@ def test_killed_driver_resumes_without_rerunning_finished_trials_and_a_second_dr
     log = tmp_path / "driver-1.log"
     driver = start_driver("run", str(spec_path), log=log)
     try:
-        def one_done_one_checkpointed():
-            s = summary_of(uri, "s3-resume")
-            if not s:
-                return None
-            done = [t for t in s["trials"] if t["status"] == "terminated"]
-            running = [t for t in s["trials"] if t["status"] == "running" and t["checkpoint"] and 1 <= t["epochs"] < 4]
-            return s if done and running else None
-
-        before = wait_for(one_done_one_checkpointed, "a finished trial and a checkpointed running one", proc=driver, log=log)
-
         # A second driver on the same sweep refuses and writes nothing.
-        owner = storage.read_json(f"{uri}/s3-resume/driver.json")
+        owner = wait_for(lambda: storage.read_json_if_exists(f"{uri}/s3-resume/driver.json"), "driver.json",
+                         proc=driver, log=log)
+        wait_for(lambda: storage.exists(f"{uri}/s3-resume/spec.yaml"), "spec.yaml", proc=driver, log=log)
         spec_before = storage.read_text(f"{uri}/s3-resume/spec.yaml")
         second = sweepctl("resume", "s3-resume", "--storage", uri)
         assert second.returncode == 2, second.stdout + second.stderr
@@ -170,12 +163,20 @@ def test_killed_driver_resumes_without_rerunning_finished_trials_and_a_second_dr
         assert storage.read_json(f"{uri}/s3-resume/driver.json")["token"] == owner["token"]
         assert storage.read_text(f"{uri}/s3-resume/spec.yaml") == spec_before
 
-        driver.send_signal(signal.SIGKILL)
+        def one_done_one_checkpointed():
+            s = summary_of(uri, "s3-resume")
+            if not s:
+                return None
+            done = [t for t in s["trials"] if t["status"] == "terminated"]
+            running = [t for t in s["trials"] if t["status"] == "running" and t["checkpoint"] and 1 <= t["epochs"] < 4]
+            return s if done and running else None
+
+        before = wait_for(one_done_one_checkpointed, "a finished trial and a checkpointed running one", proc=driver, log=log)
+        driver.send_signal(signal.SIGKILL)  # like a lost RayJob head: no clean-up at all
         driver.wait()
     finally:
         if driver.poll() is None:
             driver.kill()
-    killed = summary_of(uri, "s3-resume")
 
     resumed = sweepctl("resume", "s3-resume", "--storage", uri)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
@@ -190,7 +191,7 @@ def test_killed_driver_resumes_without_rerunning_finished_trials_and_a_second_dr
         if trial["trial_id"] in finished_before:  # not run again: the same records, all from attempt 1
             assert trial["history"] == finished_before[trial["trial_id"]]["history"]
             assert {h["attempt"] for h in trial["history"]} == {1}
-    interrupted = [t for t in killed["trials"] if t["status"] == "running"]
+    interrupted = [t for t in before["trials"] if t["status"] == "running"]
     assert len(interrupted) == 1
     trial = next(t for t in after["trials"] if t["trial_id"] == interrupted[0]["trial_id"])
     resumed_epochs = [h for h in trial["history"] if h["attempt"] == 2]
