@@ -121,9 +121,28 @@ def pyarrow_filesystem(uri: str):
         options["region"] = region
     if (os.environ.get(ADDRESSING_STYLE_ENV) or "auto") == "virtual":
         options["force_virtual_addressing"] = True
-    # Retries on connection errors and 5xx: a storage outage of tens of seconds is survived.
-    options["retry_strategy"] = pyarrow.fs.AwsStandardS3RetryStrategy(max_attempts=10)
-    return pyarrow.fs.S3FileSystem(**options), uri.removeprefix("s3://")
+    return _retrying_s3_filesystem(options), uri.removeprefix("s3://")
+
+
+S3_ATTEMPTS = 10  # pyarrow's standard strategy backs off up to 20 s apart: ~75 s of outage ridden out
+
+
+def _retrying_s3_filesystem(options: dict):
+    """A pyarrow S3FileSystem that retries connection errors and 5xx with capped exponential
+    backoff, also after pickling: Ray ships the filesystem to every trial, and pyarrow's own
+    pickling drops the retry strategy (its default gives up within a second, so a short storage
+    outage would fail every checkpoint being uploaded)."""
+    import pyarrow.fs
+
+    class RetryingS3FileSystem(pyarrow.fs.S3FileSystem):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs, retry_strategy=pyarrow.fs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS))
+            self.options = kwargs
+
+        def __reduce__(self):
+            return _retrying_s3_filesystem, (self.options,)
+
+    return RetryingS3FileSystem(**options)
 
 
 # ============================================================================ objects

@@ -7,6 +7,7 @@ AWS_* environment at start-up, as it would from a Kubernetes Secret.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -199,3 +200,63 @@ def test_killed_driver_resumes_without_rerunning_finished_trials_and_a_second_dr
     # It continued from a checkpoint of the first attempt, not from scratch.
     assert first["resumed_from_epoch"] == first["epoch"] - 1 >= 1
     assert all(h["attempt"] == 1 for h in trial["history"] if h["epoch"] <= first["resumed_from_epoch"])
+
+
+def test_sweep_rides_out_a_30_second_storage_outage_and_loses_nothing(tmp_path, monkeypatch):
+    """The S3 server goes away for 30 s while trials train and checkpoint, then comes back on the
+    same address (moto keeps its objects in this process, like a restarted MinIO keeps its disk)."""
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    name = "s3-outage"
+    try:
+        for var in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+            monkeypatch.delenv(var, raising=False)
+        for var, value in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+                           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                           "AWS_CONFIG_FILE": str(tmp_path / "none"), "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+                           "SWEEP_S3_ADDRESSING_STYLE": "path"}.items():
+            monkeypatch.setenv(var, value)
+        bucket = f"outage-{uuid.uuid4().hex[:8]}"
+        storage.s3_client().create_bucket(Bucket=bucket)
+        spec_path = write_spec(tmp_path, bucket, name=name, **{**SLOW_TRIALS, "resources": {"max_concurrent_trials": 2}},
+                               checkpoint={"keep": None})
+        uri = f"s3://{bucket}/team-a"
+        log = tmp_path / "driver.log"
+        driver = start_driver("run", str(spec_path), log=log)
+        try:
+            wait_for(lambda: (s := summary_of(uri, name)) and any(t["checkpoint"] for t in s["trials"]),
+                     "a first checkpoint", proc=driver, log=log)
+            server.stop()
+            time.sleep(30)
+            server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+            server.start()
+            assert driver.wait(timeout=900) == 0, log.read_text()
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+
+        summary = storage.read_summary(uri, name)
+        assert summary["status"] == "finished" and summary["trial_states"] == {"terminated": 3}, log.read_text()
+        objects = set(keys(bucket, f"team-a/{name}/"))
+        for trial in summary["trials"]:
+            assert [h["epoch"] for h in trial["history"]] == [1, 2, 3, 4]
+            # keep: all → every epoch's checkpoint is in the bucket, whole and matching its manifest
+            prefix = f"team-a/{name}/{trial['trial_id']}/"
+            checkpoints = sorted({k[len(prefix):].split("/")[0] for k in objects
+                                  if k.startswith(prefix + "checkpoint_") and not k.endswith("/")})
+            assert len(checkpoints) == 4, f"{trial['trial_id']}: {checkpoints}"
+            for ckpt in checkpoints:
+                manifest = json.loads(storage.read_text(f"s3://{bucket}/{prefix}{ckpt}/checkpoint.json"))
+                for file, digest in manifest["sha256"].items():
+                    data = storage.read_bytes(f"s3://{bucket}/{prefix}{ckpt}/{file}")
+                    assert hashlib.sha256(data).hexdigest() == digest
+            assert trial["checkpoint"].startswith(f"s3://{bucket}/{prefix}checkpoint_")
+    finally:
+        server.stop()
