@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from service import storage
 from service.spec import ON_DISK, DataSpec
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,6 @@ SYNTHETIC_NOISE_SCALE = 0.5
 CACHE_ENV = "SWEEP_DATA_CACHE"
 DEFAULT_CACHE = "~/.cache/sweep-service/data"
 # "path" for S3 servers without virtual-host bucket DNS (MinIO, moto); default: boto's "auto".
-ADDRESSING_STYLE_ENV = "SWEEP_S3_ADDRESSING_STYLE"
 
 
 @dataclass
@@ -393,12 +393,7 @@ def cache_location(uri: str) -> Path:
 
 
 def _parse_s3(uri: str) -> tuple[str, str]:
-    if not uri.startswith("s3://"):
-        raise ValueError(f"not an s3:// URI: {uri!r}")
-    bucket, _, key = uri.removeprefix("s3://").partition("/")
-    if not bucket:
-        raise ValueError(f"no bucket in {uri!r}: expected s3://bucket/key or s3://bucket/prefix/")
-    return bucket, key
+    return storage.split_s3(uri)
 
 
 def _safe_parts(key: str, uri: str) -> list[str]:
@@ -436,15 +431,7 @@ def _exclusive_lock(lock_path: Path) -> Iterator[None]:
 
 
 def _s3_client():
-    import boto3
-    from botocore.config import Config
-
-    style = os.environ.get(ADDRESSING_STYLE_ENV) or "auto"
-    if style not in ("auto", "path", "virtual"):
-        raise ValueError(f"{ADDRESSING_STYLE_ENV} must be auto, path or virtual, got {style!r}")
-    # A fresh session per call: boto3's default session is not thread-safe, and trials may fetch
-    # from several threads. The endpoint comes from AWS_ENDPOINT_URL[_S3] (boto3 reads it itself).
-    return boto3.session.Session().client("s3", config=Config(s3={"addressing_style": style}))
+    return storage.s3_client()  # the AWS environment + SWEEP_S3_ADDRESSING_STYLE
 
 
 def _download_s3(bucket: str, key: str, target: Path, sha256: str | None, uri: str, is_prefix: bool) -> None:
