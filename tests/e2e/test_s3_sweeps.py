@@ -52,9 +52,9 @@ def write_spec(tmp_path: Path, bucket: str, **changes) -> Path:
     return path
 
 
-def sweepctl(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=600, **kwargs)
+def sweepctl(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=600)
 
 
 def start_driver(*args: str, log: Path) -> subprocess.Popen:
@@ -127,6 +127,14 @@ def test_sweep_on_s3_stores_everything_and_pull_reproduces_the_best_val_acc(buck
     best_trial = next(t for t in summary["trials"] if t["trial_id"] == card["trial_id"])
     recorded = next(h for h in best_trial["history"] if h["epoch"] == card["epoch"])
     assert val_acc == pytest.approx(recorded["val_acc"]) == pytest.approx(card["metrics"]["val_acc"])
+
+    # The report is written here and published next to the sweep in the bucket.
+    report = sweepctl("report", "s3-grid", "--storage", uri, cwd=tmp_path)
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert (tmp_path / "reports" / "s3-grid" / "report.html").exists()
+    published = set(keys(bucket, "team-a/s3-grid/report/"))
+    assert {"team-a/s3-grid/report/report.html", "team-a/s3-grid/report/report.json",
+            "team-a/s3-grid/report/leaderboard.png"} <= published
 
     # A corrupted object is caught by the checksums, and nothing is left behind.
     key = card["checkpoint"].removeprefix(f"s3://{bucket}/") + "/state.pt"

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import BASE_SPEC, deep_update
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -70,8 +76,31 @@ def test_run_refuses_an_existing_sweep_and_changes_nothing(tmp_path):
     result = sweepctl("run", "sweeps/quickstart.yaml", "--set", f"storage.uri={tmp_path / 'runs'}")
     assert result.returncode == 2
     assert "already exists" in result.stderr and "Traceback" not in result.stderr
+    assert "sweepctl resume quickstart" in result.stderr and "--new" in result.stderr
     assert (existing / "summary.json").read_text() == "{}"
     assert [p.name for p in existing.iterdir()] == ["summary.json"]
+
+
+@pytest.mark.slow
+def test_rerunning_a_finished_sweep_with_resume_reruns_nothing_and_new_starts_another(tmp_path):
+    """What a retried RayJob does (`run --resume`) after its sweep had finished: no trial runs again."""
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(yaml.safe_dump(deep_update(BASE_SPEC, {"name": "tiny", "storage": {"uri": str(tmp_path / "runs")},
+                                                            "train": {"epochs": 1}})))
+    first = sweepctl("run", str(spec))
+    assert first.returncode == 0, first.stdout + first.stderr
+    before = json.loads((tmp_path / "runs" / "tiny" / "summary.json").read_text())
+
+    again = sweepctl("run", str(spec), "--resume")
+    assert again.returncode == 0, again.stdout + again.stderr
+    after = json.loads((tmp_path / "runs" / "tiny" / "summary.json").read_text())
+    assert after["driver_attempt"] == 2 and after["status"] == "finished"
+    assert after["trials"] == before["trials"]  # the same records: nothing trained again
+
+    other = sweepctl("run", str(spec), "--new")
+    assert other.returncode == 0, other.stdout + other.stderr
+    assert "running this one as tiny-2" in other.stdout
+    assert json.loads((tmp_path / "runs" / "tiny-2" / "summary.json").read_text())["trial_states"] == {"terminated": 1}
 
 
 def test_every_shipped_spec_validates():
