@@ -85,11 +85,16 @@ def run_sweep(
         check_trial_fits(spec, ray.cluster_resources())
 
     lock = DriverLock(sweep_uri)
-    lock.acquire()  # refuses (SweepBusy) before anything is written when another driver is alive
-    exporter = None
+    lock.check()  # another live driver: say so (before the exporter finds its port taken)
+    # Prometheus exporter (spec.metrics.port; 0: none). A busy port fails before anything is written.
+    exporter = start_exporter(spec)
     try:
-        # Prometheus exporter (spec.metrics.port; 0: none). Early: a busy port fails cleanly.
-        exporter = start_exporter(spec)
+        lock.acquire()  # refuses (SweepBusy) before anything is written when another driver is alive
+    except BaseException:
+        if exporter:
+            exporter.stop()
+        raise
+    try:
         previous = storage.read_summary(spec.storage.uri, spec.name) if resume else None
         if not resume:
             storage.write_text_atomic(storage.join(sweep_uri, SPEC),
@@ -186,7 +191,8 @@ class DriverLock:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def acquire(self) -> None:
+    def check(self) -> dict | None:
+        """The recorded driver, or SweepBusy if it is alive. Writes nothing."""
         current = storage.read_json_if_exists(self.uri)
         if current and current.get("state") == "running" and self._alive(current):
             age = time.time() - current.get("heartbeat_at", 0)
@@ -196,6 +202,10 @@ class DriverLock:
                 f"nothing was written.\n  Wait for it to finish (sweepctl leaderboard shows progress), "
                 f"or stop it; a driver on another host counts as gone {self.STALE_SECONDS:.0f} s after its last heartbeat."
             )
+        return current
+
+    def acquire(self) -> None:
+        current = self.check()
         self.attempt = (current or {}).get("attempt", 0) + 1
         self.record = {
             "attempt": self.attempt, "state": "running", "host": socket.gethostname(), "pid": os.getpid(),
