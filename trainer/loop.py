@@ -12,6 +12,7 @@ needs only the model, optimizer, lr schedule, scaler and epoch.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import hashlib
 import json
@@ -43,6 +44,7 @@ def fit(spec: SweepSpec, session) -> None:
     rank, world_size = _rank_and_world()
     device = _device(spec)
     torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
+    _reuse_freed_memory()
 
     data = _dataset(spec.data.model_dump_json(exclude={"augment"}), spec.seed)  # augmentation: per batch
     train_x, train_y = data.train_x.to(device), data.train_y.to(device)
@@ -283,6 +285,24 @@ def weights_digest(model) -> str:
 
 def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return (seed * 1_000_003 + epoch) * 1_009 + rank
+
+
+def _reuse_freed_memory() -> None:
+    """Keep freed blocks of up to 32 MB in the heap instead of handing them back to the OS.
+
+    Every step frees and allocates again gradients and activations of a few MB. glibc returns
+    such blocks to the OS (heap trimming, munmap) and the next step page-faults them back in:
+    ~700 page faults per step for seed 000's MLP, 15-25% of its step time on CPU. Kept, they cost
+    only the memory the next step needs anyway. 32 MB is glibc's ceiling for this setting;
+    without glibc (musl, macOS) this does nothing.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    libc.mallopt(m_mmap_threshold, 32 << 20)
+    libc.mallopt(m_trim_threshold, 1 << 30)
 
 
 def _rank_and_world() -> tuple[int, int]:
