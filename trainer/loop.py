@@ -380,7 +380,10 @@ def _fit_distributed(spec: SweepSpec) -> None:
     from ray.train.torch import TorchTrainer
     from ray.util.queue import Queue
 
+    from service import storage
+
     reports = Queue(maxsize=1, actor_options={"num_cpus": 0})  # back-pressure: one report in flight
+    sweep_fs, sweep_storage_path = storage.pyarrow_filesystem(spec.storage.uri)
     r = spec.resources
     context = ray.tune.get_context()
     start_from = ray.tune.get_checkpoint()
@@ -399,7 +402,11 @@ def _fit_distributed(spec: SweepSpec) -> None:
         run_config=ray.train.RunConfig(
             # A fresh run per trial start: it must begin from Tune's checkpoint, not its own.
             name=f"train-{context.get_trial_id()}-{uuid.uuid4().hex[:8]}",
-            storage_path=str(Path(context.get_trial_dir()).parent),
+            # Rank 0 may run on another node than this trial: its checkpoints go to the sweep's
+            # storage (S3 on a cluster), where this trial can read them to hand them on to Tune.
+            # (Local storage: next to the trial's own directory.)
+            storage_path=f"{sweep_storage_path}/{spec.name}/.train" if sweep_fs else str(Path(context.get_trial_dir()).parent),
+            storage_filesystem=sweep_fs,
             callbacks=[_ForwardReports(reports)],
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),  # Tune keeps the copies
         ),

@@ -268,3 +268,20 @@ def test_sweep_rides_out_a_30_second_storage_outage_and_loses_nothing(tmp_path, 
             assert trial["checkpoint"].startswith(f"s3://{bucket}/{prefix}checkpoint_")
     finally:
         server.stop()
+
+
+def test_a_two_worker_trial_keeps_its_checkpoints_on_s3(bucket, tmp_path):
+    """N-worker trials: Ray Train's rank 0 may be on another node than the trial, so its
+    checkpoints go through the sweep's S3 storage before Tune keeps them."""
+    spec_path = write_spec(tmp_path, bucket, name="s3-ddp", resources={"workers_per_trial": 2, "cpus_per_worker": 1},
+                           train={"epochs": 1})
+    run = sweepctl("run", str(spec_path))
+    assert run.returncode == 0, run.stdout + run.stderr
+    summary = storage.read_summary(f"s3://{bucket}/team-a", "s3-ddp")
+    (trial,) = summary["trials"]
+    assert trial["status"] == "terminated" and trial["history"][0]["duplicate_samples"] == 0
+    assert trial["checkpoint"].startswith(f"s3://{bucket}/team-a/s3-ddp/{trial['trial_id']}/checkpoint_")
+    manifest = json.loads(storage.read_text(trial["checkpoint"] + "/checkpoint.json"))
+    assert hashlib.sha256(storage.read_bytes(trial["checkpoint"] + "/state.pt")).hexdigest() == manifest["sha256"]["state.pt"]
+    # Ray Train's own run (where rank 0 wrote first) is in the bucket too, not on a node's disk.
+    assert any(k.startswith("team-a/s3-ddp/.train/train-") for k in keys(bucket, "team-a/s3-ddp/.train/"))
