@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: quickstart test test-fast install clean prometheus report-screenshot helm-files deploy-manifests
+.PHONY: quickstart test test-fast install clean prometheus report-screenshot helm-files deploy-manifests bench
 
 # Helm's engine for tests/helm: helm-sdkpy (pinned in tests/helm/requirements.txt) needs Python >= 3.12,
 # so it gets a venv of its own. Python 3.12: python3.12 on PATH, else pyenv's; or HELM_PYTHON=/path.
@@ -35,6 +35,12 @@ test: $(STAMP) $(HELM_STAMP)
 # Only the tests that start no Ray (seconds).
 test-fast: $(STAMP) $(HELM_STAMP)
 	$(BIN)/python -m pytest -m "not slow"
+
+# The four benchmarks of bench/README.md, one after another (each prints its figures; ~15 minutes
+# on 2 cores). One alone: .venv/bin/python bench/<name>.py (--help for sizes, --smoke for tiny).
+BENCHMARKS := train_throughput mfu sweep_overhead scheduler_efficiency
+bench: $(STAMP)
+	for name in $(BENCHMARKS); do echo "== bench/$$name.py"; $(BIN)/python bench/$$name.py || exit 1; done
 
 # A screenshot of a sweep's report.html (writes the report first if there is none), with Debian's
 # headless Chromium (apt-get install -y chromium):
