@@ -18,9 +18,11 @@ Only the standard library and helm_sdkpy: this runs outside the project's venv.
 from __future__ import annotations
 
 import argparse
+import atexit
 import asyncio
 import json
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -150,7 +152,7 @@ def with_helm_environment() -> None:
         return
     home = tempfile.mkdtemp(prefix="helm-home-")
     env = dict(os.environ, HELM_DRIVER="memory", HELM_CACHE_HOME=f"{home}/cache",
-               HELM_CONFIG_HOME=f"{home}/config", HELM_DATA_HOME=f"{home}/data")
+               HELM_CONFIG_HOME=f"{home}/config", HELM_DATA_HOME=f"{home}/data", RENDER_CHART_HOME=home)
     env.pop("KUBECONFIG", None)
     env.pop("KUBERNETES_SERVICE_HOST", None)  # never mistake this for an in-cluster run
     os.execve(sys.executable, [sys.executable, *sys.argv], env)
@@ -171,6 +173,8 @@ def main() -> int:
     args = parser.parse_args()
 
     with_helm_environment()
+    # the temp homes made before the re-exec: removed when this (re-exec'd) process ends
+    atexit.register(shutil.rmtree, os.environ.get("RENDER_CHART_HOME", ""), ignore_errors=True)
     import helm_sdkpy
 
     try:
