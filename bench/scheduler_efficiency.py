@@ -2,45 +2,86 @@
 
     .venv/bin/python bench/scheduler_efficiency.py [--seeds 0 1] [--epochs 27]
 
-The same grid (CNN width × dropout × learning rate, scikit-learn's 1,797 real 8×8 digits) runs
-three times per seed through the sweep driver (``run_sweep``, one local Ray): FIFO (every trial
-runs every epoch), ASHA and synchronous HyperBand. Same spec + seed gives identical metrics on CPU,
-so a trial that a scheduler lets finish scores exactly what it scored in the grid: the question is
-only whether the scheduler keeps the good trials and how many epochs it spends on the others.
-Prints, per seed and scheduler: the best val_acc (best epoch of any trial), its distance to the
-grid's best in points, and the epochs run as a share of the grid's.
+The same grid (CNN width × hidden units × dropout × learning rate: 48 points, scikit-learn's 1,797
+real 8×8 digits) runs per seed through the sweep driver (``run_sweep``, one local Ray): FIFO
+(every trial runs every epoch), ASHA and synchronous HyperBand. Same spec + seed gives identical
+metrics on CPU, so a trial that a scheduler lets finish scores exactly what it scored in the
+grid: the question is only whether the scheduler keeps the good trials and how many epochs it
+spends on the others. Prints, per seed and scheduler: the best val_acc (best epoch of any trial),
+its distance to the grid's best in points, and the epochs run as a share of the grid's.
+
+Each early-stopping scheduler runs twice: with the trials in the grid's order (what `sweepctl run`
+does today: Ray enumerates the grid in order, here every lr=3e-4 point first) and in a seeded
+random order (the change proposed in bench/README.md). ASHA decides asynchronously, against the
+trials that reached a rung before: when the weakest trials come first, they set the bar.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
+import random
 import statistics
 import tempfile
 import time
 
 from common import add_common_arguments, describe, finish, machine
 
-from service.spec import SweepSpec  # noqa: E402
+from service.spec import SweepSpec, primitive_values, search_space  # noqa: E402
 
-SCHEDULERS = {
-    "grid (fifo)": {"name": "fifo"},
-    "asha": {"name": "asha", "grace_period": 1, "reduction_factor": 3},
-    "hyperband": {"name": "hyperband", "reduction_factor": 3},
+SCHEDULERS = {  # label: (scheduler spec, trial order)
+    "grid (fifo)": ({"name": "fifo"}, "grid"),
+    "asha": ({"name": "asha", "grace_period": 1, "reduction_factor": 3}, "grid"),
+    "asha, shuffled": ({"name": "asha", "grace_period": 1, "reduction_factor": 3}, "shuffled"),
+    "hyperband": ({"name": "hyperband", "reduction_factor": 3}, "grid"),
+    "hyperband, shuffled": ({"name": "hyperband", "reduction_factor": 3}, "shuffled"),
 }
+
+
+def grid_points(spec: SweepSpec) -> list[dict]:
+    """Every point of the spec's grid, in a random order seeded by the spec's seed."""
+    space = search_space(spec)
+    points = [dict(zip(space, values)) for values in itertools.product(*map(primitive_values, space.values()))]
+    random.Random(spec.seed).shuffle(points)
+    return points
+
+
+@contextlib.contextmanager
+def shuffled_trial_order(spec: SweepSpec):
+    """Run the grid in a seeded random order: the proposal, measured before it is made in
+    service/space.py. Tune gets the points as ``points_to_evaluate`` of a BasicVariantGenerator
+    (one trial each) over a param space of the same values, and ``num_samples`` = the points."""
+    from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from service import space
+
+    points = grid_points(spec)
+    original = space.param_space, space.searcher
+    space.param_space = lambda s: {path: tune.choice(primitive_values(p)) for path, p in search_space(s).items()}
+    space.searcher = lambda s, max_concurrent=None: BasicVariantGenerator(
+        points_to_evaluate=[dict(p) for p in points], random_state=s.seed, max_concurrent=max_concurrent or 0)
+    try:
+        yield spec.model_copy(update={"search": spec.search.model_copy(update={"num_samples": len(points)})})
+    finally:
+        space.param_space, space.searcher = original
 
 
 def study(seed: int, epochs: int, scheduler: dict, storage: str, smoke: bool) -> SweepSpec:
     grid = {
         "filters": [8, 32] if smoke else [8, 16, 32],
+        "hidden_size": [64] if smoke else [32, 64],
         "dropout": [0.0] if smoke else [0.0, 0.25],
-        "lr": [1.0e-3, 3.0e-3] if smoke else [3.0e-4, 1.0e-3, 3.0e-3],
+        "lr": [1.0e-3, 3.0e-3] if smoke else [3.0e-4, 1.0e-3, 3.0e-3, 1.0e-2],
     }
     return SweepSpec.model_validate({
         "name": f"sched-{scheduler['name']}-seed{seed}",
         "seed": seed,
         "data": {"name": "digits", "val_fraction": 0.2},
-        "model": {"name": "cnn", "num_conv_layers": 2, "kernel_size": 3, "num_fc_layers": 2, "hidden_size": 64,
-                  "filters": {"grid": grid["filters"]}, "dropout": {"grid": grid["dropout"]}},
+        "model": {"name": "cnn", "num_conv_layers": 2, "kernel_size": 3, "num_fc_layers": 2,
+                  "filters": {"grid": grid["filters"]}, "hidden_size": {"grid": grid["hidden_size"]},
+                  "dropout": {"grid": grid["dropout"]}},
         "train": {"epochs": epochs, "batch_size": 32, "amp": "off",
                   "optimizer": {"name": "adam", "lr": {"grid": grid["lr"]}}},
         "search": {"algorithm": "grid"},
@@ -72,15 +113,18 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-sched-") as storage:
         for seed in args.seeds:
-            for label, scheduler in SCHEDULERS.items():
+            for label, (scheduler, order) in SCHEDULERS.items():
                 spec = study(seed, args.epochs, scheduler, storage, args.smoke)
+                spec = spec.model_copy(update={"name": f"{spec.name}-{order}"})
                 start = time.perf_counter()
-                summary = run_sweep(spec, echo=lambda line: None)
+                with shuffled_trial_order(spec) if order == "shuffled" else contextlib.nullcontext(spec) as spec:
+                    summary = run_sweep(spec, echo=lambda line: None)
                 seconds = time.perf_counter() - start
                 trials = summary["trials"]
                 rows.append({
                     "seed": seed,
                     "scheduler": label,
+                    "order": order,
                     "trials": len(trials),
                     "best_val_acc": max(t["best"]["val_acc"] for t in trials if t["best"]),
                     "best_trial_config": summary["best"]["config"] if summary.get("best") else None,
@@ -92,12 +136,12 @@ def main() -> None:
     ray.shutdown()
 
     print(f"digits, {rows[0]['trials']} grid points, up to {args.epochs} epochs each, seeds {args.seeds}")
-    print(f"{'seed':>4} {'scheduler':<12} {'best val_acc':>12} {'vs grid':>8} {'epochs':>7} {'share':>6} {'seconds':>8}")
+    print(f"{'seed':>4} {'scheduler':<20} {'best val_acc':>12} {'vs grid':>8} {'epochs':>7} {'share':>6} {'seconds':>8}")
     for row in rows:
         grid = next(r for r in rows if r["seed"] == row["seed"] and r["scheduler"] == "grid (fifo)")
         row["points_below_grid"] = 100 * (grid["best_val_acc"] - row["best_val_acc"]) + 0.0  # no -0.00
         row["epoch_share"] = row["epochs"] / grid["epochs"]
-        print(f"{row['seed']:>4} {row['scheduler']:<12} {row['best_val_acc']:>12.4f} {0.0 - row['points_below_grid']:>+7.2f}pt "
+        print(f"{row['seed']:>4} {row['scheduler']:<20} {row['best_val_acc']:>12.4f} {0.0 - row['points_below_grid']:>+7.2f}pt "
               f"{row['epochs']:>7} {row['epoch_share']:>6.1%} {row['seconds']:>8.0f}")
     for label in SCHEDULERS:
         if label.startswith("grid"):

@@ -1,7 +1,7 @@
 """What running trials as a sweep costs: `sweepctl run` wall time vs. the same trials' training
 run back to back in one plain process.
 
-    .venv/bin/python bench/sweep_overhead.py [--trials 4] [--epochs 3] [--samples 4096] [--ddp-trials 2]
+    .venv/bin/python bench/sweep_overhead.py [--trials 6] [--epochs 3] [--samples 16384] [--ddp-trials 2] [--breakdown]
 
 The trials: seed 000's CNN on CIFAR-shaped synthetic data, a grid over the learning rate.
 - plain: ``trainer.loop.fit`` on each trial's spec, one after another in this process (data
@@ -124,7 +124,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=6, help="1-worker trials in the sweep")
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--samples", type=int, default=4096, help="training samples per epoch")
+    parser.add_argument("--samples", type=int, default=16384, help="training samples per epoch")
     parser.add_argument("--ddp-trials", type=int, default=2, help="2-worker trials (0: skip the N-worker part)")
     parser.add_argument("--breakdown", action="store_true",
                         help="also run the 1-worker sweep in-process and time where its overhead goes")
