@@ -29,6 +29,9 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 # 10+ s by default; a driver killed in between resumes from an older view and re-runs epochs.
 # A snapshot is one small JSON file, so take one every 2 s.
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+# Tune's default loggers include TensorBoardX, which imports torch into the driver (~3 s per sweep)
+# for event files nothing here reads; result.json per trial is kept (JsonLoggerCallback below).
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 
 from ray.tune import Callback  # noqa: E402
 
@@ -67,8 +70,8 @@ def run_sweep(
     import ray
     from ray import tune
 
-    from trainer.loop import tune_trial
     from trainer.metrics import start_exporter
+    from trainer.trainable import tune_trial  # no torch in the driver
 
     sweep_uri = storage.sweep_uri(spec.storage.uri, spec.name)
     fs, storage_path = storage.pyarrow_filesystem(spec.storage.uri)
@@ -103,7 +106,9 @@ def run_sweep(
         trainable = tune.with_resources(
             tune.with_parameters(tune_trial, spec_json=spec.model_dump_json()), _trial_resources(spec)
         )
-        all_callbacks = [monitor, *callbacks, *([exporter.callback] if exporter else [])]
+        from ray.tune.logger import JsonLoggerCallback
+
+        all_callbacks = [monitor, *callbacks, *([exporter.callback] if exporter else []), JsonLoggerCallback()]
         experiment_path = f"{storage_path}/{spec.name}"  # inside `fs` ("bucket/prefix/name" on S3)
         if resume and tune.Tuner.can_restore(experiment_path, storage_filesystem=fs):
             echo(f"resuming sweep {spec.name} (driver attempt {lock.attempt}) from {sweep_uri}")
@@ -122,7 +127,7 @@ def run_sweep(
                     mode=spec.objective.mode,
                     search_alg=space.searcher(spec, max_concurrent=_max_concurrent(spec)),
                     scheduler=space.scheduler(spec),
-                    num_samples=spec.search.num_samples,
+                    num_samples=space.num_samples(spec),
                     # A fresh Python worker per trial costs seconds; 1-worker trials reuse theirs.
                     reuse_actors=spec.resources.workers_per_trial == 1,
                     trial_dirname_creator=_trial_dirname,
