@@ -89,7 +89,7 @@ def test_sweep_overhead_times_sweepctl_run_against_the_plain_loop(tmp_path):
 def test_scheduler_efficiency_compares_early_stopping_with_the_full_grid(tmp_path):
     results, stdout = run_benchmark("scheduler_efficiency", tmp_path)
     rows = {r["scheduler"]: r for r in results["rows"]}
-    assert set(rows) == {"grid (fifo)", "asha", "asha, shuffled", "hyperband", "hyperband, shuffled"}
+    assert set(rows) == {"grid (fifo)", "asha", "asha, grid order", "hyperband", "hyperband, grid order"}
     grid = rows["grid (fifo)"]
     assert grid["epochs"] == grid["trials"] * results["epochs"]  # FIFO runs every trial to the end
     for row in rows.values():
