@@ -10,7 +10,6 @@ No torch here: verification is by sha256 against the manifest the trainer wrote 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
@@ -72,7 +71,7 @@ def _model_card(summary: dict, trial: dict, uri: str, directory: Path) -> dict:
         raise PullError(f"{uri} has no {MANIFEST}: not a checkpoint written by this trainer")
     manifest = json.loads(manifest_path.read_text())
     mismatched = [name for name, digest in manifest["sha256"].items()
-                  if not (directory / name).exists() or sha256_file(directory / name) != digest]
+                  if not (directory / name).exists() or storage.sha256_file(directory / name) != digest]
     if mismatched:
         raise PullError(f"checksum mismatch for {', '.join(mismatched)} in {uri}: the copy is corrupt "
                         f"or the checkpoint was modified; nothing was written")
@@ -85,14 +84,7 @@ def _model_card(summary: dict, trial: dict, uri: str, directory: Path) -> dict:
         "config": trial["config"],
         "metrics": manifest["metrics"],
         "spec": json.loads((directory / "spec.json").read_text()),
-        "files": {p.name: sha256_file(p) for p in sorted(directory.iterdir()) if p.is_file()},
+        "files": {p.name: storage.sha256_file(p) for p in sorted(directory.iterdir()) if p.is_file()},
         "load": "from trainer import load_model; model, spec = load_model('<this directory>')",
     }
 
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

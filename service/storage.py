@@ -276,6 +276,17 @@ def download_dir(uri: str, target: Path) -> list[Path]:
     return files
 
 
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a local file, read 1 MiB at a time (archives and checkpoints are large)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 # ============================================================================ sweeps
 SUMMARY = "summary.json"
 SPEC = "spec.yaml"

@@ -82,6 +82,20 @@ def s3_server():
     server.stop()
 
 
+def point_aws_at(endpoint: str, monkeypatch, tmp_path) -> None:
+    """This test's AWS environment (inherited by the drivers it starts): the S3 server at
+    ``endpoint``, dummy credentials, path-style addressing, and no ~/.aws files or profile."""
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("SWEEP_S3_ADDRESSING_STYLE", "path")
+
+
 @pytest.fixture(autouse=True)
 def _one_thread_per_test_process():
     # Tests run trials in Ray workers; keep the test process itself from hogging both cores.

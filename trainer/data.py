@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import gzip
-import hashlib
 import io
 import logging
 import os
@@ -412,7 +411,7 @@ def _cached(target: Path, sha256: str | None, uri: str) -> bool:
         return True
     if target.is_dir():
         raise ValueError(f"sha256 checks one file, but {uri} is cached as a directory ({target})")
-    return file_sha256(target) == sha256
+    return storage.sha256_file(target) == sha256
 
 
 @contextlib.contextmanager
@@ -486,19 +485,11 @@ def _download_s3(bucket: str, key: str, target: Path, sha256: str | None, uri: s
         shutil.rmtree(tmp_dir, ignore_errors=True)  # gone already after a successful rename
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):  # 1 MiB at a time: archives are large
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _check_sha256(path: Path, expected: str, uri: str) -> None:
     if not path.is_file():
         what = "is a directory" if path.is_dir() else "does not exist"
         raise ValueError(f"cannot check sha256 of {uri}: {path} {what} (sha256 pins a single file)")
-    actual = file_sha256(path)
+    actual = storage.sha256_file(path)
     if actual != expected:
         raise ValueError(f"sha256 mismatch for {uri}: expected {expected}, got {actual}")
 

@@ -28,6 +28,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from ray.train.v2.api.callback import UserCallback
 
+from service import storage
 from service.spec import SweepSpec, concrete
 from trainer.data import SplitData, augment_batch, epoch_batches, load_dataset
 from trainer.models import build_model, preferred_memory_format
@@ -186,17 +187,9 @@ def save_checkpoint(directory, spec, data, model, optimizer, scaler, epoch: int,
     manifest = {
         "epoch": epoch,
         "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
-        "sha256": {name: sha256_file(Path(directory) / name) for name in (CHECKPOINT_STATE, CHECKPOINT_SPEC)},
+        "sha256": {name: storage.sha256_file(Path(directory) / name) for name in (CHECKPOINT_STATE, CHECKPOINT_SPEC)},
     }
     (Path(directory) / CHECKPOINT_MANIFEST).write_text(json.dumps(manifest, indent=2))
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------- precision
@@ -379,8 +372,6 @@ def _fit_distributed(spec: SweepSpec) -> None:
     import ray.tune
     from ray.train.torch import TorchTrainer
     from ray.util.queue import Queue
-
-    from service import storage
 
     reports = Queue(maxsize=1, actor_options={"num_cpus": 0})  # back-pressure: one report in flight
     sweep_fs, sweep_storage_path = storage.pyarrow_filesystem(spec.storage.uri)

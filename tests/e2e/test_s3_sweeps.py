@@ -21,7 +21,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import BASE_SPEC, deep_update
+from conftest import BASE_SPEC, deep_update, point_aws_at
 from service import storage
 
 pytestmark = pytest.mark.slow
@@ -31,15 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def bucket(s3_server, monkeypatch, tmp_path):
     """A fresh bucket; this test's environment (inherited by the drivers) points at the server."""
-    for name in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("SWEEP_S3_ADDRESSING_STYLE", "path")
+    point_aws_at(s3_server, monkeypatch, tmp_path)
     name = f"sweeps-{uuid.uuid4().hex[:10]}"
     storage.s3_client().create_bucket(Bucket=name)
     return name
@@ -224,13 +216,7 @@ def test_sweep_rides_out_a_30_second_storage_outage_and_loses_nothing(tmp_path, 
     server.start()
     name = "s3-outage"
     try:
-        for var in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
-            monkeypatch.delenv(var, raising=False)
-        for var, value in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-                           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-                           "AWS_CONFIG_FILE": str(tmp_path / "none"), "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
-                           "SWEEP_S3_ADDRESSING_STYLE": "path"}.items():
-            monkeypatch.setenv(var, value)
+        point_aws_at(f"http://127.0.0.1:{port}", monkeypatch, tmp_path)
         bucket = f"outage-{uuid.uuid4().hex[:8]}"
         storage.s3_client().create_bucket(Bucket=bucket)
         spec_path = write_spec(tmp_path, bucket, name=name, **{**SLOW_TRIALS, "resources": {"max_concurrent_trials": 2}},

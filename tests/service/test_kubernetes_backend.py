@@ -20,7 +20,7 @@ import yaml
 from fastapi.testclient import TestClient
 from live_service import free_port
 
-from conftest import BASE_SPEC
+from conftest import BASE_SPEC, point_aws_at
 from service import storage
 from service.api import create_app
 from service.backends import KubernetesBackend, rayjob_state
@@ -123,13 +123,7 @@ def api_server():
 @pytest.fixture
 def bucket(s3_server, monkeypatch, tmp_path, request):
     """A fresh bucket on the moto S3 server; the service reads summaries and logs from it."""
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("SWEEP_S3_ADDRESSING_STYLE", "path")
+    point_aws_at(s3_server, monkeypatch, tmp_path)
     name = "k8s-" + request.node.name.replace("_", "-").lower()[:50].strip("-")
     boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=name)
     return name

@@ -13,6 +13,7 @@ import uuid
 import pytest
 import torch
 
+from conftest import point_aws_at
 from official_formats import IDX_FILES, assert_matches, assert_mnist_matches, make_tar, write_cifar10, write_mnist
 from service.spec import DataSpec
 from trainer.data import cache_location, fetch_to_cache, load_dataset, read_cifar, read_mnist
@@ -23,15 +24,7 @@ def s3(s3_server, monkeypatch, tmp_path):
     """A fresh bucket on the session's S3 server; this test's env points boto3 at it, cache in tmp."""
     import boto3
 
-    for name in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))  # ignore ~/.aws
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("SWEEP_S3_ADDRESSING_STYLE", "path")
+    point_aws_at(s3_server, monkeypatch, tmp_path)
     monkeypatch.setenv("SWEEP_DATA_CACHE", str(tmp_path / "cache"))
     client = boto3.session.Session().client("s3")
     bucket = f"data-{uuid.uuid4().hex[:12]}"
