@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from service import storage
-from service.backends import Backend, BackendError, SweepInfo
+from service.backends import Backend, BackendError
 from service.errors import UserError
 from service.loading import SpecError, parse_spec
 from service.spec import num_trials

@@ -108,7 +108,6 @@ def pyarrow_filesystem(uri: str):
         return None, uri
     from urllib.parse import urlparse
 
-    import pyarrow.fs
 
     options: dict[str, Any] = {}
     endpoint = s3_endpoint()

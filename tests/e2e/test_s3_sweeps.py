@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,7 +17,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from conftest import BASE_SPEC, deep_update, point_aws_at
