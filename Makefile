@@ -85,7 +85,7 @@ helm-files:
 	cp deploy/prometheus/podmonitors.yaml helm/sweep-service/files/podmonitors.yaml
 
 # The example RayJob in deploy/ is `sweepctl render rayjob`'s output for a shipped spec; regenerate it
-# after changing the spec or service/rayjob.py (tests/deploy/test_manifests.py checks it is current).
+# after changing the spec or service/control/rayjob.py (tests/deploy/test_manifests.py checks it is current).
 deploy-manifests: $(STAMP)
 	$(BIN)/sweepctl render rayjob sweeps/cnn_structure.yaml -o deploy/rayjob-cnn-structure.yaml
 

@@ -27,7 +27,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from service.spec import SweepSpec  # noqa: E402
+from service.core.spec import SweepSpec  # noqa: E402
 
 # The models the studies trained, as model specs (seed 000's CNN and MLP, seed 001's CIFAR10Net).
 MODELS = {

@@ -11,7 +11,7 @@ spends on the others. Prints, per seed and scheduler: the best val_acc (best epo
 its distance to the grid's best in points, and the epochs run as a share of the grid's.
 
 Each early-stopping scheduler runs twice: as `sweepctl run` runs it (a grid under ASHA/HyperBand
-in a seeded random order, service.space.runs_grid_shuffled) and, for comparison, in the grid's
+in a seeded random order, trainer.driver.space.runs_grid_shuffled) and, for comparison, in the grid's
 own order (how Ray enumerates it: here every lr=3e-4 point first). ASHA decides asynchronously,
 against the trials that reached a rung before: when the weakest trials come first, they set the
 bar and almost nothing is stopped.
@@ -27,7 +27,7 @@ import time
 
 from common import add_common_arguments, describe, finish, machine
 
-from service.spec import SweepSpec  # noqa: E402
+from service.core.spec import SweepSpec  # noqa: E402
 
 SCHEDULERS = {  # label: (scheduler spec, trial order)
     "grid (fifo)": ({"name": "fifo"}, "driver"),
@@ -41,7 +41,7 @@ SCHEDULERS = {  # label: (scheduler spec, trial order)
 @contextlib.contextmanager
 def in_grid_order():
     """Run grids in the order Ray enumerates them, as the driver did before it shuffled them."""
-    from service import space
+    from trainer.driver import space
 
     original = space.runs_grid_shuffled
     space.runs_grid_shuffled = lambda spec: False
@@ -88,7 +88,7 @@ def main() -> None:
 
     import ray
 
-    from trainer.sweep import run_sweep
+    from trainer.driver.sweep import run_sweep
 
     info = machine()
     print(f"machine: {describe(info)}")

@@ -29,7 +29,7 @@ import yaml
 
 from common import MODELS, ROOT, add_common_arguments, bench_spec, describe, finish, fit_in_process, machine
 
-from service.spec import SweepSpec, concrete, search_space  # noqa: E402
+from service.core.spec import SweepSpec, concrete, search_space  # noqa: E402
 
 LEARNING_RATES = [3.0e-4, 1.0e-3, 2.0e-3, 3.0e-3, 5.0e-4, 7.0e-4, 1.5e-3, 2.5e-3]
 
@@ -82,7 +82,7 @@ def breakdown(spec: SweepSpec) -> dict:
     import ray
     from ray.tune import Callback
 
-    from trainer.sweep import run_sweep
+    from trainer.driver.sweep import run_sweep
 
     class Clock(Callback):
         def __init__(self):

@@ -7,10 +7,10 @@ import json
 import os
 import sys
 
-from service.errors import UserError
-from service.loading import SpecError, load_spec
-from service.spec import SweepSpec, max_epochs, num_trials, search_space
-from service import storage
+from service.core.errors import UserError
+from service.core.loading import SpecError, load_spec
+from service.core.spec import SweepSpec, max_epochs, num_trials, search_space
+from service.core import storage
 
 EXIT_USER_ERROR = 2
 # The storage of verbs that name a sweep (leaderboard, best, pull, ...): the spec's default unless set.
@@ -162,7 +162,7 @@ def cmd_resume(args) -> int:
 
 
 def _stored_spec(storage_uri: str, name: str) -> SweepSpec:
-    from service.loading import parse_spec
+    from service.core.loading import parse_spec
 
     uri = storage.join(storage.sweep_uri(storage_uri, name), storage.SPEC)
     try:
@@ -181,8 +181,8 @@ def _next_free_name(spec: SweepSpec) -> str:
 
 
 def _drive(spec: SweepSpec, *, resume: bool, top: int, wait_for_resources: bool, metrics_port: int | None = None) -> int:
-    from trainer.metrics import MetricsPortInUse
-    from trainer.sweep import leaderboard, run_sweep  # torch + ray: only for verbs that train
+    from trainer.driver.metrics import MetricsPortInUse
+    from trainer.driver.sweep import leaderboard, run_sweep  # torch + ray: only for verbs that train
 
     if metrics_port is not None:
         spec = spec.model_copy(update={"metrics": spec.metrics.model_copy(update={"port": metrics_port})})
@@ -209,7 +209,7 @@ def _summary(storage_uri: str, name: str) -> dict:
 
 
 def cmd_leaderboard(args) -> int:
-    from trainer.sweep import leaderboard
+    from trainer.driver.sweep import leaderboard
 
     print(leaderboard(_summary(args.storage, args.name), top=args.top))
     return 0
@@ -232,7 +232,7 @@ def cmd_best(args) -> int:
 
 
 def cmd_pull(args) -> int:
-    from service.pull import PullError, pull_checkpoint  # boto3 only when pulling
+    from service.analysis.pull import PullError, pull_checkpoint  # boto3 only when pulling
 
     summary = _summary(args.storage, args.name)
     try:
@@ -252,7 +252,7 @@ def _report_options(args) -> dict:
 
 
 def cmd_report(args) -> int:
-    from trainer.report import ReportError, generate_report  # matplotlib/sklearn: only for this verb
+    from service.analysis.report import ReportError, generate_report  # matplotlib/sklearn: only for this verb
 
     try:
         path = generate_report(args.storage, args.name, args.out, **_report_options(args))
@@ -264,7 +264,7 @@ def cmd_report(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from trainer.evaluate import evaluate_trial  # torch: only for this verb
-    from trainer.report import ReportError
+    from service.analysis.report import ReportError
 
     try:
         path = evaluate_trial(args.storage, args.name, args.trial, args.out, worst=args.worst, **_report_options(args))
@@ -276,7 +276,7 @@ def cmd_evaluate(args) -> int:
 
 # ============================================================================ the sweep service
 def _service_verbs(verbs) -> None:
-    """submit/status/list/logs/cancel: talk to the sweep service (service/client.py)."""
+    """submit/status/list/logs/cancel: talk to the sweep service (service/control/client.py)."""
 
     def service_verb(name: str, help: str, takes_name: bool = True):
         p = verbs.add_parser(name, help=help, description=help)
@@ -305,7 +305,7 @@ def _service_verbs(verbs) -> None:
 
 def _service_call(call):
     """Run a client call; the server's message becomes the CLI's (exit 2 for 4xx, 1 otherwise)."""
-    from service.client import ServiceError
+    from service.control.client import ServiceError
 
     try:
         return call()
@@ -317,13 +317,13 @@ def _service_call(call):
 
 
 def _client(args):
-    from service.client import SweepClient
+    from service.control.client import SweepClient
 
     return SweepClient.from_settings(args.server)
 
 
 def cmd_submit(args) -> int:
-    from service.loading import parse_spec
+    from service.core.loading import parse_spec
 
     source = "<stdin>" if args.spec == "-" else args.spec
     if args.spec == "-":
@@ -397,7 +397,7 @@ def cmd_cancel(args) -> int:
 
 # ============================================================================ Kubernetes manifests
 def _render_verbs(verbs) -> None:
-    """render rayjob: the RayJob a sweep runs as on KubeRay (service/rayjob.py), for kubectl apply."""
+    """render rayjob: the RayJob a sweep runs as on KubeRay (service/control/rayjob.py), for kubectl apply."""
     p = verbs.add_parser("render", help="Print a sweep as a Kubernetes manifest.",
                          description="Print a sweep as a Kubernetes manifest.")
     kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")
@@ -415,7 +415,7 @@ def _render_verbs(verbs) -> None:
 
 
 def cmd_render_rayjob(args) -> int:
-    from service.rayjob import load_render_options, render_rayjob, to_yaml, with_image
+    from service.control.rayjob import load_render_options, render_rayjob, to_yaml, with_image
 
     spec = load_spec(args.spec, args.overrides)
     options = load_render_options(args.config)

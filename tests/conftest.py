@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from service.spec import SweepSpec
+from service.core.spec import SweepSpec
 
 # A tiny but real study: digits (scikit-learn's bundled 8×8 images), small CNN, 2 epochs.
 BASE_SPEC = {

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from service.spec import SweepSpec
+from service.core.spec import SweepSpec
 from trainer.loop import CHECKPOINT_SPEC, CHECKPOINT_STATE
 from trainer.models import build_model
 

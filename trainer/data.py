@@ -44,8 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from service import storage
-from service.spec import ON_DISK, DataSpec
+from service.core import storage
+from service.core.spec import ON_DISK, DataSpec
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from service import storage
-from trainer import report
+from service.core import storage
+from service.analysis import report
 
 TSNE_SEED = 0  # t-SNE and its subsample are fixed: the same checkpoint draws the same map
 

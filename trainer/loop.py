@@ -28,8 +28,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from ray.train.v2.api.callback import UserCallback
 
-from service import storage
-from service.spec import SweepSpec, concrete
+from service.core import storage
+from service.core.spec import SweepSpec, concrete
 from trainer.data import SplitData, augment_batch, epoch_batches, load_dataset
 from trainer.models import build_model, preferred_memory_format
 
@@ -343,7 +343,7 @@ def _samples_seen_twice(batches, num_samples: int, device) -> int:
 @functools.lru_cache(maxsize=2)
 def _dataset(data_spec_json: str, seed: int) -> SplitData:
     """Loaded once per process: reused actors run the next trial without re-reading the data."""
-    from service.spec import DataSpec
+    from service.core.spec import DataSpec
 
     return load_dataset(DataSpec.model_validate_json(data_spec_json), seed)
 

@@ -16,7 +16,7 @@ import torchvision
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from service.spec import CIFAR10NetSpec, CNNSpec, MLPSpec, ResNetSpec, SmallResNetSpec, search_space
+from service.core.spec import CIFAR10NetSpec, CNNSpec, MLPSpec, ResNetSpec, SmallResNetSpec, search_space
 
 _ACTIVATIONS = {
     "relu": nn.ReLU,

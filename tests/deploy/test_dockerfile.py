@@ -80,5 +80,5 @@ def test_dockerignore_keeps_environments_results_and_git_out_of_the_context():
 
     for path in (".venv", ".venv/bin/python", "runs", "runs/quickstart/summary.json", ".git", ".git/config"):
         assert ignored(path), f"{path} would be sent to the docker daemon"
-    for path in ("pyproject.toml", "README.md", "service/rayjob.py", "trainer/loop.py", "sweeps/quickstart.yaml"):
+    for path in ("pyproject.toml", "README.md", "service/control/rayjob.py", "trainer/loop.py", "sweeps/quickstart.yaml"):
         assert not ignored(path), f"{path} is needed by the build"

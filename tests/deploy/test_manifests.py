@@ -13,9 +13,9 @@ import pytest
 from kube_schemas import InvalidManifest, load_documents, validate
 
 from service.cli import main
-from service.loading import load_spec
-from service.rayjob import SWEEP_LABEL, RenderOptions, render_rayjob
-from service.storage import split_s3
+from service.core.loading import load_spec
+from service.control.rayjob import SWEEP_LABEL, RenderOptions, render_rayjob
+from service.core.storage import split_s3
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -58,7 +58,7 @@ def test_the_example_rayjob_is_what_sweepctl_renders_now(tmp_path):
     fresh = tmp_path / "rayjob.yaml"
     assert main(["render", "rayjob", str(REPO / "sweeps/cnn_structure.yaml"), "-o", str(fresh)]) == 0
     assert EXAMPLE_RAYJOB.read_text() == fresh.read_text(), (
-        f"{EXAMPLE_RAYJOB.relative_to(REPO)} is out of date with sweeps/cnn_structure.yaml or service/rayjob.py: "
+        f"{EXAMPLE_RAYJOB.relative_to(REPO)} is out of date with sweeps/cnn_structure.yaml or service/control/rayjob.py: "
         "regenerate it with `make deploy-manifests`"
     )
 
@@ -158,7 +158,7 @@ def test_the_secret_example_has_the_keys_every_ray_pod_reads():
 
 
 def test_the_render_options_example_in_the_readme_loads(tmp_path):
-    from service.rayjob import load_render_options
+    from service.control.rayjob import load_render_options
 
     readme = (DEPLOY / "README.md").read_text()
     example = re.search(r"```yaml\n# render\.yaml\n(.*?)```", readme, re.S)

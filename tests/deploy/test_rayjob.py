@@ -1,4 +1,4 @@
-"""service/rayjob.py: every shipped spec renders to a RayJob KubeRay's CRD accepts, and the RayJob
+"""service/control/rayjob.py: every shipped spec renders to a RayJob KubeRay's CRD accepts, and the RayJob
 carries what the sweep needs (its spec, storage, resources, credentials, metrics ports)."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import yaml
 from kube_schemas import InvalidManifest, validate
 
 from service.cli import main
-from service.errors import UserError
-from service.loading import load_spec, parse_spec
-from service.rayjob import (
+from service.core.errors import UserError
+from service.core.loading import load_spec, parse_spec
+from service.control.rayjob import (
     SOURCE_ANNOTATION,
     SPEC_ENV,
     RenderOptions,

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from service.spec import num_trials
-from service.storage import read_json
+from service.core.spec import num_trials
+from service.core.storage import read_json
 from trainer import load_model
 from trainer.data import augment_batch, load_dataset
 from trainer.loop import evaluate
-from trainer.sweep import run_sweep
+from trainer.driver.sweep import run_sweep
 
 pytestmark = pytest.mark.slow
 # Timings vary run to run; checkpoint size varies with the sweep name stored inside it.
@@ -192,7 +192,7 @@ def _kill_trial_after_checkpoint(sweep_dir: Path, epoch: int, killed: list[int],
 
 
 def test_a_trial_that_can_never_fit_the_cluster_is_refused_before_anything_starts(ray_local, make_spec):
-    from service.errors import UserError
+    from service.core.errors import UserError
 
     spec = make_spec(name="too-big", resources={"cpus_per_worker": 1, "gpus_per_worker": 1})
     with pytest.raises(UserError, match=r"needs 1 CPU, 1 GPU .* has 2 CPU, 0 GPU"):

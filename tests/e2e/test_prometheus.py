@@ -103,7 +103,7 @@ def test_kubernetes_manifests_match_the_rules_and_the_exporter():
 
 
 def test_dashboard_is_wired_to_the_exporter_and_the_sweep_variable():
-    from trainer.metrics import METRICS
+    from trainer.driver.metrics import METRICS
 
     dashboard = json.loads(DASHBOARD.read_text())
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
@@ -121,7 +121,7 @@ def test_dashboard_is_wired_to_the_exporter_and_the_sweep_variable():
             assert 'sweep="$sweep"' in target["expr"], (panel["title"], target["expr"])
             for metric in re.findall(r"\b(sweep_[a-z_]+)\{", target["expr"]):
                 base = re.sub(r"_(bucket|count|sum|total)$", "", metric)
-                assert base in exported, f"{panel['title']}: {metric} is not exported by trainer/metrics.py"
+                assert base in exported, f"{panel['title']}: {metric} is not exported by trainer/driver/metrics.py"
                 used.add(base)
     assert len(used) >= 15  # the regex above really looks at the queries
 
@@ -263,7 +263,7 @@ def finite_values(series: list[dict]) -> list[float]:
 
 @pytest.mark.slow
 def test_every_dashboard_panel_returns_series_that_agree_with_the_summary(ray_local, make_spec, prometheus):
-    from trainer.sweep import run_sweep
+    from trainer.driver.sweep import run_sweep
 
     # Learning rates from good to hopeless, one trial at a time: ASHA stops the weak ones after epoch 1.
     spec = make_spec(
@@ -336,8 +336,8 @@ def test_per_trial_label_values_stay_within_the_documented_bound_in_a_real_sweep
     values, and at the end only the 2 best finished trials keep their series."""
     from ray.tune import Callback
 
-    from trainer.metrics import FINISHED, SweepMetrics, SweepMetricsCallback
-    from trainer.sweep import run_sweep
+    from trainer.driver.metrics import FINISHED, SweepMetrics, SweepMetricsCallback
+    from trainer.driver.sweep import run_sweep
 
     spec = make_spec(
         name="cardinality",
@@ -376,8 +376,8 @@ def test_per_trial_label_values_stay_within_the_documented_bound_in_a_real_sweep
 def test_pbt_exploits_and_pauses_are_counted_as_in_the_summary(ray_local, make_spec):
     """PBT pauses trials and restarts them from a better trial's checkpoint: the exporter counts
     the exploits summary.json records, and its final states match the summary's."""
-    from trainer.metrics import SweepMetrics, SweepMetricsCallback
-    from trainer.sweep import run_sweep
+    from trainer.driver.metrics import SweepMetrics, SweepMetricsCallback
+    from trainer.driver.sweep import run_sweep
 
     spec = make_spec(
         name="pbt-metrics",

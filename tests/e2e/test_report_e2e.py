@@ -15,10 +15,10 @@ import torch
 from PIL import Image
 
 from service.cli import main as sweepctl
-from service.storage import read_json
+from service.core.storage import read_json
 from trainer import load_model
 from trainer.data import load_dataset
-from trainer.sweep import run_sweep
+from trainer.driver.sweep import run_sweep
 
 pytestmark = pytest.mark.slow
 

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from conftest import BASE_SPEC, deep_update, point_aws_at
-from service import storage
+from service.core import storage
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]

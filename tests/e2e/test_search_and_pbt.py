@@ -10,7 +10,7 @@ import torch
 from trainer import load_model
 from trainer.loop import weights_digest
 from trainer.models import build_model
-from trainer.sweep import run_sweep
+from trainer.driver.sweep import run_sweep
 
 pytestmark = pytest.mark.slow
 

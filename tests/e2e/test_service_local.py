@@ -11,9 +11,9 @@ import yaml
 from live_service import serve, sweepctl
 
 from conftest import BASE_SPEC
-from service.api import create_app
-from service.backends import LocalBackend
-from service.storage import read_json
+from service.control.api import create_app
+from service.control.backends import LocalBackend
+from service.core.storage import read_json
 
 TOKEN = "e2e-token"
 

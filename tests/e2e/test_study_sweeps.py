@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from service.cli import main
-from service.loading import load_spec
-from service.spec import max_epochs, num_trials
-from service.storage import read_json
+from service.core.loading import load_spec
+from service.core.spec import max_epochs, num_trials
+from service.core.storage import read_json
 
 pytestmark = pytest.mark.slow
 SWEEPS = sorted((Path(__file__).resolve().parents[2] / "sweeps").glob("*.yaml"))

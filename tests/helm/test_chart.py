@@ -312,8 +312,8 @@ def test_config_values_become_snake_case_render_options():
                          "worker": {"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}]}}},
 ], ids=["defaults", "no-deadline-aws-gpu-tolerations"])
 def test_the_renderer_takes_config_yaml_and_gives_ray_pods_the_apis_s3_settings(values):
-    from service.loading import load_spec
-    from service.rayjob import RenderOptions, render_rayjob
+    from service.core.loading import load_spec
+    from service.control.rayjob import RenderOptions, render_rayjob
 
     options = RenderOptions.model_validate(render_options(values))
     rayjob = render_rayjob(load_spec(REPO / "sweeps" / "quickstart.yaml", []), options)

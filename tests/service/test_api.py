@@ -16,8 +16,8 @@ from fastapi.testclient import TestClient
 from live_service import REPO, serve, sweepctl
 
 from conftest import BASE_SPEC
-from service.api import OPEN_PATHS, ServiceConfigError, create_app
-from service.backends import LocalBackend
+from service.control.api import OPEN_PATHS, ServiceConfigError, create_app
+from service.control.backends import LocalBackend
 
 TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -150,7 +150,7 @@ def test_the_service_refuses_to_start_without_a_token(tmp_path, monkeypatch):
     with pytest.raises(ServiceConfigError, match="SWEEP_SERVICE_TOKEN"):
         create_app(LocalBackend(tmp_path))
     env = {k: v for k, v in os.environ.items() if k != "SWEEP_SERVICE_TOKEN"}
-    result = subprocess.run([sys.executable, "-m", "service.api", "--port", "0"], cwd=REPO, env=env,
+    result = subprocess.run([sys.executable, "-m", "service.control.api", "--port", "0"], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "SWEEP_SERVICE_TOKEN" in result.stderr and "Traceback" not in result.stderr
@@ -158,7 +158,7 @@ def test_the_service_refuses_to_start_without_a_token(tmp_path, monkeypatch):
 
 def test_an_unknown_backend_setting_is_a_clear_startup_error(monkeypatch):
     env = {**os.environ, "SWEEP_SERVICE_TOKEN": TOKEN, "SWEEP_SERVICE_BACKEND": "docker"}
-    result = subprocess.run([sys.executable, "-m", "service.api"], cwd=REPO, env=env,
+    result = subprocess.run([sys.executable, "-m", "service.control.api"], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "SWEEP_SERVICE_BACKEND must be 'kubernetes' or 'local', got 'docker'" in result.stderr
@@ -260,7 +260,7 @@ def test_the_kubernetes_backend_refuses_to_start_without_configuration_or_creden
                SWEEP_SERVICE_CONFIG=str(tmp_path / "config.yaml"))
 
     def start():
-        return subprocess.run([sys.executable, "-m", "service.api"], cwd=REPO, env=env,
+        return subprocess.run([sys.executable, "-m", "service.control.api"], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=60)
 
     no_config = start()

@@ -21,11 +21,11 @@ from fastapi.testclient import TestClient
 from live_service import free_port
 
 from conftest import BASE_SPEC, point_aws_at
-from service import storage
-from service.api import create_app
-from service.backends import KubernetesBackend, rayjob_state
-from service.loading import parse_spec
-from service.rayjob import RenderOptions, render_rayjob
+from service.core import storage
+from service.control.api import create_app
+from service.control.backends import KubernetesBackend, rayjob_state
+from service.core.loading import parse_spec
+from service.control.rayjob import RenderOptions, render_rayjob
 
 TOKEN = "api-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

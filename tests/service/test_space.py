@@ -5,8 +5,8 @@ from __future__ import annotations
 import itertools
 
 from conftest import BASE_SPEC, deep_update
-from service import space
-from service.spec import SweepSpec
+from trainer.driver import space
+from service.core.spec import SweepSpec
 
 GRID = {"model": {"filters": {"grid": [4, 8, 16]}, "dropout": {"grid": [0.0, 0.25]}},
         "train": {"optimizer": {"lr": {"grid": [1.0e-3, 3.0e-3]}}}}

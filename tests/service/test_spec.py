@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from service.loading import SpecError, parse_spec
-from service.spec import Grid, SweepSpec, concrete, num_trials, search_space
+from service.core.loading import SpecError, parse_spec
+from service.core.spec import Grid, SweepSpec, concrete, num_trials, search_space
 
 GOOD = """\
 name: grid-test
@@ -130,7 +130,7 @@ def test_pbt_specs_are_checked_for_what_would_break_or_deadlock_at_run_time():
 
 def test_pbt_perturbations_are_clipped_into_the_mutation_range():
     pytest.importorskip("ray")
-    from service.space import scheduler
+    from trainer.driver.space import scheduler
 
     spec = parse_spec(PBT.replace(
         "mutations: {train.optimizer.lr: {loguniform: [1.0e-4, 1.0e-1]}}",

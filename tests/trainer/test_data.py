@@ -18,7 +18,7 @@ from official_formats import (
     write_cifar100,
     write_mnist,
 )
-from service.spec import Affine, ColorJitter, DataSpec, HFlip, RandomCrop, Rotation, VFlip
+from service.core.spec import Affine, ColorJitter, DataSpec, HFlip, RandomCrop, Rotation, VFlip
 from trainer.data import (
     FASHION_MNIST_CLASSES,
     augment_batch,

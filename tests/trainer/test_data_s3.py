@@ -15,7 +15,7 @@ import torch
 
 from conftest import point_aws_at
 from official_formats import IDX_FILES, assert_matches, assert_mnist_matches, make_tar, write_cifar10, write_mnist
-from service.spec import DataSpec
+from service.core.spec import DataSpec
 from trainer.data import cache_location, fetch_to_cache, load_dataset, read_cifar, read_mnist
 
 

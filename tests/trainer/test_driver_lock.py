@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from service.errors import SweepBusy
-from trainer.sweep import DriverLock
+from service.core.errors import SweepBusy
+from trainer.driver.sweep import DriverLock
 
 
 def record(path):

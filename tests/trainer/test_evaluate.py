@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from service.spec import CIFAR10NetSpec, CNNSpec, DataSpec, MLPSpec, ResNetSpec, SmallResNetSpec
+from service.core.spec import CIFAR10NetSpec, CNNSpec, DataSpec, MLPSpec, ResNetSpec, SmallResNetSpec
 from trainer import evaluate
 from trainer.data import load_dataset
 from trainer.models import build_model

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from service.spec import SweepSpec
+from service.core.spec import SweepSpec
 from trainer.models import ConvBlock, build_model, preferred_memory_format
 
 MODELS = {

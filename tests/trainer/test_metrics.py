@@ -16,7 +16,7 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from trainer.metrics import (
+from trainer.driver.metrics import (
     FINISHED,
     METRICS,
     PER_TRIAL,

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from service.spec import SweepSpec
+from service.core.spec import SweepSpec
 from trainer.models import build_model, load_backbone_weights, mlp_widths
 
 SPECS = {

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from service.spec import CNNSpec, Grid, MLPSpec, ResNetSpec
+from service.core.spec import CNNSpec, Grid, MLPSpec, ResNetSpec
 from trainer.models import activation, build_model
 
 SMALL = [(1, 8, 8), (3, 32, 32)]

@@ -1,4 +1,4 @@
-"""trainer.report's analyses on hand-written summaries (no Ray, no training): the logic, then
+"""service.analysis.report's analyses on hand-written summaries (no Ray, no training): the logic, then
 that every figure renders and the page embeds and links it."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from service.cli import main as sweepctl
-from trainer import report
+from service.analysis import report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

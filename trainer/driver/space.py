@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from service.spec import (
+from service.core.spec import (
     Choice,
     Grid,
     LogUniform,

@@ -5,7 +5,7 @@
 The module has three layers, so tests can check the numbers without looking at pictures:
 
 1. I/O: ``read_summary``, ``read_spec``, ``write_file``... every read and write goes through these
-   (and ``service.storage``), so S3 storage can be plugged in without touching the rest.
+   (and ``service.core.storage``), so S3 storage can be plugged in without touching the rest.
 2. Analyses: pure functions of the summary dict (plus the spec's scheduler section):
    ``leaderboard_rows``, ``detect_overfitting``, ``heatmap_table``, ``parameter_importance``,
    ``rung_decisions``, ``pbt_lineage``, ``compute_accounting``.
@@ -33,8 +33,8 @@ from typing import Any, Iterable
 import numpy as np
 import yaml
 
-from service import storage
-from service.spec import Grid, SweepSpec, search_space
+from service.core import storage
+from service.core.spec import Grid, SweepSpec, search_space
 
 SUMMARY = "summary.json"
 SPEC = "spec.yaml"

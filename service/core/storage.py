@@ -3,7 +3,7 @@
 Layout under the storage root, per sweep:  <root>/<sweep-name>/
     spec.yaml       the resolved spec (after --set), the source of truth for resume/report
     summary.json    per-trial config, metric history, status; best trial and checkpoint
-    driver.json     the driver attempts: which one owns the sweep now (see trainer/sweep.py)
+    driver.json     the driver attempts: which one owns the sweep now (see trainer/driver/sweep.py)
     <trial dirs>    Ray Tune's experiment: trial results and checkpoints
     report/         sweepctl report / evaluate output
 

@@ -18,7 +18,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.errors import UserError
+from service.core.errors import UserError
 
 SERVER_ENV = "SWEEPCTL_SERVER"
 TOKEN_ENV = "SWEEPCTL_TOKEN"

@@ -49,9 +49,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from service.errors import UserError
-from service.spec import StorageSpec, SweepSpec, num_trials
-from service.storage import ADDRESSING_STYLE_ENV, is_s3
+from service.core.errors import UserError
+from service.core.spec import StorageSpec, SweepSpec, num_trials
+from service.core.storage import ADDRESSING_STYLE_ENV, is_s3
 
 SPEC_ENV = "SWEEP_SPEC"  # the resolved spec YAML, in the head container
 MANAGED_BY = {"app.kubernetes.io/managed-by": "sweep-service"}

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from service.spec import SweepSpec, apply_overrides
+from service.core.spec import SweepSpec, apply_overrides
 
 
 @dataclass(frozen=True)
@@ -199,7 +199,7 @@ def _allowed_keys(path: tuple, data: Any) -> list[str]:
 
 def _model_class(annotation, node) -> type[BaseModel] | None:
     """The spec class an annotation stands for, picking a union member by the node's ``name``."""
-    candidates = [c for c in _classes_in(annotation) if c.__module__ == "service.spec"]
+    candidates = [c for c in _classes_in(annotation) if c.__module__ == "service.core.spec"]
     candidates = [c for c in candidates if not c.__name__.startswith(("Grid", "Choice", "Uniform", "LogUniform", "RandInt", "QUniform"))]
     if len(candidates) == 1:
         return candidates[0]

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from service import storage
+from service.core import storage
 
 MANIFEST = "checkpoint.json"  # trainer.loop.CHECKPOINT_MANIFEST
 MODEL_CARD = "model_card.json"

@@ -21,8 +21,8 @@ from typing import Protocol
 
 import yaml
 
-from service import storage
-from service.spec import SweepSpec
+from service.core import storage
+from service.core.spec import SweepSpec
 
 TERMINAL_STATES = ("succeeded", "failed", "cancelled")
 
@@ -237,7 +237,7 @@ class KubernetesBackend:
 
     def __init__(self, namespace: str, options, api_client=None):
         self.namespace = namespace
-        self.options = options  # service.rayjob.RenderOptions
+        self.options = options  # service.control.rayjob.RenderOptions
         self._api_client = api_client
         self._custom = None
 
@@ -283,12 +283,12 @@ class KubernetesBackend:
 
     # ---------------------------------------------------------------------- backend calls
     def storage_uri(self, spec: SweepSpec) -> str:
-        from service.rayjob import cluster_spec  # the renderer's rule: default local storage → the service's
+        from service.control.rayjob import cluster_spec  # the renderer's rule: default local storage → the service's
 
         return cluster_spec(spec, self.options).storage.uri
 
     def submit(self, spec: SweepSpec, source_yaml: str) -> SweepInfo:
-        from service.rayjob import render_rayjob
+        from service.control.rayjob import render_rayjob
 
         rayjob = render_rayjob(spec, self.options, source_yaml=source_yaml)
         created = self._call("create the RayJob", spec.name, "create_namespaced_custom_object", body=rayjob)
@@ -369,7 +369,7 @@ def rayjob_state(status: dict) -> tuple[str, str]:
 
 def _embedded_storage_uri(rayjob: dict) -> str | None:
     """storage.uri of the resolved spec the renderer put in the head container's environment."""
-    from service.rayjob import SPEC_ENV
+    from service.control.rayjob import SPEC_ENV
 
     try:
         head = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]

@@ -28,11 +28,11 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from service import storage
-from service.backends import Backend, BackendError
-from service.errors import UserError
-from service.loading import SpecError, parse_spec
-from service.spec import num_trials
+from service.core import storage
+from service.control.backends import Backend, BackendError
+from service.core.errors import UserError
+from service.core.loading import SpecError, parse_spec
+from service.core.spec import num_trials
 
 log = logging.getLogger("sweep-service")
 
@@ -266,13 +266,13 @@ def progress(summary: dict | None) -> dict | None:
 def backend_from_env() -> Backend:
     kind = os.environ.get(BACKEND_ENV, "local").strip().lower()
     if kind == "local":
-        from service.backends import LocalBackend
+        from service.control.backends import LocalBackend
 
         workdir = os.environ.get(WORKDIR_ENV) or Path.home() / ".cache" / "sweep-service" / "local"
         return LocalBackend(workdir)
     if kind == "kubernetes":
-        from service.backends import KubernetesBackend
-        from service.rayjob import load_render_options
+        from service.control.backends import KubernetesBackend
+        from service.control.rayjob import load_render_options
 
         config = os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG
         if not Path(config).is_file():

@@ -326,7 +326,7 @@ except ImportError:  # SweepMetrics works without Ray; the adapter needs it
 
 
 class SweepMetricsCallback(_TuneCallback):
-    """Ray Tune callback → ``SweepMetrics`` events, by the rules summary.json uses (trainer/sweep.py):
+    """Ray Tune callback → ``SweepMetrics`` events, by the rules summary.json uses (trainer/driver/sweep.py):
     "stopped early" = completed with fewer epochs than the trial's budget (its ``train.epochs``, or
     ``max_epochs``); a PBT exploit = a result ``restored_from`` another trial's checkpoint.
     ``on_setup`` runs once Ray is up."""
@@ -456,7 +456,7 @@ class ScrapeTargets:
     def write(self, kind: str, addresses: list[str]) -> Path | None:
         if self.directory is None or not addresses:
             return None
-        from service.storage import write_json_atomic
+        from service.core.storage import write_json_atomic
 
         path = self.directory / f"{self.sweep}.{kind}.json"
         try:
@@ -497,7 +497,7 @@ class SweepExporter:
     Binds the port in the constructor, so a busy port fails before anything else happens."""
 
     def __init__(self, spec, *, addr: str | None = None, targets_dir=None, keep_finished: int = KEEP_FINISHED):
-        from service.spec import num_trials
+        from service.core.spec import num_trials
 
         self.metrics = SweepMetrics(
             spec.name,

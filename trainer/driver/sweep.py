@@ -35,9 +35,10 @@ os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 
 from ray.tune import Callback  # noqa: E402
 
-from service import space, storage
-from service.errors import SweepBusy, UserError
-from service.spec import SweepSpec, max_epochs, num_trials, search_space
+from service.core import storage
+from trainer.driver import space
+from service.core.errors import SweepBusy, UserError
+from service.core.spec import SweepSpec, max_epochs, num_trials, search_space
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def run_sweep(
     import ray
     from ray import tune
 
-    from trainer.metrics import start_exporter
+    from trainer.driver.metrics import start_exporter
     from trainer.trainable import tune_trial  # no torch in the driver
 
     sweep_uri = storage.sweep_uri(spec.storage.uri, spec.name)
