@@ -11,6 +11,7 @@ from service.core.errors import UserError
 from service.core.loading import SpecError, load_spec
 from service.core.spec import SweepSpec, max_epochs, num_trials, search_space
 from service.core import storage
+from service.core.record import FINISHED_STATES, TRIAL_STATES, RecordError, SweepStore, trials_body
 
 EXIT_USER_ERROR = 2
 # The storage of verbs that name a sweep (leaderboard, best, pull, ...): the spec's default unless set.
@@ -110,6 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--worst", type=int, default=10, metavar="K", help="worst-classified images to show (default 10)")
     p.set_defaults(func=cmd_evaluate)
     _service_verbs(verbs)
+    _record_verbs(verbs)
     _render_verbs(verbs)
     return parser
 
@@ -137,14 +139,14 @@ def cmd_validate(args) -> int:
 def cmd_run(args) -> int:
     metrics_port = [] if args.metrics_port is None else [f"metrics.port={args.metrics_port}"]
     spec = load_spec(args.spec, args.overrides + metrics_port)
-    exists = storage.exists(storage.sweep_uri(spec.storage.uri, spec.name))
+    exists = SweepStore(spec.storage.uri, spec.name).exists()
     if exists and args.new:
         spec = spec.model_copy(update={"name": _next_free_name(spec)})
         exists = False
         print(f"sweep name taken; running this one as {spec.name}")
     if exists and not args.resume:
         raise UserError(
-            f"sweep '{spec.name}' already exists in {storage.sweep_uri(spec.storage.uri, spec.name)}; nothing was changed.\n"
+            f"sweep '{spec.name}' already exists in {SweepStore(spec.storage.uri, spec.name).uri}; nothing was changed.\n"
             f"  Continue it:       sweepctl resume {spec.name} --storage {spec.storage.uri}\n"
             f"  Or start another:  sweepctl run {args.spec} --new   (or --set name=NEW-NAME)"
         )
@@ -164,7 +166,7 @@ def cmd_resume(args) -> int:
 def _stored_spec(storage_uri: str, name: str) -> SweepSpec:
     from service.core.loading import parse_spec
 
-    uri = storage.join(storage.sweep_uri(storage_uri, name), storage.SPEC)
+    uri = SweepStore(storage_uri, name).spec_uri
     try:
         text = storage.read_text(uri)
     except FileNotFoundError:
@@ -175,72 +177,81 @@ def _stored_spec(storage_uri: str, name: str) -> SweepSpec:
 def _next_free_name(spec: SweepSpec) -> str:
     for n in range(2, 1000):
         name = f"{spec.name[:36]}-{n}"
-        if not storage.exists(storage.sweep_uri(spec.storage.uri, name)):
+        if not SweepStore(spec.storage.uri, name).exists():
             return name
     raise UserError(f"no free name {spec.name}-N under {spec.storage.uri}; use --set name=NEW-NAME")
 
 
 def _drive(spec: SweepSpec, *, resume: bool, top: int, wait_for_resources: bool, metrics_port: int | None = None) -> int:
+    from service.analysis.tables import leaderboard
     from trainer.driver.metrics import MetricsPortInUse
-    from trainer.driver.sweep import leaderboard, run_sweep  # torch + ray: only for verbs that train
+    from trainer.driver.sweep import run_sweep  # ray: only for verbs that train
 
     if metrics_port is not None:
         spec = spec.model_copy(update={"metrics": spec.metrics.model_copy(update={"port": metrics_port})})
     try:
-        summary = run_sweep(spec, resume=resume, echo=lambda line: print(line, flush=True),
-                            wait_for_resources=wait_for_resources)
+        index = run_sweep(spec, resume=resume, echo=lambda line: print(line, flush=True),
+                          wait_for_resources=wait_for_resources)
     except MetricsPortInUse as err:  # raised before anything is written: the same command can be rerun
         raise UserError(str(err)) from None
     print()
-    print(leaderboard(summary, top=top))
-    print(f"\nresults: {storage.join(storage.sweep_uri(spec.storage.uri, spec.name), storage.SUMMARY)}")
-    if summary["best"]:
-        print(f"best checkpoint: {summary['best']['checkpoint']}")
-    errors = summary["trial_states"].get("error", 0)
-    return 1 if errors and errors == len(summary["trials"]) else 0
+    print(leaderboard(index, top=top))
+    store = SweepStore(spec.storage.uri, spec.name)
+    print(f"\nresults: {store.index_uri}  (sweepctl trials {spec.name} --storage {spec.storage.uri})")
+    if index.best is not None:
+        print(f"best checkpoint: {index.best.checkpoint}")
+    errors = index.trial_states.get("error", 0)
+    if errors:
+        print(f"{errors} trial(s) failed: sweepctl trials {spec.name} --status error, then "
+              f"sweepctl logs {spec.name} --trial ID for a traceback")
+    return 1 if errors and errors == len(index.trials) else 0
 
 
-def _summary(storage_uri: str, name: str) -> dict:
-    summary = storage.read_summary(storage_uri, name)
-    if summary is None:
-        where = storage.join(storage.sweep_uri(storage_uri, name), storage.SUMMARY)
-        raise UserError(f"no sweep '{name}' under {storage_uri} (looked for {where}); pass --storage URI")
-    return summary
+def _read_index(storage_uri: str, name: str) -> tuple[SweepStore, SweepIndex]:
+    store = SweepStore(storage_uri, name)
+    try:
+        index = store.read_index()
+    except RecordError as err:
+        raise UserError(str(err)) from None
+    if index is None:
+        raise UserError(f"no sweep '{name}' under {storage_uri} (looked for {store.index_uri}); pass --storage URI")
+    return store, index
 
 
 def cmd_leaderboard(args) -> int:
-    from trainer.driver.sweep import leaderboard
+    from service.analysis.tables import leaderboard
 
-    print(leaderboard(_summary(args.storage, args.name), top=args.top))
+    print(leaderboard(_read_index(args.storage, args.name)[1], top=args.top))
     return 0
 
 
 def cmd_best(args) -> int:
-    best = _summary(args.storage, args.name)["best"]
+    _, index = _read_index(args.storage, args.name)
+    best = index.best
     if best is None:
         raise UserError(f"sweep '{args.name}' has no scored trial yet")
     if args.json:
-        print(json.dumps(best, indent=2))
+        print(json.dumps({"objective": index.objective.model_dump(), **best.model_dump(mode="json")}, indent=2))
         return 0
-    metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["metrics"].items()
-                        if k in ("epoch", "val_acc", "val_loss", "train_acc", "train_loss"))
-    print(f"best trial: {best['trial_id']}")
-    print("config:     " + (", ".join(f"{k}={v}" for k, v in best["config"].items()) or "(no searched parameters)"))
+    metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                        for k, v in best.best.model_dump(include={"epoch", "val_acc", "val_loss", "train_acc", "train_loss"}).items())
+    print(f"best trial: {best.trial_id}")
+    print("config:     " + (", ".join(f"{k}={v}" for k, v in best.config.items()) or "(no searched parameters)"))
     print(f"metrics:    {metrics}")
-    print(f"checkpoint: {best['checkpoint']}")
+    print(f"checkpoint: {best.checkpoint}")
     return 0
 
 
 def cmd_pull(args) -> int:
     from service.analysis.pull import PullError, pull_checkpoint  # boto3 only when pulling
 
-    summary = _summary(args.storage, args.name)
+    store, index = _read_index(args.storage, args.name)
     try:
-        out, card = pull_checkpoint(summary, args.trial, args.out)
+        out, card = pull_checkpoint(store, index, args.trial, args.out)
     except PullError as err:
         raise UserError(str(err)) from None
-    print(f"pulled trial {card['trial_id']} ({summary['objective']['metric']} "
-          f"{card['metrics'].get(summary['objective']['metric'])}) from {card['checkpoint']}")
+    metric = index.objective.metric
+    print(f"pulled trial {card['trial_id']} ({metric} {card['metrics'].get(metric)}) from {card['checkpoint']}")
     print(f"into {out}: {', '.join(sorted(card['files']))}; sha256 verified")
     print(f"load it:  from trainer import load_model; model, spec = load_model({str(out)!r})")
     return 0
@@ -296,9 +307,6 @@ def _service_verbs(verbs) -> None:
     service_verb("status", "State and progress of a sweep on the service: trial counts, best so far.").set_defaults(
         func=cmd_status)
     service_verb("list", "The sweeps on the service.", takes_name=False).set_defaults(func=cmd_list)
-    p = service_verb("logs", "Print a sweep's driver log from the service.")
-    p.add_argument("--tail", type=int, default=0, metavar="N", help="only the last N lines")
-    p.set_defaults(func=cmd_logs)
     service_verb("cancel", "Cancel a sweep on the service (finished trials stay in storage).").set_defaults(
         func=cmd_cancel)
 
@@ -381,9 +389,113 @@ def cmd_list(args) -> int:
     return 0
 
 
+# ============================================================================ trials and logs: storage or service
+def _record_verbs(verbs) -> None:
+    """trials/logs read the record: from storage (--storage, or when no service is configured),
+    else through the sweep service (--server, $SWEEPCTL_SERVER or the config file)."""
+
+    def record_verb(name: str, help: str):
+        p = verbs.add_parser(name, help=help, description=help)
+        p.add_argument("name", help="sweep name")
+        where = p.add_mutually_exclusive_group()
+        where.add_argument("--storage", metavar="URI",
+                           help=f"read the sweep's storage directly: s3://bucket/prefix or a path "
+                                f"(default when no service is configured: $SWEEP_STORAGE or {DEFAULT_STORAGE})")
+        where.add_argument("--server", metavar="URL", help="ask the sweep service (default $SWEEPCTL_SERVER, "
+                                                          "then server: in ~/.config/sweepctl/config.yaml)")
+        return p
+
+    p = record_verb("trials", "List a sweep's trials: status, stop reason, config, best metrics, epochs, seconds.")
+    p.add_argument("--sort", metavar="KEY", default="objective",
+                   help="objective (default: best first), a metric (val_acc, val_loss, train_acc, train_loss), "
+                        "epochs, seconds or trial")
+    p.add_argument("--status", choices=TRIAL_STATES, help="only trials in this state")
+    p.add_argument("--json", action="store_true", help="print the trials as JSON")
+    p.set_defaults(func=cmd_trials)
+
+    p = record_verb("logs", "Print a sweep's driver log, or with --trial one trial's output and traceback.")
+    p.add_argument("--trial", metavar="ID", help="the trial's log: its stdout/stderr and traceback, every attempt")
+    p.add_argument("--tail", type=int, default=0, metavar="N", help="only the last N lines")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing as the log grows, until the trial "
+                                                              "(or, without --trial, the sweep) has finished")
+    p.set_defaults(func=cmd_logs)
+
+
+def _use_service(args) -> bool:
+    from service.control.client import configured_server
+
+    return args.storage is None and bool(configured_server(args.server))
+
+
+def _storage_of(args) -> str:
+    return args.storage or DEFAULT_STORAGE
+
+
+def cmd_trials(args) -> int:
+    from service.analysis.tables import trials_table
+
+    if _use_service(args):
+        client = _client(args)
+        body = _service_call(lambda: client.trials(args.name, args.sort, args.status))
+    else:
+        _, index = _read_index(_storage_of(args), args.name)
+        body = trials_body(index, sort=args.sort, status=args.status)
+
+    if args.json:
+        print(json.dumps(body, indent=2))
+    else:
+        print(trials_table(body))
+    return 0
+
+
 def cmd_logs(args) -> int:
-    client = _client(args)
-    sys.stdout.write(_service_call(lambda: client.logs(args.name, args.tail)))
+    import time
+
+    if _use_service(args):
+        client = _client(args)
+        if args.trial:
+            read = lambda: _service_call(lambda: client.trial_logs(args.name, args.trial))  # noqa: E731
+            done = lambda: _service_call(lambda: client.trial(args.name, args.trial))["status"] in FINISHED_STATES  # noqa: E731
+        else:
+            read = lambda: _service_call(lambda: client.logs(args.name))  # noqa: E731
+            done = lambda: _service_call(lambda: client.status(args.name))["state"] in ("succeeded", "failed", "cancelled")  # noqa: E731
+    else:
+        store = SweepStore(_storage_of(args), args.name)
+        if not store.exists():
+            raise UserError(f"no sweep '{args.name}' under {_storage_of(args)} (looked for {store.uri}); pass --storage URI")
+        if args.trial:
+            def read():
+                text = store.read_trial_log(args.trial)
+                if text is None and not args.follow:
+                    raise UserError(f"no log for trial {args.trial!r} in sweep '{args.name}' (looked in "
+                                    f"{store.trial_log_uri(args.trial)}); `sweepctl trials {args.name}` lists its trials")
+                return text or ""
+
+            def done():
+                record = store.read_trial(args.trial)
+                return record is not None and record.status in FINISHED_STATES
+        else:
+            read = store.read_driver_log
+
+            def done():
+                index = store.read_index()
+                return index is not None and index.status != "running"
+    text = read()
+    if args.tail:
+        sys.stdout.write("".join(text.splitlines(keepends=True)[-args.tail:]))
+    else:
+        sys.stdout.write(text)
+    sys.stdout.flush()
+    shown = len(text)
+    while args.follow:
+        finished = done()  # before reading: what was logged before it finished is printed
+        text = read()
+        sys.stdout.write(text[shown:])
+        sys.stdout.flush()
+        shown = max(shown, len(text))
+        if finished:
+            return 0
+        time.sleep(2)
     return 0
 
 

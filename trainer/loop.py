@@ -15,7 +15,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
-import json
 import math
 import os
 import tempfile
@@ -28,14 +27,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from ray.train.v2.api.callback import UserCallback
 
+from service.core import checkpoint as checkpoint_format
 from service.core import storage
 from service.core.spec import SweepSpec, concrete
 from trainer.data import SplitData, augment_batch, epoch_batches, load_dataset
 from trainer.models import build_model, preferred_memory_format
 
-CHECKPOINT_STATE = "state.pt"  # torch.save of model/optimizer/scaler state + epoch
-CHECKPOINT_SPEC = "spec.json"  # the trial's concrete spec: enough to rebuild the model
-CHECKPOINT_MANIFEST = "checkpoint.json"  # epoch, its metrics, sha256 of the files above (`sweepctl pull` verifies)
 
 
 def fit(spec: SweepSpec, session) -> None:
@@ -64,13 +61,18 @@ def fit(spec: SweepSpec, session) -> None:
     # fp16 needs loss scaling to keep small gradients from underflowing; bf16 and fp32 do not.
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     steps_per_epoch = math.ceil((len(train_y) // world_size) / spec.train.batch_size)
+    if rank == 0:  # the trial's log (sweepctl logs NAME --trial ID) starts with what is being trained
+        params = sum(p.numel() for p in model.parameters())
+        print(f"training {spec.model.name} ({params:,} parameters) on {device} ({amp_dtype or 'fp32'}), "
+              f"{world_size} worker(s); {len(train_y):,} training / {len(val_y):,} validation samples, "
+              f"{spec.train.epochs} epochs", flush=True)
 
     # Resume: after a crash (our own checkpoint) or a PBT exploit (the donor trial's checkpoint).
     first_epoch, restored = 1, {}
     checkpoint = session.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
-            state = torch.load(Path(ckpt_dir) / CHECKPOINT_STATE, map_location=device, weights_only=True)
+            state = torch.load(Path(ckpt_dir) / checkpoint_format.STATE, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         _apply_hyperparameters(optimizer, spec)  # this trial's (possibly mutated) values win
@@ -141,6 +143,9 @@ def fit(spec: SweepSpec, session) -> None:
         }
         if world_size > 1:
             metrics["duplicate_samples"] = _samples_seen_twice(batches, len(train_y), device)
+        if rank == 0:
+            print(f"epoch {epoch}/{spec.train.epochs}: train loss {train_loss:.4f} acc {train_acc:.4f}, "
+                  f"val loss {val_loss:.4f} acc {val_acc:.4f} ({metrics['epoch_seconds']:.1f} s)", flush=True)
 
         # --- checkpoint (rank 0 writes; every rank must report) and report
         wants_checkpoint = epoch % spec.checkpoint.every == 0 or epoch == spec.train.epochs
@@ -182,14 +187,9 @@ def save_checkpoint(directory, spec, data, model, optimizer, scaler, epoch: int,
         "scaler": scaler.state_dict(),
         "epoch": epoch,
     }
-    torch.save(state, Path(directory) / CHECKPOINT_STATE)
-    (Path(directory) / CHECKPOINT_SPEC).write_text(spec.model_dump_json(indent=2))
-    manifest = {
-        "epoch": epoch,
-        "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
-        "sha256": {name: storage.sha256_file(Path(directory) / name) for name in (CHECKPOINT_STATE, CHECKPOINT_SPEC)},
-    }
-    (Path(directory) / CHECKPOINT_MANIFEST).write_text(json.dumps(manifest, indent=2))
+    torch.save(state, Path(directory) / checkpoint_format.STATE)
+    (Path(directory) / checkpoint_format.SPEC).write_text(spec.model_dump_json(indent=2))
+    checkpoint_format.write_manifest(directory, epoch, metrics)
 
 
 # ----------------------------------------------------------------------------- precision
@@ -349,18 +349,19 @@ def _dataset(data_spec_json: str, seed: int) -> SplitData:
 
 
 # ----------------------------------------------------------------------------- Ray entry points
-def tune_trial(trial_config: dict, *, spec_json: str) -> None:
-    """Tune function trainable: ``trial_config`` holds the sampled values by dotted path."""
+def tune_trial(trial_config: dict, *, spec_json: str, log_attempt: int = 1) -> None:
+    """Tune function trainable: ``trial_config`` holds the sampled values by dotted path.
+    ``log_attempt``: this start's attempt number in the trial's log (N-worker trials' ranks log under it)."""
     import ray.tune
 
     spec = concrete(SweepSpec.model_validate_json(spec_json), trial_config)
     if spec.resources.workers_per_trial == 1:
         fit(spec, ray.tune)
     else:
-        _fit_distributed(spec)
+        _fit_distributed(spec, log_attempt)
 
 
-def _fit_distributed(spec: SweepSpec) -> None:
+def _fit_distributed(spec: SweepSpec, log_attempt: int = 1) -> None:
     """N workers: a TorchTrainer runs ``fit`` under DDP; every report is passed on to Tune *with*
     its checkpoint, so Tune holds the trial's checkpoints as it does for 1-worker trials (crash
     restarts and PBT exploits then work the same way), and a restarted or exploited trial hands
@@ -384,6 +385,9 @@ def _fit_distributed(spec: SweepSpec) -> None:
             "spec_json": spec.model_dump_json(),
             # Train V2 has no resume_from_checkpoint: the workers start from this one themselves.
             "start_from": ray.train.Checkpoint(start_from.path, filesystem=start_from.filesystem) if start_from else None,
+            # Each rank's output goes to the trial's log (rank 0 always, the others when they fail).
+            "trial_id": context.get_trial_id(),
+            "log_attempt": log_attempt,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=r.workers_per_trial,
@@ -433,8 +437,17 @@ class _ForwardReports(UserCallback):
 
 
 def _train_worker(loop_config: dict) -> None:
+    import ray.train
+
+    from service.core.record import SweepStore
+    from trainer.trial_log import captured_output
+
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    fit(SweepSpec.model_validate_json(loop_config["spec_json"]), _TrainSession(loop_config["start_from"]))
+    spec = SweepSpec.model_validate_json(loop_config["spec_json"])
+    rank = ray.train.get_context().get_world_rank()
+    with captured_output(SweepStore(spec.storage.uri, spec.name), loop_config["trial_id"],
+                         loop_config["log_attempt"], rank=rank):
+        fit(spec, _TrainSession(loop_config["start_from"]))
 
 
 class _TrainSession:

@@ -383,7 +383,7 @@ def load_backbone_weights(uri: str) -> dict[str, Tensor]:
     (``fc.*``) is dropped: the head is ours."""
     import pickle
 
-    from trainer.data import fetch_to_cache
+    from service.core.fetch import fetch_to_cache
 
     path = fetch_to_cache(uri)
     try:

@@ -1,9 +1,7 @@
 """`sweepctl pull`: copy a trial's checkpoint out of storage, verified, with a model card.
 
-    <out>/state.pt          weights (+ optimizer state), torch.load(weights_only=True)
-    <out>/spec.json         the trial's concrete spec: rebuilds the model (trainer.load_model)
-    <out>/checkpoint.json   written by the trainer: epoch, metrics, sha256 of each file
-    <out>/model_card.json   sweep, trial, config, metrics, source URI, sha256 of every file
+    <out>/state.pt, spec.json, checkpoint.json   the checkpoint (format: service/core/checkpoint.py)
+    <out>/model_card.json                        sweep, trial, config, metrics, source URI, sha256 of every file
 
 No torch here: verification is by sha256 against the manifest the trainer wrote when it saved.
 """
@@ -15,9 +13,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from service.core import checkpoint as checkpoint_format
 from service.core import storage
+from service.core.record import SweepIndex, SweepStore, TrialSummary
 
-MANIFEST = "checkpoint.json"  # trainer.loop.CHECKPOINT_MANIFEST
 MODEL_CARD = "model_card.json"
 
 
@@ -25,13 +24,14 @@ class PullError(Exception):
     """Nothing to pull, or a copy that does not match its checksums."""
 
 
-def pull_checkpoint(summary: dict, trial_id: str | None, out: str | Path | None) -> tuple[Path, dict]:
+def pull_checkpoint(store: SweepStore, index: SweepIndex, trial_id: str | None,
+                    out: str | Path | None) -> tuple[Path, dict]:
     """Download the checkpoint of ``trial_id`` (default: the sweep's best trial) into ``out``.
     Returns (directory, model card). The copy lands in a temporary sibling first and is renamed
     into place only once every checksum matches, so a failed pull leaves nothing half-written."""
-    trial = _pick_trial(summary, trial_id)
-    uri = trial["checkpoint"]
-    out = Path(out or f"{summary['sweep']}-{trial['trial_id']}").resolve()
+    trial = _pick_trial(index, trial_id)
+    uri = trial.checkpoint
+    out = Path(out or f"{index.sweep}-{trial.trial_id}").resolve()
     if out.exists() and any(out.iterdir()):
         raise PullError(f"{out} exists and is not empty; choose another -o DIR")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -41,7 +41,7 @@ def pull_checkpoint(summary: dict, trial_id: str | None, out: str | Path | None)
         if not files:
             raise PullError(f"checkpoint {uri} is empty or gone (retention may have deleted it); "
                             f"pick another trial with --trial")
-        card = _model_card(summary, trial, uri, staging)
+        card = _model_card(index, trial, uri, staging)
         (staging / MODEL_CARD).write_text(json.dumps(card, indent=2) + "\n")
         if out.exists():
             out.rmdir()
@@ -51,40 +51,34 @@ def pull_checkpoint(summary: dict, trial_id: str | None, out: str | Path | None)
     return out, card
 
 
-def _pick_trial(summary: dict, trial_id: str | None) -> dict:
-    trials = {t["trial_id"]: t for t in summary["trials"]}
+def _pick_trial(index: SweepIndex, trial_id: str | None) -> TrialSummary:
     if trial_id is None:
-        if not summary.get("best_trial"):
-            raise PullError(f"sweep '{summary['sweep']}' has no scored trial yet")
-        trial_id = summary["best_trial"]
-    if trial_id not in trials:
-        raise PullError(f"no trial {trial_id!r} in sweep '{summary['sweep']}'; trials: {', '.join(sorted(trials))}")
-    trial = trials[trial_id]
-    if not trial.get("checkpoint"):
+        if index.best is None:
+            raise PullError(f"sweep '{index.sweep}' has no scored trial yet")
+        trial_id = index.best.trial_id
+    trial = index.trial(trial_id)
+    if trial is None:
+        known = ", ".join(sorted(t.trial_id for t in index.trials))
+        raise PullError(f"no trial {trial_id!r} in sweep '{index.sweep}'; trials: {known}")
+    if not trial.checkpoint:
         raise PullError(f"trial {trial_id} has no checkpoint")
     return trial
 
 
-def _model_card(summary: dict, trial: dict, uri: str, directory: Path) -> dict:
-    manifest_path = directory / MANIFEST
-    if not manifest_path.exists():
-        raise PullError(f"{uri} has no {MANIFEST}: not a checkpoint written by this trainer")
-    manifest = json.loads(manifest_path.read_text())
-    mismatched = [name for name, digest in manifest["sha256"].items()
-                  if not (directory / name).exists() or storage.sha256_file(directory / name) != digest]
-    if mismatched:
-        raise PullError(f"checksum mismatch for {', '.join(mismatched)} in {uri}: the copy is corrupt "
-                        f"or the checkpoint was modified; nothing was written")
+def _model_card(index: SweepIndex, trial: TrialSummary, uri: str, directory: Path) -> dict:
+    try:
+        manifest = checkpoint_format.verify(directory, source=uri)
+    except checkpoint_format.CheckpointError as err:
+        raise PullError(f"{err}; nothing was written") from None
     return {
-        "sweep": summary["sweep"],
-        "trial_id": trial["trial_id"],
+        "sweep": index.sweep,
+        "trial_id": trial.trial_id,
         "checkpoint": uri,
         "epoch": manifest["epoch"],
-        "objective": summary["objective"],
-        "config": trial["config"],
+        "objective": index.objective.model_dump(),
+        "config": trial.config,
         "metrics": manifest["metrics"],
-        "spec": json.loads((directory / "spec.json").read_text()),
+        "spec": json.loads(checkpoint_format.read_spec_json(directory)),
         "files": {p.name: storage.sha256_file(p) for p in sorted(directory.iterdir()) if p.is_file()},
         "load": "from trainer import load_model; model, spec = load_model('<this directory>')",
     }
-

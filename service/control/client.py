@@ -1,4 +1,4 @@
-"""Client of the sweep service, for `sweepctl submit/status/list/logs/cancel`.
+"""Client of the sweep service, for `sweepctl submit/status/list/cancel`, and `trials`/`logs` on a server.
 
 Standard library only (urllib), so the CLI stays quick to start. Where to connect:
     server   --server URL, else $SWEEPCTL_SERVER, else `server:` in the config file
@@ -60,6 +60,11 @@ def read_config(path: Path | None = None) -> dict:
     return data
 
 
+def configured_server(server: str | None = None) -> str | None:
+    """The sweep service this sweepctl talks to, if one is configured (flag, environment, file)."""
+    return server or os.environ.get(SERVER_ENV) or read_config().get("server")
+
+
 @dataclass
 class SweepClient:
     server: str
@@ -97,11 +102,18 @@ class SweepClient:
     def cancel(self, name: str) -> dict:
         return self._call("DELETE", f"/sweeps/{_quote(name)}")
 
-    def best(self, name: str) -> dict:
-        return self._call("GET", f"/sweeps/{_quote(name)}/best")
-
     def logs(self, name: str, tail: int = 0) -> str:
         return self._call("GET", f"/sweeps/{_quote(name)}/logs" + (f"?tail={tail}" if tail else ""), raw=True)
+
+    def trials(self, name: str, sort: str | None = None, status: str | None = None) -> dict:
+        query = urllib.parse.urlencode([(k, v) for k, v in (("sort", sort), ("status", status)) if v])
+        return self._call("GET", f"/sweeps/{_quote(name)}/trials" + (f"?{query}" if query else ""))
+
+    def trial(self, name: str, trial_id: str) -> dict:
+        return self._call("GET", f"/sweeps/{_quote(name)}/trials/{_quote(trial_id)}")
+
+    def trial_logs(self, name: str, trial_id: str) -> str:
+        return self._call("GET", f"/sweeps/{_quote(name)}/trials/{_quote(trial_id)}/logs", raw=True)
 
     def _call(self, method: str, path: str, body: bytes | None = None, content_type: str | None = None, raw=False):
         request = urllib.request.Request(self.server + path, data=body, method=method)

@@ -20,11 +20,17 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from collections import Counter
 from typing import Any
 
 ADDRESSING_STYLE_ENV = "SWEEP_S3_ADDRESSING_STYLE"
 # Forwarded from the driver to every Ray worker (workers keep the environment of `ray.init`).
 FORWARDED_ENV_PREFIXES = ("AWS_", "SWEEP_")
+
+
+# Every object this process wrote through write_bytes_atomic: "writes" (count) and "bytes". The
+# driver's bookkeeping must stay flat per trial; tests and bench/sweep_scale.py count it here.
+WRITES: Counter = Counter()
 
 
 class StorageError(Exception):
@@ -210,6 +216,8 @@ def exists(uri: str) -> bool:
 def write_bytes_atomic(uri: str | Path, data: bytes) -> None:
     """Locally write-then-rename; on S3 one PUT. Either way a reader never sees half a file."""
     uri = str(uri)
+    WRITES["writes"] += 1
+    WRITES["bytes"] += len(data)
     if is_s3(uri):
         from botocore.exceptions import BotoCoreError, ClientError
 

@@ -102,3 +102,27 @@ def test_scheduler_efficiency_compares_early_stopping_with_the_full_grid(tmp_pat
         assert row["best_val_acc"] <= grid["best_val_acc"]
         assert row["points_below_grid"] >= 0
     assert "target: within 0.5 pt" in stdout
+
+
+def test_sweep_scale_runs_the_same_trials_as_plain_tune_at_every_n(tmp_path):
+    workdir = tmp_path / "work"
+    results, stdout = run_benchmark("sweep_scale", tmp_path, "--workdir", str(workdir))
+    rows = {row["n"]: row for row in results["rows"]}
+    assert sorted(rows) == [8, 16]
+    for n, row in rows.items():
+        for side in ("ours", "plain"):
+            assert positive(row[side]["wall_seconds"]["best"]) and positive(row[side]["cpu_seconds"]["best"])
+            assert row[side]["trials_on_disk"] == [n]
+        assert row["ours"]["storage_bytes"]["best"] > 0 and row["ours"]["storage_writes"]["best"] > 0
+        assert row["wall_ratio"] == pytest.approx(row["ours"]["wall_seconds"]["best"] / row["plain"]["wall_seconds"]["best"])
+    # Counted again here, by files on disk (not our record): every trial directory of both
+    # experiments holds exactly one checkpoint, and both sides ran N trials.
+    for run in results["runs"]:
+        experiment = workdir / run["name"] / "runs" / run["name"]
+        trials = {c.parent for c in experiment.rglob("checkpoint_*") if c.is_dir()}
+        assert len(trials) == run["n"], (run["side"], run["n"], len(trials))
+        assert run["trials_on_disk"] == run["checkpoints_on_disk"] == run["n"]
+    assert {(run["side"], run["n"]) for run in results["runs"]} == {(s, n) for s in ("ours", "plain") for n in (8, 16)}
+    assert [c["pass"] for c in results["checks"]] == [c["value"] <= c["limit"] for c in results["checks"]]
+    verdicts = [line for line in stdout.splitlines() if line.startswith(("PASS  ", "FAIL  "))]
+    assert len(results["checks"]) == len(verdicts) == 3

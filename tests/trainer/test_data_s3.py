@@ -15,8 +15,9 @@ import torch
 
 from conftest import point_aws_at
 from official_formats import IDX_FILES, assert_matches, assert_mnist_matches, make_tar, write_cifar10, write_mnist
+from service.core.fetch import cache_location, fetch_to_cache
 from service.core.spec import DataSpec
-from trainer.data import cache_location, fetch_to_cache, load_dataset, read_cifar, read_mnist
+from trainer.data import load_dataset, read_cifar, read_mnist
 
 
 @pytest.fixture
@@ -34,8 +35,8 @@ def s3(s3_server, monkeypatch, tmp_path):
 
 @pytest.fixture
 def downloads(caplog):
-    """The fetches trainer.data logged so far (one INFO record per download, from any thread)."""
-    caplog.set_level(logging.INFO, logger="trainer.data")
+    """The fetches service.core.fetch logged so far (one INFO record per download, from any thread)."""
+    caplog.set_level(logging.INFO, logger="service.core.fetch")
     return lambda: [r.getMessage() for r in caplog.records if r.getMessage().startswith("downloading")]
 
 

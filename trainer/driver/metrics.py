@@ -5,9 +5,9 @@ Three parts, each usable alone:
 - ``SweepMetrics``: the metrics of one sweep in their OWN ``CollectorRegistry`` (never the global
   one: a process may run several sweeps, and the service keeps its request metrics in a registry of
   its own), updated by explicit event methods (``trial_started``, ``trial_result``, ...). No Ray.
-- ``SweepMetricsCallback``: a thin Ray Tune callback that turns Tune's hooks into those calls.
 - ``SweepExporter``: what ``run_sweep`` starts when ``spec.metrics.port != 0``: the metrics, an
-  HTTP server on the port, the callback, and scrape targets for a local Prometheus (below).
+  HTTP server on the port, and scrape targets for a local Prometheus (below). The driver's one
+  Tune callback (trainer/driver/events.py) classifies Tune's events and calls the event methods.
 
 Every series carries a ``sweep`` label; per-trial series also carry ``trial`` (the Tune trial id).
 Names follow Prometheus conventions (base units, ``_seconds``, ``_bytes``, ``_total`` for counters,
@@ -31,9 +31,9 @@ sweep ends (or the driver exits through an exception); a driver that is killed o
 them behind, and the SweepDown alert fires.
 
 PBT: ``SweepMetrics.pbt_exploit(trial_id)`` counts a trial taking over a better trial's
-checkpoint (with a perturbed config). The Tune callback calls it when a result says the trial was
-``restored_from`` another trial's checkpoint (trainer/loop.py reports that on the first epoch
-after a restore; summary.json's ``exploits`` use the same rule). Anything else that moves weights
+checkpoint (with a perturbed config). The driver's callback calls it when a result says the trial
+was ``restored_from`` another trial's checkpoint (trainer/loop.py reports that on the first epoch
+after a restore; the record's ``exploits`` come from the same event). Anything else that moves weights
 between trials can call it directly: ``exporter.metrics.pbt_exploit(trial_id)``.
 """
 
@@ -142,6 +142,8 @@ class SweepMetrics:
             metric_name = name.removesuffix("_total") if kind == "counter" else name
             self._m[name] = _TYPES[kind](metric_name, doc, ("sweep", *labels), registry=self.registry, **kwargs)
         self._trials: dict[str, _Trial] = {}
+        self._counts = dict.fromkeys(STATES, 0)  # trials by state, kept as states change (O(1) per event)
+        self._exposed_finished: set[str] = set()  # finished trials that still have per-trial series
         self._finished = 0
         self._best: float | None = None
         self._best_trial: str | None = None
@@ -162,6 +164,7 @@ class SweepMetrics:
         """Tune created the trial; it waits for resources (state pending)."""
         if trial_id not in self._trials:
             self._trials[trial_id] = _Trial()
+            self._counts["pending"] += 1
             self._update_states()
 
     def trial_started(self, trial_id: str) -> None:
@@ -276,14 +279,16 @@ class SweepMetrics:
         self._m[name].labels(self.sweep).inc(amount)
 
     def _set_state(self, trial_id: str, state: str) -> None:
-        self._trial(trial_id).state = state
+        trial = self._trial(trial_id)
+        self._counts[trial.state] -= 1
+        self._counts[state] += 1
+        trial.state = state
+        if state not in FINISHED:
+            self._exposed_finished.discard(trial_id)
         self._update_states()
 
     def _update_states(self) -> None:
-        counts = dict.fromkeys(STATES, 0)
-        for trial in self._trials.values():
-            counts[trial.state] += 1
-        for state, count in counts.items():
+        for state, count in self._counts.items():
             self._m["sweep_trials"].labels(self.sweep, state).set(count)
 
     def _trial_gauge(self, trial: _Trial, name: str, trial_id: str, value, *extra: str) -> None:
@@ -302,11 +307,14 @@ class SweepMetrics:
         self._finished += 1
         trial.finished_order = self._finished
         self._remove(trial, "sweep_trial_last_progress_timestamp_seconds", (self.sweep, trial_id))
+        self._exposed_finished.add(trial_id)
         self._evict()
 
     def _evict(self) -> None:
-        """Keep the per-trial series of the ``keep_finished`` best finished trials; drop the rest."""
-        finished = [t for t in self._trials.values() if t.state in FINISHED and t.series]
+        """Keep the per-trial series of the ``keep_finished`` best finished trials; drop the rest
+        (at most keep_finished + 1 trials to look at: the cost does not grow with the sweep)."""
+        self._exposed_finished = {t for t in self._exposed_finished if self._trials[t].series}
+        finished = [self._trials[t] for t in self._exposed_finished]
         if len(finished) <= self.keep_finished:
             return
         sign = 1 if self.mode == "max" else -1
@@ -316,69 +324,6 @@ class SweepMetrics:
         for trial in finished[self.keep_finished:]:
             for name, labels in list(trial.series):
                 self._remove(trial, name, labels)
-
-
-# ---------------------------------------------------------------------------------- Tune adapter
-try:
-    from ray.tune import Callback as _TuneCallback
-except ImportError:  # SweepMetrics works without Ray; the adapter needs it
-    _TuneCallback = object
-
-
-class SweepMetricsCallback(_TuneCallback):
-    """Ray Tune callback → ``SweepMetrics`` events, by the rules summary.json uses (trainer/driver/sweep.py):
-    "stopped early" = completed with fewer epochs than the trial's budget (its ``train.epochs``, or
-    ``max_epochs``); a PBT exploit = a result ``restored_from`` another trial's checkpoint.
-    ``on_setup`` runs once Ray is up."""
-
-    def __init__(self, metrics: SweepMetrics, max_epochs, on_setup=None):
-        self.metrics, self.on_setup = metrics, on_setup
-        self.max_epochs = max_epochs if isinstance(max_epochs, int) else None  # None: searched per trial
-
-    def __getstate__(self):
-        # Tune pickles its run config, callbacks included, into tuner.pkl (for a later restore).
-        # Live metrics (locks, a server thread) do not travel: the unpickled copy does nothing.
-        return {"metrics": _InertMetrics(), "max_epochs": self.max_epochs, "on_setup": None}
-
-    def setup(self, **info):
-        if self.on_setup is not None:
-            try:
-                self.on_setup()
-            except Exception as err:  # metrics must not kill the sweep; say what is missing
-                log.warning("Prometheus scrape targets for Ray's nodes not written: %s", err)
-
-    def on_step_begin(self, iteration, trials, **info):
-        for trial in trials:
-            self.metrics.trial_added(trial.trial_id)
-            if trial.status == "PAUSED" and self.metrics.state(trial.trial_id) == "running":
-                self.metrics.trial_paused(trial.trial_id)
-
-    def on_trial_start(self, iteration, trials, trial, **info):
-        self.metrics.trial_started(trial.trial_id)
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.metrics.trial_result(trial.trial_id, result)
-        restored_from = result.get("restored_from")  # set on the first epoch after a restore
-        if restored_from and Path(restored_from).parent.name != trial.trial_id:
-            self.metrics.pbt_exploit(trial.trial_id)
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        budget = trial.config.get("train.epochs", self.max_epochs)
-        stopped_early = budget is not None and (self.metrics.epochs(trial.trial_id) or 0) < int(budget)
-        self.metrics.trial_completed(trial.trial_id, stopped_early=stopped_early)
-
-    def on_trial_recover(self, iteration, trials, trial, **info):
-        self.metrics.trial_restarted(trial.trial_id)
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self.metrics.trial_errored(trial.trial_id)
-
-
-class _InertMetrics:
-    """What a pickled SweepMetricsCallback holds: accepts every event, records nothing."""
-
-    def __getattr__(self, name):
-        return lambda *args, **kwargs: None
 
 
 # ---------------------------------------------------------------------------------- HTTP server
@@ -512,7 +457,13 @@ class SweepExporter:
         self.targets = ScrapeTargets(spec.name, targets_dir)
         local = "127.0.0.1" if self.server.addr in ("", "0.0.0.0", "::") else self.server.addr
         self.targets.write("driver", [f"{local}:{self.server.port}"])
-        self.callback = SweepMetricsCallback(self.metrics, spec.train.epochs, on_setup=self.targets.write_ray_nodes)
+
+    def on_setup(self) -> None:
+        """Ray is up: scrape targets for its nodes' metrics agents."""
+        try:
+            self.targets.write_ray_nodes()
+        except Exception as err:  # metrics must not kill the sweep; say what is missing
+            log.warning("Prometheus scrape targets for Ray's nodes not written: %s", err)
 
     def stop(self, wait_for_final_scrape: bool = True) -> None:
         """up → 0, let Prometheus scrape that (see MetricsServer.stop), stop serving, drop the targets."""

@@ -1,10 +1,10 @@
-"""The sweep driver: SweepSpec → Ray Tune run → summary.json, with a live progress line.
+"""The sweep driver: SweepSpec → Ray Tune run → the sweep record, with a live progress line.
 
-    summary = run_sweep(spec)
+    index = run_sweep(spec)
 
-Layout: <storage>/<name>/spec.yaml, <storage>/<name>/summary.json and Tune's experiment (trial
-dirs with checkpoints) in the same directory. summary.json is rewritten (atomically) as trials
-report, so a crash never hides what had finished.
+What lands where in storage is service/core/record.py's (the layout's one owner); the driver
+writes the record as trials report (trainer/driver/events.py), so a crash never hides what had
+finished. One driver per sweep: ``DriverLock``.
 """
 
 from __future__ import annotations
@@ -14,14 +14,13 @@ import socket
 import threading
 import time
 import uuid
-from pathlib import Path
 from datetime import datetime, timezone
 from typing import Callable
 import logging
 
 import yaml
 
-# Our monitor prints one progress line; Tune's own tables and its snapshot-frequency warning
+# The driver prints one progress line; Tune's own tables and its snapshot-frequency warning
 # (harmless for short trials) would bury it. Read by Ray at import/run time, so set first.
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -33,23 +32,15 @@ os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
 # for event files nothing here reads; result.json per trial is kept (JsonLoggerCallback below).
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 
-from ray.tune import Callback  # noqa: E402
-
-from service.core import storage
-from trainer.driver import space
-from service.core.errors import SweepBusy, UserError
-from service.core.spec import SweepSpec, max_epochs, num_trials, search_space
+from service.core import storage  # noqa: E402
+from service.core.errors import SweepBusy, UserError  # noqa: E402
+from service.core.record import (  # noqa: E402
+    Objective, RecordWriter, SegmentedLog, SweepIndex, SweepStore, new_index,
+)
+from service.core.spec import SweepSpec, max_epochs, num_trials  # noqa: E402
+from trainer.driver import space  # noqa: E402
 
 log = logging.getLogger(__name__)
-
-SUMMARY = storage.SUMMARY
-SPEC = storage.SPEC
-DRIVER = "driver.json"  # which driver attempt owns the sweep, and its heartbeat
-DRIVER_LOG = "driver.log"  # the progress lines, readable from storage (sweepctl logs, the service)
-METRIC_KEYS = (
-    "val_acc", "val_loss", "train_acc", "train_loss", "lr", "samples_per_second", "epoch_seconds",
-    "resumed_from_epoch", "train_samples", "duplicate_samples", "checkpoint_seconds", "checkpoint_bytes",
-)
 
 
 def run_sweep(
@@ -59,12 +50,14 @@ def run_sweep(
     echo: Callable[[str], None] = print,
     callbacks: list = (),
     wait_for_resources: bool = False,
-) -> dict:
-    """Run the whole sweep (Ray in-process unless already connected) and return the summary.
+    metrics=None,
+) -> SweepIndex:
+    """Run the whole sweep (Ray in-process unless already connected) and return its final index.
 
     ``resume``: continue the sweep stored under <storage>/<name> (Tune's restore: finished trials
     are kept, unfinished ones continue from their last checkpoint). ``callbacks``: more Tune
-    callbacks, called after our monitor. ``wait_for_resources``: on an autoscaling cluster
+    callbacks, called after ours. ``metrics``: a ``SweepMetrics`` to feed instead of the exporter's
+    (tests). ``wait_for_resources``: on an autoscaling cluster
     (KubeRay) trials may wait for nodes; otherwise a trial that can never fit the cluster is an
     error before anything starts. Raises ``SweepBusy`` (before writing anything) when another
     driver is running this sweep."""
@@ -74,10 +67,12 @@ def run_sweep(
     from trainer.driver.metrics import start_exporter
     from trainer.trainable import tune_trial  # no torch in the driver
 
-    sweep_uri = storage.sweep_uri(spec.storage.uri, spec.name)
+    store = SweepStore(spec.storage.uri, spec.name)
+    sweep_uri = store.uri
     fs, storage_path = storage.pyarrow_filesystem(spec.storage.uri)
     if not ray.is_initialized():
-        # Trial stdout stays in the trial logs; errors reach the terminal through our monitor.
+        # Trial stdout stays in the trial logs; errors reach the terminal as one line each
+        # (trainer/driver/events.py), their tracebacks the trial's log in storage (sweepctl logs --trial).
         # A Ray we start here: its workers would keep the environment of its start, so hand them
         # the S3 endpoint and credentials. On a cluster (RAY_ADDRESS, e.g. a RayJob) every pod has
         # them from the Secret already, and a job's runtime env is visible to anyone with the
@@ -88,7 +83,7 @@ def run_sweep(
     if not wait_for_resources:
         check_trial_fits(spec, ray.cluster_resources())
 
-    lock = DriverLock(sweep_uri)
+    lock = DriverLock(store)
     lock.check()  # another live driver: say so (before the exporter finds its port taken)
     # Prometheus exporter (spec.metrics.port; 0: none). A busy port fails before anything is written.
     exporter = start_exporter(spec)
@@ -98,18 +93,17 @@ def run_sweep(
         if exporter:
             exporter.stop()
         raise
+    events = None
     try:
-        previous = storage.read_summary(spec.storage.uri, spec.name) if resume else None
         if not resume:
-            storage.write_text_atomic(storage.join(sweep_uri, SPEC),
-                                      yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
-        monitor = SweepMonitor(spec, sweep_uri, echo, attempt=lock.attempt, previous=previous, lock=lock)
+            storage.write_text_atomic(store.spec_uri, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+        events = _events(spec, store, lock, echo, resume=resume, exporter=exporter, metrics=metrics)
         trainable = tune.with_resources(
             tune.with_parameters(tune_trial, spec_json=spec.model_dump_json()), _trial_resources(spec)
         )
         from ray.tune.logger import JsonLoggerCallback
 
-        all_callbacks = [monitor, *callbacks, *([exporter.callback] if exporter else []), JsonLoggerCallback()]
+        all_callbacks = [events, *callbacks, JsonLoggerCallback()]
         experiment_path = f"{storage_path}/{spec.name}"  # inside `fs` ("bucket/prefix/name" on S3)
         if resume and tune.Tuner.can_restore(experiment_path, storage_filesystem=fs):
             echo(f"resuming sweep {spec.name} (driver attempt {lock.attempt}) from {sweep_uri}")
@@ -145,19 +139,45 @@ def run_sweep(
                     # A crashed trial (killed worker, lost node) restarts from its last checkpoint.
                     failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
                     callbacks=all_callbacks,
-                    verbose=0,  # our monitor prints one progress line instead of Tune's tables
+                    verbose=0,  # the progress line (trainer/driver/events.py) instead of Tune's tables
                 ),
             )
         results = tuner.fit()
-        summary = monitor.finish(results)
+        index = events.finish(results)
         lock.release("finished")
-        return summary
+        return index
     except BaseException:
+        if events is not None:  # say so in the index (one try: an interrupt must not wait on storage)
+            events.writer.write_index("interrupted", events.wall_seconds())
+            events.progress.close()
         lock.release("interrupted")
         raise
     finally:
         if exporter:
             exporter.stop()  # up → 0, one last scrape if Prometheus is watching, then the port is free
+
+
+def _events(spec: SweepSpec, store: SweepStore, lock: "DriverLock", echo, *, resume: bool, exporter, metrics):
+    """The driver's one Tune callback, with its sinks: the record (continuing the stored one on
+    resume: finished trials are not run again and keep what they recorded), the exporter, the
+    progress line (terminal + the driver log in storage)."""
+    from trainer.driver.events import Progress, SweepEvents
+
+    objective = Objective(metric=spec.objective.metric, mode=spec.objective.mode)
+    previous = store.read_index() if resume else None
+    index = new_index(spec.name, objective, max_epochs=max_epochs(spec), num_trials=num_trials(spec),
+                      attempt=lock.attempt)
+    if previous is not None:
+        index.started_at = previous.started_at
+    trials = store.read_trials(previous) if previous is not None else []
+    writer = RecordWriter(store, index, trials, fenced=lambda: lock.lost, warn=lambda m: echo(f"warning: {m}"))
+    progress = Progress(echo, SegmentedLog(store.driver_log_uri(), attempt=lock.attempt))
+    return SweepEvents(
+        spec, writer, progress, attempt=lock.attempt,
+        metrics=metrics if metrics is not None else (exporter.metrics if exporter else None),
+        on_setup=exporter.on_setup if exporter else None,
+        seconds_before=previous.wall_seconds if previous is not None else 0.0,
+    )
 
 
 def check_trial_fits(spec: SweepSpec, cluster: dict) -> None:
@@ -183,14 +203,14 @@ class DriverLock:
     A new driver refuses while the recorded one is alive: on the same host, its pid still runs;
     elsewhere (a RayJob retried on another pod), its heartbeat is younger than STALE_SECONDS.
     The heartbeat thread also fences: if another attempt took over (this driver was presumed dead,
-    e.g. cut off from storage for minutes), this one stops writing the summary."""
+    e.g. cut off from storage for minutes), this one stops writing the record."""
 
     HEARTBEAT_SECONDS = 10.0
     STALE_SECONDS = 90.0  # > the longest storage outage we ride out, so a live driver keeps its lock
 
-    def __init__(self, sweep_uri: str):
-        self.uri = storage.join(sweep_uri, DRIVER)
-        self.sweep_uri = sweep_uri
+    def __init__(self, store: SweepStore):
+        self.uri = store.lock_uri
+        self.sweep_uri = store.uri
         self.token = uuid.uuid4().hex
         self.attempt = 0
         self.lost = False  # another attempt owns the sweep now
@@ -268,7 +288,7 @@ def _without(record: dict, key: str) -> dict:
 
 
 def _trial_dirname(trial) -> str:
-    """<storage>/<sweep>/<trial_id>/checkpoint_*: short and stable (the config is in summary.json)."""
+    """<storage>/<sweep>/<trial_id>/checkpoint_*: short and stable (the config is in the record)."""
     return trial.trial_id
 
 
@@ -300,256 +320,3 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-class SweepMonitor(Callback):
-    """Tune callback: keeps the summary current, writes it atomically, prints a progress line."""
-
-    def __init__(self, spec: SweepSpec, sweep_uri: str, echo, *, attempt: int = 1,
-                 previous: dict | None = None, lock: DriverLock | None = None):
-        self.spec, self.echo, self.attempt, self.lock = spec, echo, attempt, lock
-        self.summary_uri = storage.join(sweep_uri, SUMMARY)
-        self.log_uri = storage.join(sweep_uri, DRIVER_LOG)
-        self.metric, self.mode = spec.objective.metric, spec.objective.mode
-        self.s3 = storage.is_s3(spec.storage.uri)
-        self.started = time.time()
-        self.last_write = 0.0
-        # Resume: what the previous drivers recorded stays (finished trials are not run again).
-        self.trials: dict[str, dict] = {t["trial_id"]: t for t in (previous or {}).get("trials", [])}
-        self.seconds_before = (previous or {}).get("wall_seconds", 0.0)
-        self.started_at = (previous or {}).get("started_at") or _now()
-        self.log_lines = (storage.read_text(self.log_uri).splitlines() if previous and storage.exists(self.log_uri) else [])
-
-    def __getstate__(self):
-        # Tune pickles its callbacks into tuner.pkl; a resumed driver brings its own monitor,
-        # so the heartbeat thread's lock need not (and cannot) travel.
-        return {**self.__dict__, "lock": None}
-
-    def say(self, line: str) -> None:
-        """A progress line for the terminal, also kept in <sweep>/driver.log."""
-        self.echo(line)
-        self.log_lines.append(f"{_now()} {line}")
-
-    # --- Tune hooks
-    def on_trial_start(self, iteration, trials, trial, **info):
-        self._trial(trial)["status"] = "running"
-        self._update(trials)
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        record = self._trial(trial)
-        record["config"] = self._config(trial)  # PBT mutates configs while trials run
-        # attempt: the driver that recorded it (a resumed sweep must not count an epoch twice)
-        epoch = {"epoch": result["epoch"], **{k: result[k] for k in METRIC_KEYS if k in result}, "attempt": self.attempt}
-        record["val_split"] = result.get("val_split")
-        donor = Path(result["restored_from"]).parent.name if result.get("restored_from") else None
-        if result.get("restored_from"):
-            result = {**result, "restored_from": self._uri(result["restored_from"])}
-        if donor and donor != trial.trial_id:  # restored from another trial's checkpoint: a PBT exploit
-            record["exploits"].append({
-                "epoch": result["resumed_from_epoch"],
-                "donor": donor,
-                "donor_checkpoint": result["restored_from"],
-                "restored_weights": result.get("restored_weights"),
-                "config": record["config"],
-            })
-            self.say(f"trial {trial.trial_id} took over trial {donor}'s weights at epoch {result['resumed_from_epoch']}")
-        record["history"] = [h for h in record["history"] if h["epoch"] < epoch["epoch"]] + [epoch]
-        record["epochs"] = epoch["epoch"]
-        record["seconds"] = result.get("time_total_s", record["seconds"])
-        if result.get("checkpoint_path"):  # N-worker trials: Ray Train stores the checkpoint
-            record["checkpoint"] = self._uri(result["checkpoint_path"])
-        elif trial.checkpoint is not None:
-            record["checkpoint"] = self._uri(trial.checkpoint.path)
-        self._update(trials)
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        record = self._trial(trial)
-        if record["epochs"] < self._epoch_budget(trial):
-            record["status"], record["stop_reason"] = "stopped_early", f"{self.spec.scheduler.name} scheduler"
-        else:
-            record["status"], record["stop_reason"] = "terminated", "completed all epochs"
-        self._update(trials, force=True)
-
-    def on_trial_recover(self, iteration, trials, trial, **info):
-        record = self._trial(trial)
-        record["restarts"] += 1
-        self.say(f"trial {trial.trial_id} crashed; restarting from its last checkpoint")
-        self._update(trials, force=True)
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        record = self._trial(trial)
-        record["status"] = "error"
-        record["stop_reason"] = _first_line(trial.get_error())
-        self.say(f"trial {trial.trial_id} failed: {record['stop_reason']} (log: {trial.path})")
-        self._update(trials, force=True)
-
-    # --- summary
-    def _uri(self, path: str) -> str:
-        """Ray reports paths inside its storage filesystem ("bucket/prefix/..." on S3): make URIs."""
-        return path if not self.s3 or path.startswith("s3://") else "s3://" + path
-
-    def _config(self, trial) -> dict:
-        """The trial's searched and mutated values, by dotted path."""
-        keys = list(search_space(self.spec)) + list(self.spec.scheduler.mutations)
-        return {k: trial.config[k] for k in dict.fromkeys(keys) if k in trial.config}
-
-    def _epoch_budget(self, trial) -> int:
-        return int(trial.config.get("train.epochs", self.spec.train.epochs))
-
-    def _trial(self, trial) -> dict:
-        if trial.trial_id not in self.trials:
-            self.trials[trial.trial_id] = {
-                "trial_id": trial.trial_id,
-                "config": self._config(trial),
-                "status": "pending",
-                "stop_reason": None,
-                "epochs": 0,
-                "seconds": 0.0,
-                "history": [],
-                "checkpoint": None,
-                "restarts": 0,
-                "exploits": [],  # PBT: epochs at which this trial continued from a better trial
-            }
-        return self.trials[trial.trial_id]
-
-    def _best_epoch(self, record: dict) -> dict | None:
-        scored = [h for h in record["history"] if self.metric in h]
-        if not scored:
-            return None
-        pick = max if self.mode == "max" else min
-        return pick(scored, key=lambda h: h[self.metric])
-
-    def summary(self, status: str = "running") -> dict:
-        trials = list(self.trials.values())
-        for record in trials:
-            record["best"] = self._best_epoch(record)
-        ranked = [t for t in trials if t["best"]]
-        sign = -1 if self.mode == "max" else 1
-        ranked.sort(key=lambda t: sign * t["best"][self.metric])
-        states = {}
-        for t in trials:
-            states[t["status"]] = states.get(t["status"], 0) + 1
-        return {
-            "sweep": self.spec.name,
-            "status": status,
-            "objective": {"metric": self.metric, "mode": self.mode},
-            "max_epochs": max_epochs(self.spec),
-            "num_trials": num_trials(self.spec),
-            "trial_states": states,
-            "started_at": self.started_at,
-            "updated_at": _now(),
-            "driver_attempt": self.attempt,
-            "wall_seconds": round(self.seconds_before + time.time() - self.started, 2),
-            "best_trial": ranked[0]["trial_id"] if ranked else None,
-            "best": _best_entry(ranked[0]) if ranked else None,
-            "trials": trials,
-        }
-
-    def _update(self, trials, force: bool = False) -> None:
-        for trial in trials:
-            self._trial(trial)
-        now = time.time()
-        if force or now - self.last_write > 2.0:  # bounded I/O on chatty sweeps
-            summary = self.summary()
-            self.say(progress_line(summary))
-            self._write(summary)
-            self.last_write = now
-
-    def _write(self, summary: dict) -> None:
-        if self.lock is not None and self.lock.lost:
-            return  # another driver attempt owns the sweep now: its summary wins
-        try:
-            storage.write_json_atomic(self.summary_uri, summary)
-            storage.write_text_atomic(self.log_uri, "\n".join(self.log_lines[-5000:]) + "\n")
-        except storage.StorageError as err:
-            # Storage down: Tune keeps training and checkpoints retry on their own; the next
-            # write carries everything (the summary is rebuilt in memory each time).
-            self.echo(f"warning: could not write the summary ({err}); retrying at the next update")
-
-    def finish(self, results) -> dict:
-        """Fill in each trial's best retained checkpoint from the result grid; final write."""
-        for result in results:
-            trial_id = (result.metrics or {}).get("trial_id")
-            record = self.trials.get(trial_id)
-            if record is None:
-                continue
-            best = _best_retained_checkpoint(result, self.metric, self.mode)
-            if best:
-                record["checkpoint"] = self._uri(best)
-        summary = self.summary(status="finished")
-        for _ in range(30):  # the final summary must land: retry through a storage outage
-            try:
-                storage.write_json_atomic(self.summary_uri, summary)
-                break
-            except storage.StorageError as err:
-                self.echo(f"warning: could not write the final summary ({err}); retrying in 10 s")
-                time.sleep(10)
-        self._write(summary)
-        return summary
-
-
-def _best_retained_checkpoint(result, metric: str, mode: str) -> str | None:
-    pairs = [(c, m) for c, m in (result.best_checkpoints or []) if metric in m]
-    if pairs:
-        pick = max if mode == "max" else min
-        return pick(pairs, key=lambda cm: cm[1][metric])[0].path
-    return result.checkpoint.path if result.checkpoint else (result.metrics or {}).get("checkpoint_path")
-
-
-def _best_entry(record: dict) -> dict:
-    return {
-        "trial_id": record["trial_id"],
-        "config": record["config"],
-        "metrics": record["best"],
-        "checkpoint": record["checkpoint"],
-    }
-
-
-def _first_line(error) -> str:
-    text = str(error or "error").strip().splitlines()
-    return text[-1][:300] if text else "error"
-
-
-def progress_line(summary: dict) -> str:
-    states = summary["trial_states"]
-    order = ("pending", "running", "terminated", "stopped_early", "error")
-    counts = ", ".join(f"{states[s]} {s.replace('_', ' ')}" for s in order if states.get(s))
-    best = summary["best"]
-    metric = summary["objective"]["metric"]
-    best_text = (
-        f"best {metric} {best['metrics'][metric]:.4f} (trial {best['trial_id']}, epoch {best['metrics']['epoch']})"
-        if best
-        else "no result yet"
-    )
-    elapsed = int(summary["wall_seconds"])
-    return f"[{elapsed // 60:02d}:{elapsed % 60:02d}] {summary['num_trials']} trials: {counts} | {best_text}"
-
-
-def leaderboard(summary: dict, top: int = 5) -> str:
-    """The top trials as a text table: params, best-epoch metrics, epochs run, seconds."""
-    metric, mode = summary["objective"]["metric"], summary["objective"]["mode"]
-    ranked = [t for t in summary["trials"] if t.get("best")]
-    ranked.sort(key=lambda t: t["best"][metric], reverse=mode == "max")
-    params = list(ranked[0]["config"]) if ranked else []
-    header = ["#", "trial"] + [p.split(".")[-1] for p in params] + [
-        "val_acc", "val_loss", "train_acc", "train_loss", "epochs", "seconds", "status",
-    ]
-    rows = []
-    for i, t in enumerate(ranked[:top], 1):
-        b = t["best"]
-        rows.append(
-            [str(i), t["trial_id"]]
-            + [_fmt(t["config"].get(p)) for p in params]
-            + [_fmt(b.get(k)) for k in ("val_acc", "val_loss", "train_acc", "train_loss")]
-            + [f"{b['epoch']}/{t['epochs']}", f"{t['seconds']:.1f}", t["status"]]
-        )
-    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
-    title = f"Top {min(top, len(ranked))} of {len(summary['trials'])} trials by {metric} (epoch = best/run)"
-    return "\n".join([title, line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
-
-
-def _fmt(value) -> str:
-    if isinstance(value, dict) and "name" in value:  # a whole model from a grid over models
-        return value["name"] + "(" + ", ".join(f"{k}={v}" for k, v in value.items() if k != "name") + ")"
-    if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 1e-2 or abs(value) >= 1e4 else f"{value:.4f}"
-    return str(value)

@@ -1,0 +1,263 @@
+"""The driver's one event path: a Ray Tune callback that classifies each Tune event once and feeds
+its sinks — the sweep record (service/core/record.py), the Prometheus exporter
+(trainer/driver/metrics.py) and the progress line.
+
+The rules live here and nowhere else:
+- "stopped early": a trial completed with fewer epochs than its budget (its own ``train.epochs``
+  when that is searched, else the spec's);
+- a PBT exploit: the first result after a restore names a checkpoint of *another* trial;
+- a trial error keeps the exception's type and message, and points to the trial's log.
+
+Every hook costs O(1) in the number of trials: new trials are the tail of Tune's list, and only
+the trials this driver saw running are checked for a pause.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+from ray.tune import Callback
+
+from service.core.record import (
+    EpochResult, Exploit, RecordWriter, SegmentedLog, SweepIndex, TrialError, now_iso, RESULT_KEYS,
+)
+from service.core.spec import SweepSpec, search_space
+
+
+class SweepEvents(Callback):
+    def __init__(self, spec: SweepSpec, writer: RecordWriter, progress: "Progress", *, attempt: int,
+                 metrics=None, on_setup: Callable[[], None] | None = None, seconds_before: float = 0.0):
+        self.spec, self.writer, self.progress, self.metrics = spec, writer, progress, metrics
+        self.on_setup = on_setup  # once Ray is up (the exporter's scrape targets for Ray's nodes)
+        self.attempt = attempt
+        self.started = time.time()
+        self.seconds_before = seconds_before  # wall time of earlier driver attempts
+        self._keys = list(dict.fromkeys([*search_space(spec), *spec.scheduler.mutations]))
+        self._seen = 0  # Tune's trial list only grows: trials[_seen:] are new
+        self._running: dict[str, object] = {}  # trial id → Tune trial, for pause detection
+
+    def __getstate__(self):
+        # Tune pickles its callbacks into tuner.pkl; a resumed driver brings its own.
+        return {}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
+    def wall_seconds(self) -> float:
+        return self.seconds_before + time.time() - self.started
+
+    # ---------------------------------------------------------------------- setup
+    def setup(self, **info):
+        if self.on_setup is not None:
+            self.on_setup()
+
+    # ---------------------------------------------------------------------- Tune hooks
+    def on_step_begin(self, iteration, trials, **info):
+        for trial in trials[self._seen:]:
+            self._added(trial)
+        self._seen = len(trials)
+        for trial_id, trial in list(self._running.items()):
+            if trial.status == "PAUSED":
+                del self._running[trial_id]
+                self._sink("trial_paused", trial_id)
+                record = self.writer.trial(trial_id)
+                self.writer.set_status(record, "paused")
+                self.writer.changed(record)
+        self._tick()
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        record = self._added(trial)
+        self._running[trial.trial_id] = trial
+        self.writer.set_status(record, "running")
+        record.started_at = record.started_at or now_iso()
+        self.writer.changed(record)
+        self._sink("trial_started", trial.trial_id)
+        self._tick()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        record = self._added(trial)
+        self._running[trial.trial_id] = trial
+        if record.status != "running":
+            self.writer.set_status(record, "running")
+        record.config = self._config(trial)  # PBT mutates configs while trials run
+        entry = EpochResult.model_validate(
+            {"attempt": self.attempt, **{k: result[k] for k in RESULT_KEYS if k in result}})
+        exploit = self._exploit(trial, result, record.config)
+        if exploit is not None:
+            record.exploits.append(exploit)
+            self.progress.say(f"trial {trial.trial_id} took over trial {exploit.donor}'s weights at epoch {exploit.epoch}")
+        record.val_split = result.get("val_split", record.val_split)
+        record.seconds = float(result.get("time_total_s", record.seconds))
+        if trial.checkpoint is not None:
+            uri = self.writer.store.checkpoint_uri(trial.checkpoint.path)
+            record.checkpoint = uri
+            if uri not in record.checkpoints:
+                record.checkpoints.append(uri)
+        self.writer.add_result(record, entry)
+        self.writer.changed(record)
+        if self.metrics is not None:
+            self.metrics.trial_result(trial.trial_id, result)
+            if exploit is not None:
+                self.metrics.pbt_exploit(trial.trial_id)
+        self._tick()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        record = self._added(trial)
+        self._running.pop(trial.trial_id, None)
+        budget = int(trial.config.get("train.epochs", self.spec.train.epochs))
+        stopped_early = record.epochs < budget
+        self.writer.set_status(record, "stopped_early" if stopped_early else "terminated")
+        record.stop_reason = f"{self.spec.scheduler.name} scheduler" if stopped_early else "completed all epochs"
+        self.writer.changed(record)
+        self._sink("trial_completed", trial.trial_id, stopped_early=stopped_early)
+        self._tick()
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        record = self._added(trial)
+        self._running.pop(trial.trial_id, None)
+        record.restarts += 1
+        self.writer.set_status(record, "pending")
+        self.writer.changed(record)
+        self._sink("trial_restarted", trial.trial_id)
+        self.progress.say(f"trial {trial.trial_id} crashed; restarting from its last checkpoint "
+                          f"(log: sweepctl logs {self.spec.name} --trial {trial.trial_id})")
+        self._tick()
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        record = self._added(trial)
+        self._running.pop(trial.trial_id, None)
+        record.error = trial_error(trial.get_error(), log=record.log, attempt=record.restarts + 1)
+        self.writer.set_status(record, "error")
+        record.stop_reason = f"{record.error.type}: {record.error.message.splitlines()[0] if record.error.message else ''}"[:300]
+        self.writer.changed(record)
+        self._sink("trial_errored", trial.trial_id)
+        self.progress.say(f"trial {trial.trial_id} failed: {record.stop_reason} "
+                          f"(traceback: sweepctl logs {self.spec.name} --trial {trial.trial_id})")
+        self._tick()
+
+    # ---------------------------------------------------------------------- helpers
+    def _added(self, trial):
+        record = self.writer.trials.get(trial.trial_id)
+        if record is None:
+            record = self.writer.trial(trial.trial_id, self._config(trial))
+            self._sink("trial_added", trial.trial_id)
+        return record
+
+    def _sink(self, event: str, trial_id: str, **kwargs) -> None:
+        if self.metrics is not None:
+            getattr(self.metrics, event)(trial_id, **kwargs)
+
+    def _config(self, trial) -> dict:
+        """The trial's searched and mutated values, by dotted path."""
+        return {k: trial.config[k] for k in self._keys if k in trial.config}
+
+    def _exploit(self, trial, result: dict, config: dict) -> Exploit | None:
+        restored_from = result.get("restored_from")  # the loop reports it on the first epoch after a restore
+        if not restored_from or Path(restored_from).parent.name == trial.trial_id:
+            return None  # a fresh start, or a restart from the trial's own checkpoint
+        return Exploit(epoch=result["resumed_from_epoch"], donor=Path(restored_from).parent.name,
+                       donor_checkpoint=self.writer.store.checkpoint_uri(restored_from),
+                       restored_weights=result.get("restored_weights"), config=config)
+
+    def _tick(self) -> None:
+        """At a bounded rate: the index, and the progress line."""
+        wall = self.wall_seconds()
+        if self.writer.maybe_write_index(wall):
+            self.progress.status(self.writer.index)
+        self.progress.maybe_flush()
+
+    def finish(self, results, status: str = "finished") -> SweepIndex:
+        """Each trial's best retained checkpoint from Tune's result grid; the final index."""
+        metric, mode = self.spec.objective.metric, self.spec.objective.mode
+        for result in results or ():
+            trial_id = (result.metrics or {}).get("trial_id")
+            record = self.writer.trials.get(trial_id)
+            if record is None:
+                continue
+            best = _best_retained_checkpoint(result, metric, mode)
+            if best and self.writer.store.checkpoint_uri(best) != record.checkpoint:
+                record.checkpoint = self.writer.store.checkpoint_uri(best)
+                self.writer.changed(record)
+        for _ in range(30):  # the final index must land: retry through a storage outage
+            if self.writer.write_index(status, self.wall_seconds()) or self.writer.fenced():
+                break
+            self.progress.say("warning: could not write the final sweep index; retrying in 10 s")
+            time.sleep(10)
+        self.progress.status(self.writer.index)
+        self.progress.close()
+        return self.writer.index
+
+
+def _best_retained_checkpoint(result, metric: str, mode: str) -> str | None:
+    pairs = [(c, m) for c, m in (result.best_checkpoints or []) if metric in m]
+    if pairs:
+        pick = max if mode == "max" else min
+        return pick(pairs, key=lambda cm: cm[1][metric])[0].path
+    return result.checkpoint.path if result.checkpoint else None
+
+
+def trial_error(error, *, log: str | None, attempt: int) -> TrialError:
+    """A trial's exception as Tune hands it to the driver (a RayTaskError wrapping the trial's own
+    exception, or a TuneError): the original type and message; the traceback is in the trial log."""
+    cause = getattr(error, "cause", None)  # RayTaskError.cause: the exception raised in the trial
+    original = cause if isinstance(cause, BaseException) else error
+    type_name = type(original).__name__ if original is not None else "Error"
+    message = str(original if original is not None else "unknown error")
+    if type_name.startswith("RayTaskError(") and type_name.endswith(")"):
+        type_name = type_name[len("RayTaskError("):-1]
+    if not cause and "Traceback" in message:
+        # Tune's string form: the traceback of the remote call; its last line is "Type: message".
+        lines = [line for line in message.strip().splitlines() if line.strip()]
+        last = lines[-1] if lines else message
+        type_name, _, text = last.partition(": ")
+        message = text or last
+    return TrialError(type=type_name.split(".")[-1] or "Error", message=message.strip()[:2000], log=log, attempt=attempt)
+
+
+class Progress:
+    """The progress line on the terminal and in the driver log (logs/driver/ in storage).
+    Status lines at most every ``interval`` seconds; events (errors, restarts, exploits) at once."""
+
+    def __init__(self, echo: Callable[[str], None], log: SegmentedLog | None, *, interval: float = 2.0):
+        self.echo, self.log, self.interval = echo, log, interval
+        self._last_status = ""
+
+    def say(self, line: str) -> None:
+        self.echo(line)
+        if self.log is not None:
+            try:
+                self.log.write(f"{now_iso()} {line}\n")
+            except Exception as err:  # storage outage: the terminal still has it
+                self.echo(f"warning: could not write the driver log ({err})")
+
+    def status(self, index: SweepIndex) -> None:
+        line = progress_line(index)
+        if line != self._last_status:
+            self._last_status = line
+            self.say(line)
+
+    def maybe_flush(self) -> None:
+        if self.log is not None:
+            try:
+                self.log.flush(force=False)
+            except Exception:
+                pass  # retried at the next flush
+
+    def close(self) -> None:
+        if self.log is not None:
+            try:
+                self.log.close()
+            except Exception as err:
+                self.echo(f"warning: could not write the driver log ({err})")
+
+
+def progress_line(index: SweepIndex) -> str:
+    order = ("pending", "running", "paused", "terminated", "stopped_early", "error")
+    counts = ", ".join(f"{index.trial_states[s]} {s.replace('_', ' ')}" for s in order if index.trial_states.get(s))
+    best, metric = index.best, index.objective.metric
+    best_text = (f"best {metric} {best.best.metric(metric):.4f} (trial {best.trial_id}, epoch {best.best.epoch})"
+                 if best is not None else "no result yet")
+    elapsed = int(index.wall_seconds)
+    return f"[{elapsed // 60:02d}:{elapsed % 60:02d}] {index.num_trials} trials: {counts} | {best_text}"
