@@ -2,10 +2,13 @@
 
     POST   /sweeps              spec as YAML or JSON (+ ?set=key=value, repeatable) → 201 | 409 | 422
     GET    /sweeps              name, state, created of every sweep
-    GET    /sweeps/{name}       state from the backend + progress from the sweep's summary.json
+    GET    /sweeps/{name}       state from the backend + progress from the sweep's index
     DELETE /sweeps/{name}       cancel
     GET    /sweeps/{name}/best  the best trial so far: config, metrics, checkpoint URI
     GET    /sweeps/{name}/logs  the driver's log (text)
+    GET    /sweeps/{name}/trials               every trial: status, config, best metrics (?sort=, ?status=)
+    GET    /sweeps/{name}/trials/{id}          one trial: history, checkpoints, exploits, error, log pointer
+    GET    /sweeps/{name}/trials/{id}/logs     the trial's stdout/stderr and traceback, every attempt (text)
     GET    /healthz, /metrics   open: probes and Prometheus
 
 Everything else needs ``Authorization: Bearer $SWEEP_SERVICE_TOKEN``. Specs are validated by the
@@ -28,10 +31,15 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from pydantic import BaseModel
+
 from service.core import storage
-from service.control.backends import Backend, BackendError
+from service.control.backends import Backend, BackendError, SweepInfo
 from service.core.errors import UserError
 from service.core.loading import SpecError, parse_spec
+from service.core.record import (
+    TRIAL_STATES, EpochResult, Objective, RecordError, SweepIndex, SweepStore, TrialRecord, TrialSummary, trials_body,
+)
 from service.core.spec import num_trials
 
 log = logging.getLogger("sweep-service")
@@ -51,6 +59,69 @@ YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yam
 
 class ServiceConfigError(UserError):
     """The service cannot start as configured; the message says which setting to fix."""
+
+
+# ============================================================================ response models
+class Progress(BaseModel):
+    """The part of the sweep's index a status line needs (per-trial lines: /trials)."""
+
+    status: str
+    num_trials: int
+    trial_states: dict[str, int]
+    objective: Objective
+    best_trial: str | None
+    best: TrialSummary | None
+    started_at: str
+    updated_at: str
+    wall_seconds: float
+
+
+class SweepStatus(BaseModel):
+    name: str
+    state: str
+    created: str
+    storage_uri: str
+    message: str = ""
+    progress: Progress | None = None
+    storage_error: str | None = None
+
+
+class SweepCreated(BaseModel):
+    name: str
+    state: str
+    created: str
+    storage_uri: str
+    message: str = ""
+    trials: int
+
+
+class SweepLine(BaseModel):
+    name: str
+    state: str
+    created: str
+
+
+class SweepList(BaseModel):
+    sweeps: list[SweepLine]
+
+
+class BestTrial(TrialSummary):
+    name: str
+    state: str
+    objective: Objective
+
+
+class TrialList(BaseModel):
+    sweep: str
+    status: str
+    objective: Objective
+    updated_at: str
+    total: int
+    trials: list[TrialSummary]
+
+
+class TrialDetail(TrialRecord):
+    log_url: str  # this API's route for the trial's log
 
 
 class HTTPProblem(Exception):
@@ -151,7 +222,7 @@ def create_app(backend: Backend | None = None, token: str | None = None) -> Fast
 
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/sweeps", status_code=201, dependencies=guarded)
+    @app.post("/sweeps", status_code=201, dependencies=guarded, response_model=SweepCreated)
     async def submit(
         request: Request,
         overrides: list[str] = Query(default=[], alias="set", description="key.path=value, like --set"),
@@ -161,46 +232,94 @@ def create_app(backend: Backend | None = None, token: str | None = None) -> Fast
         metrics.submitted.inc()
         return {**info.to_dict(), "trials": num_trials(spec)}
 
-    @app.get("/sweeps", dependencies=guarded)
+    @app.get("/sweeps", dependencies=guarded, response_model=SweepList)
     def list_sweeps():
         return {"sweeps": [{"name": s.name, "state": s.state, "created": s.created} for s in backend.list()]}
 
-    @app.get("/sweeps/{name}", dependencies=guarded)
+    @app.get("/sweeps/{name}", dependencies=guarded, response_model=SweepStatus)
     def status(name: str):
         info = backend.get(name)
         body = info.to_dict()
         try:
-            body["progress"] = progress(storage.read_summary(info.storage_uri, name))
-        except (storage.StorageError, OSError, ValueError) as err:
+            index = SweepStore(info.storage_uri, name).read_index()
+            body["progress"] = progress(index)
+        except (storage.StorageError, OSError, ValueError, RecordError) as err:
             # The backend's state is still worth answering with; say why progress is missing.
             body["progress"], body["storage_error"] = None, str(err)
         return body
 
-    @app.delete("/sweeps/{name}", dependencies=guarded)
+    @app.delete("/sweeps/{name}", dependencies=guarded, response_model=SweepStatus)
     def cancel(name: str):
         info = backend.cancel(name)
         metrics.cancelled.inc()
         return info.to_dict()
 
-    @app.get("/sweeps/{name}/best", dependencies=guarded)
+    @app.get("/sweeps/{name}/best", dependencies=guarded, response_model=BestTrial)
     def best(name: str):
-        info = backend.get(name)
-        summary = storage.read_summary(info.storage_uri, name)
-        if not summary or not summary.get("best"):
+        info, index = _index(backend, name)
+        if index is None or index.best is None:
             raise HTTPProblem(
                 404, f"sweep '{name}' has no best trial yet: no trial has reported its objective "
                 f"(state: {info.state}); try again once a trial finished an epoch",
             )
-        return {"name": name, "state": info.state, "objective": summary.get("objective"), **summary["best"]}
+        return {"name": name, "state": info.state, "objective": index.objective, **index.best.model_dump()}
 
     @app.get("/sweeps/{name}/logs", dependencies=guarded, response_class=PlainTextResponse)
     def logs(name: str, tail: int = Query(default=0, ge=0, description="last N lines only (0: all)")):
-        text = backend.logs(name)
-        if tail:
-            text = "".join(text.splitlines(keepends=True)[-tail:])
-        return PlainTextResponse(text)
+        return PlainTextResponse(_tail(backend.logs(name), tail))
+
+    @app.get("/sweeps/{name}/trials", dependencies=guarded, response_model=TrialList)
+    def trials(
+        name: str,
+        sort: str = Query(default="objective", description="objective (best first), val_acc, val_loss, train_acc, "
+                          "train_loss, epochs, seconds or trial"),
+        status: str | None = Query(default=None, description="only trials in this state: " + ", ".join(TRIAL_STATES)),
+    ):
+        if status is not None and status not in TRIAL_STATES:
+            raise HTTPProblem(422, f"status must be one of {', '.join(TRIAL_STATES)}, got {status!r}")
+        info, index = _index(backend, name)
+        if index is None:
+            raise HTTPProblem(404, f"sweep '{name}' has no trials yet (state: {info.state}); its driver writes "
+                              "the record once it starts")
+        return trials_body(index, sort=sort, status=status)
+
+    @app.get("/sweeps/{name}/trials/{trial_id}", dependencies=guarded, response_model=TrialDetail)
+    def trial(name: str, trial_id: str):
+        info, store = backend.get(name), None
+        store = SweepStore(info.storage_uri, name)
+        record = _read(lambda: store.read_trial(trial_id))
+        if record is None:
+            raise HTTPProblem(404, f"no trial {trial_id!r} in sweep '{name}'; GET /sweeps/{name}/trials lists them")
+        return {**record.model_dump(), "log_url": f"/sweeps/{name}/trials/{trial_id}/logs"}
+
+    @app.get("/sweeps/{name}/trials/{trial_id}/logs", dependencies=guarded, response_class=PlainTextResponse)
+    def trial_logs(name: str, trial_id: str, tail: int = Query(default=0, ge=0, description="last N lines only (0: all)")):
+        info = backend.get(name)
+        store = SweepStore(info.storage_uri, name)
+        text = _read(lambda: store.read_trial_log(trial_id))
+        if text is None:
+            raise HTTPProblem(404, f"no log for trial {trial_id!r} in sweep '{name}' yet (looked in "
+                              f"{store.trial_log_uri(trial_id)}): a trial writes it once it starts")
+        return PlainTextResponse(_tail(text, tail))
 
     return app
+
+
+def _tail(text: str, lines: int) -> str:
+    return "".join(text.splitlines(keepends=True)[-lines:]) if lines else text
+
+
+def _read(call):
+    """A record read; an unreadable record or a bad trial id is the client's 4xx, not a 500."""
+    try:
+        return call()
+    except RecordError as err:
+        raise HTTPProblem(422 if "not a trial id" in str(err) else 500, str(err)) from None
+
+
+def _index(backend: Backend, name: str) -> tuple[SweepInfo, SweepIndex | None]:
+    info = backend.get(name)
+    return info, _read(lambda: SweepStore(info.storage_uri, name).read_index())
 
 
 async def _spec_text(request: Request) -> str:
@@ -245,21 +364,20 @@ def _submit(backend: Backend, text: str, overrides: list[str]):
             409, f"sweep '{spec.name}' already exists (state: {existing.state}); nothing was changed. "
             "Submit it under another name (--set name=NEW-NAME)",
         )
-    root = backend.storage_uri(spec)
-    if storage.exists(storage.join(root, spec.name, storage.SPEC)):
+    store = SweepStore(backend.storage_uri(spec), spec.name)
+    if storage.exists(store.spec_uri):
         raise HTTPProblem(
-            409, f"sweep '{spec.name}' already has results in {storage.sweep_uri(root, spec.name)}; "
+            409, f"sweep '{spec.name}' already has results in {store.uri}; "
             "nothing was changed. Submit it under another name (--set name=NEW-NAME)",
         )
     return backend.submit(spec, text), spec
 
 
-def progress(summary: dict | None) -> dict | None:
-    """The part of summary.json a status line needs (the per-trial history stays in storage)."""
-    if summary is None:
+def progress(index: SweepIndex | None) -> dict | None:
+    """The part of the index a status line needs (the per-trial lines: GET /sweeps/{name}/trials)."""
+    if index is None:
         return None
-    keys = ("status", "num_trials", "trial_states", "objective", "best_trial", "best", "started_at", "updated_at")
-    return {key: summary.get(key) for key in keys}
+    return {**index.model_dump(include=set(Progress.model_fields) - {"best"}), "best": index.best}
 
 
 # ============================================================================ configuration

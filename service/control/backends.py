@@ -21,6 +21,7 @@ from typing import Protocol
 
 import yaml
 
+from service.core.record import SweepStore
 from service.core import storage
 from service.core.spec import SweepSpec
 
@@ -32,7 +33,7 @@ class SweepInfo:
     name: str
     state: str
     created: str  # ISO 8601, UTC
-    storage_uri: str  # the storage root holding <name>/summary.json
+    storage_uri: str  # the storage root holding the sweep (<storage_uri>/<name>/, service/core/record.py)
     message: str = ""  # why the backend says so, when it has more to say (e.g. a failure reason)
 
     def to_dict(self) -> dict:
@@ -155,8 +156,8 @@ class LocalBackend:
         if _alive(pid):
             return "running", ""
         # Started by an earlier service process that is gone: only storage can tell how it ended.
-        summary = storage.read_summary(storage_uri, name)
-        if summary and summary.get("status") == "finished":
+        index = SweepStore(storage_uri, name).read_index()
+        if index is not None and index.status == "finished":
             return "succeeded", ""
         return "failed", "the sweep process ended while the service was not watching it"
 
@@ -224,7 +225,6 @@ def _signal_group(pgid: int, sig: int) -> None:
 # ============================================================================ kubernetes
 RAYJOB = {"group": "ray.io", "version": "v1", "plural": "rayjobs"}
 MANAGED_BY = "app.kubernetes.io/managed-by=sweep-service"
-DRIVER_LOG = "driver.log"
 
 
 class KubernetesBackend:
@@ -307,12 +307,12 @@ class KubernetesBackend:
 
     def _from_storage(self, name: str) -> SweepInfo | None:
         """A sweep whose RayJob is gone (ttlSecondsAfterFinished, or cancelled) but whose results remain."""
-        summary = storage.read_summary(self.options.storage_uri, name)
-        if summary is None:
+        index = SweepStore(self.options.storage_uri, name).read_index()
+        if index is None:
             return None
-        finished = summary.get("status") == "finished"
+        finished = index.status == "finished"
         return SweepInfo(
-            name, "succeeded" if finished else "unknown", summary.get("started_at") or "", self.options.storage_uri,
+            name, "succeeded" if finished else "unknown", index.started_at, self.options.storage_uri,
             "its RayJob is gone (removed after it finished, or cancelled); progress is from storage",
         )
 
@@ -330,14 +330,14 @@ class KubernetesBackend:
 
     def logs(self, name: str) -> str:
         info = self.get(name)
-        uri = storage.join(storage.sweep_uri(info.storage_uri, name), DRIVER_LOG)
-        try:
-            return storage.read_text(uri)
-        except FileNotFoundError:
+        store = SweepStore(info.storage_uri, name)
+        text = store.read_driver_log()
+        if not text:
             raise BackendError(
-                404, f"no driver log for sweep '{name}' yet (state: {info.state}; looked for {uri}): "
+                404, f"no driver log for sweep '{name}' yet (state: {info.state}; looked in {store.driver_log_uri()}): "
                 "the driver writes it once the RayJob's head pod runs",
-            ) from None
+            )
+        return text
 
     def _info(self, rayjob: dict) -> SweepInfo:
         metadata = rayjob.get("metadata", {})
