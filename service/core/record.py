@@ -491,6 +491,7 @@ class RecordWriter:
             self._consider_best(t)
         self._last_index = -math.inf
         self._index_bytes = 0
+        self.index_writes = 0  # index objects written (counted by tests and bench/sweep_scale.py)
         self._unwritten: set[str] = set()  # trials whose last write failed (storage outage)
 
     # ---------------------------------------------------------------------- state
@@ -587,6 +588,7 @@ class RecordWriter:
             self.warn(f"could not write the sweep index ({err}); retrying at the next update")
             return False
         self._index_bytes = len(text)
+        self.index_writes += 1
         return True
 
 

@@ -1,11 +1,7 @@
 """The one place that knows storage URIs: a local path (or file://PATH), or s3://bucket/prefix.
 
-Layout under the storage root, per sweep:  <root>/<sweep-name>/
-    spec.yaml       the resolved spec (after --set), the source of truth for resume/report
-    summary.json    per-trial config, metric history, status; best trial and checkpoint
-    driver.json     the driver attempts: which one owns the sweep now (see trainer/driver/sweep.py)
-    <trial dirs>    Ray Tune's experiment: trial results and checkpoints
-    report/         sweepctl report / evaluate output
+What a sweep keeps where under the storage root is service/core/record.py's (the layout's owner);
+this module only reads, writes and lists objects.
 
 S3: endpoint, region and credentials come from the standard AWS environment (AWS_ENDPOINT_URL
 [_S3], AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, AWS_PROFILE), never from a
@@ -61,10 +57,6 @@ def join(uri: str, *parts: str) -> str:
     return str(Path(uri).joinpath(*parts))
 
 
-def sweep_uri(storage_uri: str, sweep_name: str) -> str:
-    return join(storage_uri, sweep_name)
-
-
 def split_s3(uri: str) -> tuple[str, str]:
     """s3://bucket/key → (bucket, key)."""
     if not is_s3(uri):
@@ -73,15 +65,6 @@ def split_s3(uri: str) -> tuple[str, str]:
     if not bucket:
         raise ValueError(f"no bucket in {uri!r}: expected s3://bucket/key or s3://bucket/prefix/")
     return bucket, key
-
-
-# Kept for local-only callers (reports written next to the sweep).
-def sweep_root(storage_uri: str) -> Path:
-    return local_path(storage_uri)
-
-
-def sweep_dir(storage_uri: str, sweep_name: str) -> Path:
-    return sweep_root(storage_uri) / sweep_name
 
 
 # ============================================================================ S3 clients
@@ -294,16 +277,7 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-# ============================================================================ sweeps
-SUMMARY = "summary.json"
-SPEC = "spec.yaml"
-
-
-def read_summary(storage_uri: str, sweep_name: str) -> dict | None:
-    """The sweep's summary.json, or None when the sweep has none (yet)."""
-    return read_json_if_exists(join(sweep_uri(storage_uri, sweep_name), SUMMARY))
-
-
+# ============================================================================ Ray workers
 def forwarded_env() -> dict[str, str]:
     """AWS_* and SWEEP_* settings of this process, for the workers of a Ray we start ourselves.
     Not the spec a RayJob hands its driver, nor the service's own settings (its API token)."""

@@ -1,0 +1,156 @@
+"""The driver's one event path (trainer/driver/events.py), fed Tune's hooks as Tune calls them:
+what the record and the metrics get, and what each result costs in writes (counted, not timed)."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+from ray.exceptions import RayTaskError
+
+from conftest import BASE_SPEC, deep_update
+from service.core import storage
+from service.core.record import Objective, RecordWriter, SweepStore, new_index
+from service.core.spec import SweepSpec
+from trainer.driver.events import Progress, SweepEvents, trial_error
+from trainer.driver.metrics import SweepMetrics
+
+
+class FakeTrial:
+    """What the callback reads of a Tune Trial."""
+
+    def __init__(self, trial_id: str, config: dict):
+        self.trial_id, self.config, self.status, self.checkpoint, self.error = trial_id, config, "PENDING", None, None
+
+    def get_error(self):
+        return self.error
+
+
+class Checkpoint:
+    def __init__(self, path):
+        self.path = path
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def _events(tmp_path, n: int, epochs: int = 3, scheduler: dict | None = None, clock=None):
+    spec = SweepSpec.model_validate(deep_update(BASE_SPEC, {
+        "name": "ev", "storage": {"uri": str(tmp_path)}, "train": {"epochs": epochs, "optimizer": {"lr": {"grid": [1e-3]}}},
+        **({"scheduler": scheduler} if scheduler else {})}))
+    store = SweepStore(str(tmp_path), "ev")
+    objective = Objective(metric="val_acc", mode="max")
+    writer = RecordWriter(store, new_index("ev", objective, max_epochs=epochs, num_trials=n, attempt=1),
+                          clock=clock or Clock())
+    lines: list[str] = []
+    metrics = SweepMetrics("ev", planned_trials=n)
+    return SweepEvents(spec, writer, Progress(lines.append, None), attempt=1, metrics=metrics), lines, metrics
+
+
+def _result(epoch: int, acc: float, **extra) -> dict:
+    return {"epoch": epoch, "val_acc": acc, "val_loss": 1 - acc, "train_acc": acc, "train_loss": 1 - acc,
+            "time_total_s": float(epoch), "val_split": "vs", "resumed_from_epoch": 0, **extra}
+
+
+def _run(events, trials: list[FakeTrial], epochs: int, clock: Clock) -> int:
+    """Tune's order of hooks for a sweep whose trials each report ``epochs`` results. Returns the
+    number of results."""
+    results = 0
+    events.on_step_begin(0, trials)
+    for trial in trials:
+        trial.status = "RUNNING"
+        events.on_trial_start(0, trials, trial)
+        for epoch in range(1, epochs + 1):
+            trial.checkpoint = Checkpoint(f"{events.writer.store.uri}/{trial.trial_id}/checkpoint_{epoch - 1:06d}")
+            events.on_trial_result(0, trials, trial, _result(epoch, 0.5 + epoch / 100))
+            results += 1
+            clock.now += 0.01
+        trial.status = "TERMINATED"
+        events.on_trial_complete(0, trials, trial)
+        events.on_step_begin(0, trials)
+    return results
+
+
+@pytest.mark.parametrize("n", [30, 300])
+def test_every_result_costs_one_record_write_whatever_the_number_of_trials(tmp_path, n):
+    """300 trials cost the driver the same record writes per result as 30: the trial's own record
+    once per event, and the index only at its bounded rate."""
+    clock = Clock()
+    events, _, _ = _events(tmp_path, n, clock=clock)
+    trials = [FakeTrial(f"t_{i:05d}", {"train.optimizer.lr": 1e-3}) for i in range(n)]
+    before = storage.WRITES.copy()
+    index_writes_before = _count_index_writes(events)
+    results = _run(events, trials, epochs=3, clock=clock)
+    trial_writes = storage.WRITES["writes"] - before["writes"] - (_count_index_writes(events) - index_writes_before)
+    # per trial: start, 3 results, complete
+    assert trial_writes == n * (1 + 3 + 1)
+    assert trial_writes / results == pytest.approx(5 / 3)
+    # index writes: at most one per index_interval (2 s) of (simulated) time, plus the first
+    assert _count_index_writes(events) - index_writes_before <= clock.now / 2.0 + 1
+
+
+def _count_index_writes(events) -> int:
+    return events.writer.index_writes
+
+
+def test_the_callback_classifies_completion_stops_exploits_and_errors_once_for_every_sink(tmp_path):
+    clock = Clock()
+    events, lines, metrics = _events(tmp_path, 3, epochs=4, clock=clock)
+    a, b, c = (FakeTrial(t, {"train.optimizer.lr": 1e-3}) for t in ("t_a", "t_b", "t_c"))
+    trials = [a, b, c]
+    events.on_step_begin(0, trials)
+    for t in trials:
+        events.on_trial_start(0, trials, t)
+    for epoch in range(1, 5):
+        a.checkpoint = Checkpoint(f"{tmp_path}/ev/t_a/checkpoint_{epoch - 1:06d}")
+        events.on_trial_result(0, trials, a, _result(epoch, 0.6 + epoch / 100))
+    events.on_trial_complete(0, trials, a)
+    events.on_trial_result(0, trials, b, _result(1, 0.5))
+    events.on_trial_complete(0, trials, b)  # 1 of 4 epochs: the scheduler stopped it
+    # c continues from a's checkpoint (a PBT exploit), then fails for good
+    events.on_trial_result(0, trials, c, _result(3, 0.7, resumed_from_epoch=2, restored_weights="w",
+                                                 restored_from=f"{tmp_path}/ev/t_a/checkpoint_000001"))
+    c.error = RayTaskError("fit", "Traceback ...", ValueError("lr too high\nmore"))
+    events.on_trial_error(0, trials, c)
+    index = events.finish(None)
+
+    store = SweepStore(str(tmp_path), "ev")
+    assert store.read_index() == index
+    by_id = {t.trial_id: t for t in index.trials}
+    assert by_id["t_a"].status == "terminated" and by_id["t_a"].stop_reason == "completed all epochs"
+    assert by_id["t_b"].status == "stopped_early" and by_id["t_b"].stop_reason == "fifo scheduler"
+    assert by_id["t_c"].status == "error"
+    record = store.read_trial("t_c")
+    assert record.error.type == "ValueError" and record.error.message.startswith("lr too high")
+    assert record.error.log == store.trial_log_uri("t_c")
+    assert [(x.donor, x.epoch) for x in record.exploits] == [("t_a", 2)]
+    assert index.best_trial == "t_c" and index.trial_states == {"terminated": 1, "stopped_early": 1, "error": 1}
+    assert store.read_trial("t_a").checkpoints[-1].endswith("checkpoint_000003")
+    # the same classification reached the metrics
+    assert [metrics.state(t) for t in ("t_a", "t_b", "t_c")] == ["terminated", "stopped_early", "error"]
+    text = metrics.exposition().decode()
+    assert 'sweep_early_stops_total{sweep="ev"} 1.0' in text
+    assert 'sweep_pbt_exploits_total{sweep="ev"} 1.0' in text
+    assert 'sweep_trial_errors_total{sweep="ev"} 1.0' in text
+    # one line on the terminal for the error, no traceback
+    errors = [line for line in lines if "failed" in line]
+    assert errors == [f"trial t_c failed: ValueError: lr too high (traceback: sweepctl logs ev --trial t_c)"]
+
+
+def test_an_error_keeps_the_trials_own_exception_type_from_tunes_forms():
+    wrapped = RayTaskError("fit", "Traceback (most recent call last):\n ...\nKeyError: 'x'", KeyError("x"))
+    assert trial_error(wrapped, log="L", attempt=1).type == "KeyError"
+    text = RuntimeError("Traceback (most recent call last):\n  File ...\nFileNotFoundError: [Errno 2] no /data")
+    error = trial_error(text, log=None, attempt=3)
+    assert (error.type, error.message, error.attempt) == ("FileNotFoundError", "[Errno 2] no /data", 3)
+
+
+def test_the_callback_pickles_into_tuner_pkl_without_anything_live(tmp_path):
+    events, _, _ = _events(tmp_path, 1)
+    copy = pickle.loads(pickle.dumps(events))
+    assert copy.__dict__ == {}
