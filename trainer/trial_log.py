@@ -1,10 +1,10 @@
 """A trial's own output, kept in storage next to the trial (service/core/record.py's layout).
 
-    with captured_output(store, trial_id, attempt, rank=0):
+    with captured_output(store, trial_id):
         ...train...
 
 Everything the trial prints (stdout, stderr, warnings) still reaches Ray's worker log, and is
-also appended to ``<sweep>/<trial>/logs/<attempt>-r<rank>-<segment>.log`` (flushed every few
+also appended to ``<sweep>/<trial>/logs/<attempt>-<stream>-<segment>.log`` (flushed every few
 seconds, and at the end). A trial that raises leaves its full traceback there before the
 exception goes on to Tune. Each start of the trial (a restart after a crash, a resume after a
 pause or a driver restart) is a new attempt, so nothing earlier is overwritten. Rank 0 always
@@ -90,17 +90,20 @@ class _Capture:
 
 
 @contextlib.contextmanager
-def captured_output(store: SweepStore, trial_id: str, attempt: int | None = None, *, rank: int = 0):
+def captured_output(store: SweepStore, trial_id: str, attempt: int | None = None, *, rank: int | None = None):
     """Tee this process's stdout/stderr into the trial's log for the duration of the block.
-    ``attempt``: None = the next one after those already in storage."""
+    ``attempt``: None = the next one after those already in storage. ``rank``: None for the
+    trainable itself, N for rank N of an N-worker trial (logged apart, kept for rank 0 or on failure)."""
     directory = store.trial_log_uri(trial_id)
+    stream = "trial" if rank is None else f"rank{rank}"
     if attempt is None:
-        attempt = next_log_attempt(directory, rank)
+        attempt = next_log_attempt(directory, stream)
     # A trial Tune stopped early may never return from its last report (reused actors): the next
     # trial in this process ends that capture first.
     while _current:
         _current.pop().stop(failed=False)
-    capture = _Capture(SegmentedLog(directory, attempt, rank, interval=FLUSH_SECONDS, cap_bytes=4 << 20), keep=rank == 0)
+    capture = _Capture(SegmentedLog(directory, attempt, stream, interval=FLUSH_SECONDS, cap_bytes=4 << 20),
+                       keep=rank in (None, 0))
     _current.append(capture)
     capture.start()
     failed = False

@@ -314,7 +314,7 @@ class SweepStore:
         return records
 
     def read_driver_log(self) -> str:
-        text = read_segmented_log(self.driver_log_uri(), header=lambda a, r: f"--- driver attempt {a}\n")
+        text = read_segmented_log(self.driver_log_uri(), header=lambda attempt, _: f"--- driver attempt {attempt}\n")
         if text:
             return text
         try:
@@ -325,7 +325,8 @@ class SweepStore:
     def read_trial_log(self, trial_id: str) -> str | None:
         """The trial's log, every attempt in order, each under a header; None when it has none."""
         uri = self.trial_log_uri(trial_id)
-        text = read_segmented_log(uri, header=lambda a, r: f"===== trial {trial_id}: attempt {a}, rank {r} =====\n")
+        text = read_segmented_log(uri, header=lambda attempt, stream: f"===== trial {trial_id}: attempt {attempt}"
+                                                                      f"{'' if stream == 'trial' else ', ' + stream} =====\n")
         return text or None
 
 
@@ -360,7 +361,9 @@ def _legacy_index(summary: dict) -> dict:
 
 # ============================================================================ segmented logs
 SEGMENT_BYTES = 64 * 1024  # one object; a full one is sealed and never rewritten
-_SEGMENT = re.compile(r"^(\d+)-r(\d+)-(\d+)\.log$")  # <attempt>-r<rank>-<segment>.log
+# <attempt>-<stream>-<segment>.log; stream: "trial" (the trainable's own process) or "rank<N>" (a
+# worker of an N-worker trial), "driver" for the driver's log.
+_SEGMENT = re.compile(r"^(\d+)-([a-z]+\d*)-(\d+)\.log$")
 
 
 class SegmentedLog:
@@ -372,9 +375,9 @@ class SegmentedLog:
     keeps only the last ``tail_bytes`` (the end of a run, where a traceback is) and a marker saying
     how much was dropped."""
 
-    def __init__(self, directory_uri: str, attempt: int, rank: int = 0, *, interval: float = 2.0,
+    def __init__(self, directory_uri: str, attempt: int, stream: str = "trial", *, interval: float = 2.0,
                  cap_bytes: int = 8 << 20, tail_bytes: int = 64 << 10, clock: Callable[[], float] = time.monotonic):
-        self.directory_uri, self.attempt, self.rank = directory_uri, attempt, rank
+        self.directory_uri, self.attempt, self.stream = directory_uri, attempt, stream
         self.interval, self.cap_bytes, self.tail_bytes, self.clock = interval, cap_bytes, tail_bytes, clock
         self._segment = 0
         self._current = ""  # text of the current segment
@@ -413,7 +416,7 @@ class SegmentedLog:
                 self._dirty = False
 
     def _put(self) -> None:
-        name = f"{self.attempt:03d}-r{self.rank}-{self._segment:04d}.log"
+        name = f"{self.attempt:03d}-{self.stream}-{self._segment:04d}.log"
         storage.write_text_atomic(storage.join(self.directory_uri, name), self._current)
 
     def flush(self, force: bool = True) -> None:
@@ -438,21 +441,22 @@ class SegmentedLog:
         self.flush(force=True)
 
 
-def next_log_attempt(directory_uri: str, rank: int = 0) -> int:
-    """1 + the highest attempt already logged in ``directory_uri`` for ``rank``."""
-    attempts = [int(m.group(1)) for m in map(_SEGMENT.match, _list_names(directory_uri)) if m and int(m.group(2)) == rank]
+def next_log_attempt(directory_uri: str, stream: str = "trial") -> int:
+    """1 + the highest attempt already logged in ``directory_uri`` for ``stream``."""
+    attempts = [int(m.group(1)) for m in map(_SEGMENT.match, _list_names(directory_uri)) if m and m.group(2) == stream]
     return max(attempts, default=0) + 1
 
 
-def read_segmented_log(directory_uri: str, header: Callable[[int, int], str]) -> str:
-    """Every segment in order (attempt, rank, segment), a header before each attempt/rank."""
-    keyed = sorted((tuple(map(int, m.groups())), name) for name in _list_names(directory_uri)
-                   if (m := _SEGMENT.match(name)))
+def read_segmented_log(directory_uri: str, header: Callable[[int, str], str]) -> str:
+    """Every segment in order (attempt; the trial's own stream before its ranks; segment), a
+    header before each attempt and stream."""
+    keyed = sorted(((int(m.group(1)), m.group(2) != "trial", m.group(2), int(m.group(3))), name)
+                   for name in _list_names(directory_uri) if (m := _SEGMENT.match(name)))
     parts, current = [], None
-    for (attempt, rank, _segment), name in keyed:
-        if (attempt, rank) != current:
-            current = (attempt, rank)
-            parts.append(header(attempt, rank))
+    for (attempt, _, stream, _segment), name in keyed:
+        if (attempt, stream) != current:
+            current = (attempt, stream)
+            parts.append(header(attempt, stream))
         parts.append(storage.read_text(storage.join(directory_uri, name)))
     return "".join(parts)
 

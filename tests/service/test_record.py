@@ -136,7 +136,7 @@ def test_a_segmented_log_appends_in_bounded_objects_and_reads_back_whole(tmp_pat
     assert len(names) == -(-len("".join(lines)) // 100)  # ceil: full segments, then the rest
     assert all(len((tmp_path / "logs" / n).read_text()) <= 100 for n in names)
     text = read_segmented_log(str(tmp_path / "logs"), header=lambda a, r: f"== {a} {r}\n")
-    assert text == "== 1 0\n" + "".join(lines)
+    assert text == "== 1 trial\n" + "".join(lines)
     assert next_log_attempt(str(tmp_path / "logs")) == 2
 
 

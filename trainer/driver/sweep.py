@@ -171,7 +171,7 @@ def _events(spec: SweepSpec, store: SweepStore, lock: "DriverLock", echo, *, res
         index.started_at = previous.started_at
     trials = store.read_trials(previous) if previous is not None else []
     writer = RecordWriter(store, index, trials, fenced=lambda: lock.lost, warn=lambda m: echo(f"warning: {m}"))
-    progress = Progress(echo, SegmentedLog(store.driver_log_uri(), attempt=lock.attempt))
+    progress = Progress(echo, SegmentedLog(store.driver_log_uri(), attempt=lock.attempt, stream="driver"))
     return SweepEvents(
         spec, writer, progress, attempt=lock.attempt,
         metrics=metrics if metrics is not None else (exporter.metrics if exporter else None),
