@@ -12,6 +12,7 @@ forward pre-hook on that layer records its input. No model code knows about eval
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from service.analysis import figures, report
+from service.core import checkpoint as checkpoint_format
 from service.core import storage
-from service.analysis import report
+from service.core.record import SweepStore
 
 TSNE_SEED = 0  # t-SNE and its subsample are fixed: the same checkpoint draws the same map
 
@@ -148,17 +151,29 @@ def display_images(x: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -
 
 
 # ----------------------------------------------------------------------------- the verb
-def checkpoint_dir(storage_uri: str, uri: str) -> Path:
-    """A local directory holding the checkpoint recorded in the summary: the path itself for
-    local storage, a fresh download for s3://."""
-    if storage.is_s3(uri):
+def checkpoint_dir(uri: str) -> tuple[Path, bool]:
+    """A local directory holding the checkpoint recorded for the trial, verified against its
+    manifest (service/core/checkpoint.py): the path itself for local storage, a fresh download for
+    s3://. Returns (directory, whether it is a temporary copy to delete after loading)."""
+    temporary = storage.is_s3(uri)
+    if temporary:
         local = Path(tempfile.mkdtemp(prefix="sweep-checkpoint-"))
         storage.download_dir(uri, local)
     else:
         local = Path(uri)
-    if not (local / "state.pt").exists():
-        raise report.ReportError(f"checkpoint {uri} is missing (no state.pt); retention may have deleted it")
-    return local
+    try:
+        if not (local / checkpoint_format.STATE).exists() and not (local / checkpoint_format.MANIFEST).exists():
+            raise report.ReportError(f"checkpoint {uri} is missing (no {checkpoint_format.STATE}); "
+                                     f"retention may have deleted it")
+        try:
+            checkpoint_format.verify(local, source=uri)
+        except checkpoint_format.CheckpointError as err:
+            raise report.ReportError(str(err)) from None
+    except BaseException:
+        if temporary:
+            shutil.rmtree(local, ignore_errors=True)
+        raise
+    return local, temporary
 
 
 def evaluate_trial(
@@ -178,20 +193,22 @@ def evaluate_trial(
     from trainer.checkpoint import load_model
     from trainer.data import load_dataset
 
-    summary = report.read_summary(storage_uri, name)
-    trial_id = trial_id or summary.get("best_trial")
-    trials = {t["trial_id"]: t for t in summary["trials"]}
-    if trial_id not in trials:
+    index = report.read_index(SweepStore(storage_uri, name))
+    trial = index.trial(trial_id) if trial_id else index.best
+    if trial is None:
         raise report.ReportError(
             f"no trial {trial_id!r} in sweep '{name}'" if trial_id else f"sweep '{name}' has no scored trial yet"
         )
-    trial = trials[trial_id]
-    if not trial.get("checkpoint"):
-        raise report.ReportError(f"trial {trial_id} has no checkpoint")
-    ckpt = checkpoint_dir(storage_uri, trial["checkpoint"])
+    if not trial.checkpoint:
+        raise report.ReportError(f"trial {trial.trial_id} has no checkpoint")
+    ckpt, temporary = checkpoint_dir(trial.checkpoint)
     out = Path(out_dir) if out_dir else report.default_report_dir(storage_uri, name)
 
-    model, spec = load_model(ckpt)
+    try:
+        model, spec = load_model(ckpt)
+    finally:
+        if temporary:
+            shutil.rmtree(ckpt, ignore_errors=True)
     data = load_dataset(spec.data, spec.seed)  # same seed → same train statistics as in training
     results = evaluate_model(model, data.test_x, data.test_y, data.class_names)
 
@@ -206,23 +223,23 @@ def evaluate_trial(
     ]
     tsne_idx, embedding = tsne_map(results.features, tsne_points)
 
-    figures = {
-        "confusion_matrix.png": report.fig_confusion(cm, results.class_names),
-        "per_class_accuracy.png": report.fig_per_class(np.nan_to_num(accuracy), results.class_names),
-        "worst_images.png": report.fig_worst_images(
+    pngs = {
+        "confusion_matrix.png": figures.fig_confusion(cm, results.class_names),
+        "per_class_accuracy.png": figures.fig_per_class(np.nan_to_num(accuracy), results.class_names),
+        "worst_images.png": figures.fig_worst_images(
             display_images(data.test_x[torch.as_tensor(worst_idx)], data.mean, data.std), worst_rows, results.class_names
         ),
-        "tsne.png": report.fig_tsne(
+        "tsne.png": figures.fig_tsne(
             embedding, results.labels[tsne_idx], results.preds[tsne_idx] != results.labels[tsne_idx], results.class_names
         ),
     }
-    for png, data_bytes in figures.items():
+    for png, data_bytes in pngs.items():
         report.write_file(out / png, data_bytes)
     report.write_json(out / report.EVALUATION_JSON, {
         "sweep": name,
-        "trial_id": trial_id,
-        "checkpoint": str(trial["checkpoint"]),
-        "config": trial["config"],
+        "trial_id": trial.trial_id,
+        "checkpoint": trial.checkpoint,
+        "config": trial.config,
         "test_size": len(results.labels),
         "test_accuracy": results.accuracy,
         "test_loss": results.loss,
@@ -234,6 +251,6 @@ def evaluate_trial(
         "worst": worst_rows,
         "tsne": {"points": len(tsne_idx), "random_state": TSNE_SEED, "indices": tsne_idx.tolist(),
                  "embedding": np.round(embedding, 4).tolist()},
-        "figures": sorted(figures),
+        "figures": sorted(pngs),
     })
     return report.generate_report(storage_uri, name, out, reuse_options=True, publish=out_dir is None, **report_options)

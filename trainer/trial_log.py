@@ -28,12 +28,20 @@ _current: list["_Capture"] = []  # the capture of the trial this process runs no
 class _Tee:
     """A text stream that writes to the original stream and to ``sink``."""
 
+    _inside = threading.local()  # Ray Train's workers route stdout through logging back to stderr
+
     def __init__(self, original, sink):
         self._original, self._sink = original, sink
 
     def write(self, text: str) -> int:
-        self._sink(text)
-        return self._original.write(text)
+        if getattr(self._inside, "active", False):  # our own write coming back: logged once already
+            return self._original.write(text)
+        self._inside.active = True
+        try:
+            self._sink(text)
+            return self._original.write(text)
+        finally:
+            self._inside.active = False
 
     def flush(self) -> None:
         self._original.flush()

@@ -14,6 +14,7 @@ the trials this driver saw running are checked for a pause.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -90,11 +91,6 @@ class SweepEvents(Callback):
             self.progress.say(f"trial {trial.trial_id} took over trial {exploit.donor}'s weights at epoch {exploit.epoch}")
         record.val_split = result.get("val_split", record.val_split)
         record.seconds = float(result.get("time_total_s", record.seconds))
-        if trial.checkpoint is not None:
-            uri = self.writer.store.checkpoint_uri(trial.checkpoint.path)
-            record.checkpoint = uri
-            if uri not in record.checkpoints:
-                record.checkpoints.append(uri)
         self.writer.add_result(record, entry)
         self.writer.changed(record)
         if self.metrics is not None:
@@ -102,6 +98,15 @@ class SweepEvents(Callback):
             if exploit is not None:
                 self.metrics.pbt_exploit(trial.trial_id)
         self._tick()
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        """Tune stored a checkpoint: the record carries it from the trial's next write on (its
+        result or its completion), so a checkpoint costs no write of its own."""
+        record = self._added(trial)
+        uri = self.writer.store.checkpoint_uri(checkpoint.path)
+        record.checkpoint = uri
+        if uri not in record.checkpoints:
+            record.checkpoints.append(uri)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         record = self._added(trial)
@@ -128,9 +133,9 @@ class SweepEvents(Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         record = self._added(trial)
         self._running.pop(trial.trial_id, None)
-        record.error = trial_error(trial.get_error(), log=record.log, attempt=record.restarts + 1)
+        record.error = trial_error(_exception_of(trial), log=record.log, attempt=record.restarts + 1)
         self.writer.set_status(record, "error")
-        record.stop_reason = f"{record.error.type}: {record.error.message.splitlines()[0] if record.error.message else ''}"[:300]
+        record.stop_reason = f"{record.error.type}: {_headline(record.error.message)}"[:300]
         self.writer.changed(record)
         self._sink("trial_errored", trial.trial_id)
         self.progress.say(f"trial {trial.trial_id} failed: {record.stop_reason} "
@@ -196,6 +201,33 @@ def _best_retained_checkpoint(result, metric: str, mode: str) -> str | None:
         pick = max if mode == "max" else min
         return pick(pairs, key=lambda cm: cm[1][metric])[0].path
     return result.checkpoint.path if result.checkpoint else None
+
+
+def _headline(message: str) -> str:
+    """An error message's telling line: its first, unless that only introduces the rest
+    (Ray Train's "Training failed due to worker errors:"), then its last."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    return lines[-1] if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+
+
+def _exception_of(trial):
+    """The trial's latest error as Tune recorded it on this node just before calling us (its copy
+    in storage is synced later): the pickled exception, else the text trace, else Tune's reader."""
+    import cloudpickle
+
+    pickled, text = getattr(trial, "pickled_error_file", None), getattr(trial, "error_file", None)
+    try:
+        if pickled and os.path.exists(pickled):
+            with open(pickled, "rb") as f:
+                return cloudpickle.load(f)
+        if text and os.path.exists(text):
+            with open(text) as f:
+                return RuntimeError(f.read().split("\n", 1)[-1])  # after the "Failure # N" line
+    except Exception:  # an unreadable error file: fall back to what Tune itself reads
+        pass
+    return trial.get_error()
 
 
 def trial_error(error, *, log: str | None, attempt: int) -> TrialError:

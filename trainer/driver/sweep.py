@@ -31,6 +31,9 @@ os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
 # Tune's default loggers include TensorBoardX, which imports torch into the driver (~3 s per sweep)
 # for event files nothing here reads; result.json per trial is kept (JsonLoggerCallback below).
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+# Tune logs every failed trial's whole traceback on the driver; ours says it in one line with the
+# command that prints it (the traceback is in the trial's log in storage, trainer/trial_log.py).
+os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
 
 from service.core import storage  # noqa: E402
 from service.core.errors import SweepBusy, UserError  # noqa: E402
