@@ -374,6 +374,10 @@ def _fit_distributed(spec: SweepSpec, log_attempt: int = 1) -> None:
     from ray.train.torch import TorchTrainer
     from ray.util.queue import Queue
 
+    # Ray Train sends the workers' print() to its logger as well as to stdout; the worker's stdout
+    # is already teed into the trial log (trainer/trial_log.py), so every line would land twice.
+    # (Ray Train hands this variable on from here to its controller and workers.)
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     reports = Queue(maxsize=1, actor_options={"num_cpus": 0})  # back-pressure: one report in flight
     sweep_fs, sweep_storage_path = storage.pyarrow_filesystem(spec.storage.uri)
     r = spec.resources
