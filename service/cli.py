@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print("interrupted: finished trials are in summary.json", file=sys.stderr)
+        print("interrupted: finished trials are in the sweep record (sweepctl trials NAME); sweepctl resume NAME continues", file=sys.stderr)
         return 130
 
 
@@ -361,11 +361,11 @@ def cmd_status(args) -> int:
         states = ", ".join(f"{state} {count}" for state, count in sorted(progress["trial_states"].items()))
         print(f"trials: {states or 'none started'} (of {progress['num_trials']} planned; driver: {progress['status']})")
         best, objective = progress.get("best"), progress.get("objective") or {}
-        if best:
+        if best and best.get("best"):
             metric = objective.get("metric")
-            value = best["metrics"].get(metric)
+            value = best["best"].get(metric)
             shown = f"{value:.4f}" if isinstance(value, float) else value
-            print(f"best: {metric} {shown} (trial {best['trial_id']}, epoch {best['metrics'].get('epoch')})")
+            print(f"best: {metric} {shown} (trial {best['trial_id']}, epoch {best['best'].get('epoch')})")
             print("  config: " + (", ".join(f"{k}={v}" for k, v in best["config"].items()) or "(no searched parameters)"))
             if best.get("checkpoint"):
                 print(f"  checkpoint: {best['checkpoint']}")
