@@ -20,7 +20,7 @@ class FakeTrial:
     """What the callback reads of a Tune Trial."""
 
     def __init__(self, trial_id: str, config: dict):
-        self.trial_id, self.config, self.status, self.checkpoint, self.error = trial_id, config, "PENDING", None, None
+        self.trial_id, self.config, self.status, self.error = trial_id, config, "PENDING", None
 
     def get_error(self):
         return self.error
@@ -66,8 +66,8 @@ def _run(events, trials: list[FakeTrial], epochs: int, clock: Clock) -> int:
         trial.status = "RUNNING"
         events.on_trial_start(0, trials, trial)
         for epoch in range(1, epochs + 1):
-            trial.checkpoint = Checkpoint(f"{events.writer.store.uri}/{trial.trial_id}/checkpoint_{epoch - 1:06d}")
             events.on_trial_result(0, trials, trial, _result(epoch, 0.5 + epoch / 100))
+            events.on_checkpoint(0, trials, trial, Checkpoint(f"{events.writer.store.uri}/{trial.trial_id}/checkpoint_{epoch - 1:06d}"))
             results += 1
             clock.now += 0.01
         trial.status = "TERMINATED"
@@ -107,8 +107,8 @@ def test_the_callback_classifies_completion_stops_exploits_and_errors_once_for_e
     for t in trials:
         events.on_trial_start(0, trials, t)
     for epoch in range(1, 5):
-        a.checkpoint = Checkpoint(f"{tmp_path}/ev/t_a/checkpoint_{epoch - 1:06d}")
         events.on_trial_result(0, trials, a, _result(epoch, 0.6 + epoch / 100))
+        events.on_checkpoint(0, trials, a, Checkpoint(f"{tmp_path}/ev/t_a/checkpoint_{epoch - 1:06d}"))
     events.on_trial_complete(0, trials, a)
     events.on_trial_result(0, trials, b, _result(1, 0.5))
     events.on_trial_complete(0, trials, b)  # 1 of 4 epochs: the scheduler stopped it

@@ -109,3 +109,34 @@ def test_display_images_undo_normalization(digits_results):
     mean, std = torch.tensor(data.mean).view(1, -1, 1, 1), torch.tensor(data.std).view(1, -1, 1, 1)
     np.testing.assert_allclose(images, (data.test_x[:5] * std + mean).numpy(), atol=1e-6)
     assert images.max() > 0.9 and images.min() < 0.1
+
+
+def test_the_checkpoint_is_verified_against_its_manifest_before_loading(tmp_path, monkeypatch):
+    from service.analysis.report import ReportError
+    from service.core import checkpoint as checkpoint_format
+
+    ckpt = tmp_path / "checkpoint_000002"
+    ckpt.mkdir()
+    (ckpt / checkpoint_format.STATE).write_bytes(b"weights")
+    (ckpt / checkpoint_format.SPEC).write_text("{}")
+    checkpoint_format.write_manifest(ckpt, 2, {"val_acc": 0.9})
+    assert evaluate.checkpoint_dir(str(ckpt)) == (ckpt, False)
+
+    with pytest.raises(ReportError, match="is missing .*retention"):
+        evaluate.checkpoint_dir(str(tmp_path / "checkpoint_000001"))
+    (ckpt / checkpoint_format.STATE).write_bytes(b"tampered")
+    with pytest.raises(ReportError, match=f"checksum mismatch for {checkpoint_format.STATE}"):
+        evaluate.checkpoint_dir(str(ckpt))
+
+    # s3://: a temporary copy, removed when it does not verify
+    copies = []
+
+    def download(uri, target):
+        copies.append(target)
+        for f in ckpt.iterdir():
+            (target / f.name).write_bytes(f.read_bytes())
+
+    monkeypatch.setattr(evaluate.storage, "download_dir", download)
+    with pytest.raises(ReportError, match="s3://bucket/sweep/t1/checkpoint_000002"):
+        evaluate.checkpoint_dir("s3://bucket/sweep/t1/checkpoint_000002")
+    assert copies and not copies[0].exists()
