@@ -101,17 +101,17 @@ def main() -> None:
                 spec = spec.model_copy(update={"name": f"{spec.name}-{order}"})
                 start = time.perf_counter()
                 with in_grid_order() if order == "grid" else contextlib.nullcontext():
-                    summary = run_sweep(spec, echo=lambda line: None)
+                    index = run_sweep(spec, echo=lambda line: None)
                 seconds = time.perf_counter() - start
-                trials = summary["trials"]
+                trials = index.trials
                 rows.append({
                     "seed": seed,
                     "scheduler": label,
                     "order": order,
                     "trials": len(trials),
-                    "best_val_acc": max(t["best"]["val_acc"] for t in trials if t["best"]),
-                    "best_trial_config": summary["best"]["config"] if summary.get("best") else None,
-                    "epochs": sum(t["epochs"] for t in trials),
+                    "best_val_acc": max(t.best.val_acc for t in trials if t.best),
+                    "best_trial_config": index.best.config if index.best else None,
+                    "epochs": sum(t.epochs for t in trials),
                     "budget_epochs": len(trials) * args.epochs,
                     "seconds": seconds,
                 })

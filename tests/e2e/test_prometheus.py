@@ -5,7 +5,7 @@ tests; elsewhere they skip and say how to install it. All traffic stays on 127.0
 The big test runs a real sweep (ASHA on digits, so some trials stop early) with the exporter on,
 lets a real Prometheus scrape it and Ray's metrics agent every second, then runs every query of
 every panel in deploy/grafana/sweeps.json through Prometheus's HTTP API and checks the values
-against summary.json.
+against the sweep's record (sweep.json and each trial's trial.json).
 
 Not verifiable here: the two GPU panels ("GPU utilization", "GPU memory used"). Ray exports
 ray_node_gpus_utilization / ray_node_gram_used only for nodes that have GPUs, and this machine has
@@ -262,7 +262,8 @@ def finite_values(series: list[dict]) -> list[float]:
 
 
 @pytest.mark.slow
-def test_every_dashboard_panel_returns_series_that_agree_with_the_summary(ray_local, make_spec, prometheus):
+def test_every_dashboard_panel_returns_series_that_agree_with_the_record(ray_local, make_spec, prometheus):
+    from service.core.record import SweepStore
     from trainer.driver.sweep import run_sweep
 
     # Learning rates from good to hopeless, one trial at a time: ASHA stops the weak ones after epoch 1.
@@ -274,11 +275,11 @@ def test_every_dashboard_panel_returns_series_that_agree_with_the_summary(ray_lo
         metrics={"port": free_port()},
     )
     start = time.time()
-    summary = run_sweep(spec, echo=lambda line: None, callbacks=[WaitUntilScraped(prometheus, spec.name)])
+    index = run_sweep(spec, echo=lambda line: None, callbacks=[WaitUntilScraped(prometheus, spec.name)])
     end = time.time() + 2  # the exporter waited for the final scrape before it stopped
-    trials = summary["trials"]
-    stopped_early = [t for t in trials if t["status"] == "stopped_early"]
-    assert stopped_early and summary["trial_states"].get("terminated"), summary["trial_states"]
+    trials = SweepStore(spec.storage.uri, spec.name).read_trials(index)
+    stopped_early = [t for t in trials if t.status == "stopped_early"]
+    assert stopped_early and index.trial_states.get("terminated"), index.trial_states
 
     # Prometheus really scraped the driver and Ray's metrics agent, with the sweep label.
     assert max(finite_values(prometheus.query_range('up{job="sweep-driver",sweep="prom-e2e"}', start, end))) == 1
@@ -295,28 +296,28 @@ def test_every_dashboard_panel_returns_series_that_agree_with_the_summary(ray_lo
     expected_empty = set() if torch.cuda.is_available() else GPU_PANELS
     assert empty == expected_empty, f"panels without data: {sorted(empty)}"
 
-    # The values Prometheus holds agree with summary.json.
+    # The values Prometheus holds agree with the record.
     sel = '{sweep="prom-e2e"}'
     last = lambda expr: prometheus.last(expr, start, end)  # noqa: E731
     states = {json.loads(k)["state"]: v for k, v in last(f"sweep_trials{sel}").items()}
-    assert {s: n for s, n in states.items() if n} == summary["trial_states"]
+    assert {s: n for s, n in states.items() if n} == index.trial_states
     (best,) = last(f"sweep_best_objective{sel}").values()
-    assert best == summary["best"]["metrics"]["val_acc"]
+    assert best == index.best.best.val_acc
     (best_trial,) = [json.loads(k)["trial"] for k in last(f"sweep_best_trial_info{sel}")]
-    assert best_trial == summary["best_trial"]
+    assert best_trial == index.best_trial
     assert list(last(f"sweep_early_stops_total{sel}").values()) == [len(stopped_early)]
-    assert list(last(f"sweep_trial_starts_total{sel}").values()) == [len(trials) + sum(t["restarts"] for t in trials)]
-    epochs = [h for t in trials for h in t["history"]]
+    assert list(last(f"sweep_trial_starts_total{sel}").values()) == [len(trials) + sum(t.restarts for t in trials)]
+    epochs = [h for t in trials for h in t.history]
     assert list(last(f"sweep_epochs_total{sel}").values()) == [len(epochs)]
     assert list(last(f"sweep_epoch_duration_seconds_count{sel}").values()) == [len(epochs)]
-    checkpoints = [h for h in epochs if "checkpoint_bytes" in h]
+    checkpoints = [h for h in epochs if h.checkpoint_bytes is not None]
     assert list(last(f"sweep_checkpoint_write_duration_seconds_count{sel}").values()) == [len(checkpoints)]
-    assert list(last(f"sweep_checkpoint_write_bytes_total{sel}").values()) == [sum(h["checkpoint_bytes"] for h in checkpoints)]
-    assert list(last(f"sweep_train_samples_total{sel}").values()) == [sum(h["train_samples"] for h in epochs)]
+    assert list(last(f"sweep_checkpoint_write_bytes_total{sel}").values()) == [sum(h.checkpoint_bytes for h in checkpoints)]
+    assert list(last(f"sweep_train_samples_total{sel}").values()) == [sum(h.train_samples for h in epochs)]
     objective = {json.loads(k)["trial"]: v for k, v in last(f"sweep_trial_objective{sel}").items()}
-    assert objective == {t["trial_id"]: t["history"][-1]["val_acc"] for t in trials}  # 4 trials < the cap of 10
+    assert objective == {t.trial_id: t.history[-1].val_acc for t in trials}  # 4 trials < the cap of 10
     completed = {json.loads(k)["trial"]: v for k, v in last(f"sweep_trial_epochs_completed{sel}").items()}
-    assert completed == {t["trial_id"]: t["epochs"] for t in trials}
+    assert completed == {t.trial_id: t.epochs for t in trials}
     up = prometheus.query_range(f"sweep_up{sel}", start, end)
     assert max(finite_values(up)) == 1 and float(up[0]["values"][-1][1]) == 0  # the final state was scraped
 
@@ -336,7 +337,7 @@ def test_per_trial_label_values_stay_within_the_documented_bound_in_a_real_sweep
     values, and at the end only the 2 best finished trials keep their series."""
     from ray.tune import Callback
 
-    from trainer.driver.metrics import FINISHED, SweepMetrics, SweepMetricsCallback
+    from trainer.driver.metrics import FINISHED, SweepMetrics
     from trainer.driver.sweep import run_sweep
 
     spec = make_spec(
@@ -350,7 +351,7 @@ def test_per_trial_label_values_stay_within_the_documented_bound_in_a_real_sweep
     def trial_labels() -> set[str]:
         return {s.labels["trial"] for family in metrics.registry.collect() for s in family.samples if "trial" in s.labels}
 
-    class Probe(Callback):  # runs after the exporter's callback, so it sees the registry as scraped
+    class Probe(Callback):  # runs after the driver's callback, so it sees the registry as scraped
         def _probe(self, *args, **kwargs):
             labels = trial_labels()
             seen.append((len(labels), sum(metrics.state(t) in FINISHED for t in labels)))
@@ -360,23 +361,23 @@ def test_per_trial_label_values_stay_within_the_documented_bound_in_a_real_sweep
         def __reduce__(self):  # Tune pickles callbacks into tuner.pkl: that copy needs no probe
             return (Callback, ())
 
-    summary = run_sweep(spec, echo=lambda line: None,
-                        callbacks=[SweepMetricsCallback(metrics, spec.train.epochs), Probe()])
-    assert summary["trial_states"] == {"terminated": 8}
+    index = run_sweep(spec, echo=lambda line: None, metrics=metrics, callbacks=[Probe()])
+    assert index.trial_states == {"terminated": 8}
     assert seen and max(n for n, _ in seen) <= 2 + keep < 8  # running (≤ 2 CPUs) + kept finished
     assert max(finished for _, finished in seen) <= keep
     kept = trial_labels()
     assert len(kept) == keep
-    best = {t["trial_id"]: t["best"]["val_acc"] for t in summary["trials"]}
+    best = {t.trial_id: t.best.val_acc for t in index.trials}
     dropped = set(best) - kept
     assert min(best[t] for t in kept) >= max(best[t] for t in dropped)  # the best ones stay visible
 
 
 @pytest.mark.slow
-def test_pbt_exploits_and_pauses_are_counted_as_in_the_summary(ray_local, make_spec):
+def test_pbt_exploits_and_pauses_are_counted_as_in_the_record(ray_local, make_spec):
     """PBT pauses trials and restarts them from a better trial's checkpoint: the exporter counts
-    the exploits summary.json records, and its final states match the summary's."""
-    from trainer.driver.metrics import SweepMetrics, SweepMetricsCallback
+    the exploits the trials' records hold, and its final states match the sweep index's."""
+    from service.core.record import SweepStore
+    from trainer.driver.metrics import SweepMetrics
     from trainer.driver.sweep import run_sweep
 
     spec = make_spec(
@@ -388,11 +389,11 @@ def test_pbt_exploits_and_pauses_are_counted_as_in_the_summary(ray_local, make_s
         checkpoint={"keep": None},  # PBT needs donors' checkpoints kept (Ray warns otherwise)
     )
     metrics = SweepMetrics(spec.name)
-    summary = run_sweep(spec, echo=lambda line: None, callbacks=[SweepMetricsCallback(metrics, spec.train.epochs)])
-    exploits = sum(len(t["exploits"]) for t in summary["trials"])
+    index = run_sweep(spec, echo=lambda line: None, metrics=metrics)
+    exploits = sum(len(t.exploits) for t in SweepStore(spec.storage.uri, spec.name).read_trials(index))
     assert exploits > 0
     families = {f.name: f for f in metrics.registry.collect()}
     (counted,) = [s.value for s in families["sweep_pbt_exploits"].samples if s.name == "sweep_pbt_exploits_total"]
     assert counted == exploits
     states = {s.labels["state"]: s.value for s in families["sweep_trials"].samples if s.value}
-    assert states == summary["trial_states"]
+    assert states == index.trial_states

@@ -21,6 +21,7 @@ import yaml
 
 from conftest import BASE_SPEC, deep_update, point_aws_at
 from service.core import storage
+from service.core.record import SweepIndex, SweepStore, TrialSummary
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -69,9 +70,9 @@ def wait_for(condition, what: str, timeout_s: float = 300, proc: subprocess.Pope
     pytest.fail(f"timed out waiting for {what}:\n{log.read_text() if log else ''}")
 
 
-def summary_of(uri: str, name: str) -> dict | None:
+def index_of(uri: str, name: str) -> SweepIndex | None:
     try:
-        return storage.read_summary(uri, name)
+        return SweepStore(uri, name).read_index()
     except storage.StorageError:
         return None
 
@@ -83,28 +84,33 @@ def test_sweep_on_s3_stores_everything_and_pull_reproduces_the_best_val_acc(buck
     assert run.returncode == 0, run.stdout + run.stderr
 
     uri = f"s3://{bucket}/team-a"
-    summary = storage.read_summary(uri, "s3-grid")
-    assert summary["status"] == "finished" and summary["trial_states"] == {"terminated": 2}
+    store = SweepStore(uri, "s3-grid")
+    index = store.read_index()
+    assert index.status == "finished" and index.trial_states == {"terminated": 2}
     objects = keys(bucket, "team-a/s3-grid/")
-    assert {"team-a/s3-grid/spec.yaml", "team-a/s3-grid/summary.json", "team-a/s3-grid/driver.log",
-            "team-a/s3-grid/driver.json"} <= set(objects)
-    for trial in summary["trials"]:
-        assert trial["checkpoint"].startswith(f"s3://{bucket}/team-a/s3-grid/{trial['trial_id']}/checkpoint_")
-        ckpt_key = trial["checkpoint"].removeprefix(f"s3://{bucket}/")
+    assert {"team-a/s3-grid/spec.yaml", "team-a/s3-grid/sweep.json", "team-a/s3-grid/driver.json"} <= set(objects)
+    assert "team-a/s3-grid/summary.json" not in objects and "team-a/s3-grid/driver.log" not in objects
+    assert any(k.startswith("team-a/s3-grid/logs/driver/") for k in objects) and store.read_driver_log()
+    for trial in index.trials:
+        assert f"team-a/s3-grid/{trial.trial_id}/trial.json" in objects
+        assert any(k.startswith(f"team-a/s3-grid/{trial.trial_id}/logs/") for k in objects)
+        assert trial.checkpoint.startswith(f"s3://{bucket}/team-a/s3-grid/{trial.trial_id}/checkpoint_")
+        ckpt_key = trial.checkpoint.removeprefix(f"s3://{bucket}/")
         assert {f"{ckpt_key}/state.pt", f"{ckpt_key}/spec.json", f"{ckpt_key}/checkpoint.json"} <= set(objects)
         # retention: keep 1 by val_acc, plus Ray's latest: at most 2 checkpoints left of 2 epochs
-        kept = {k.split("/")[3] for k in objects if k.startswith(f"team-a/s3-grid/{trial['trial_id']}/checkpoint_")}
+        kept = {k.split("/")[3] for k in objects if k.startswith(f"team-a/s3-grid/{trial.trial_id}/checkpoint_")}
         assert 1 <= len(kept) <= 2
 
     best = sweepctl("best", "s3-grid", "--storage", uri, "--json")
     assert best.returncode == 0, best.stderr
-    assert json.loads(best.stdout) == summary["best"]
+    shown = json.loads(best.stdout)
+    assert TrialSummary.model_validate(shown) == index.best and shown["objective"] == {"metric": "val_acc", "mode": "max"}
 
     out = tmp_path / "pulled"
     pull = sweepctl("pull", "s3-grid", "--storage", uri, "--best", "-o", str(out))
     assert pull.returncode == 0, pull.stdout + pull.stderr
     card = json.loads((out / "model_card.json").read_text())
-    assert card["trial_id"] == summary["best_trial"] and card["config"] == summary["best"]["config"]
+    assert card["trial_id"] == index.best_trial and card["config"] == index.best.config
     assert set(card["files"]) == {"state.pt", "spec.json", "checkpoint.json"}
 
     from trainer import load_model
@@ -114,9 +120,9 @@ def test_sweep_on_s3_stores_everything_and_pull_reproduces_the_best_val_acc(buck
     model, trial_spec = load_model(out)
     data = load_dataset(trial_spec.data, trial_spec.seed)  # the same seed: the same validation split
     _, val_acc = evaluate(model, data.val_x, data.val_y, None)
-    best_trial = next(t for t in summary["trials"] if t["trial_id"] == card["trial_id"])
-    recorded = next(h for h in best_trial["history"] if h["epoch"] == card["epoch"])
-    assert val_acc == pytest.approx(recorded["val_acc"]) == pytest.approx(card["metrics"]["val_acc"])
+    best_trial = store.read_trial(card["trial_id"])
+    recorded = next(h for h in best_trial.history if h.epoch == card["epoch"])
+    assert val_acc == pytest.approx(recorded.val_acc) == pytest.approx(card["metrics"]["val_acc"])
 
     # The report is written here and published next to the sweep in the bucket.
     report = sweepctl("report", "s3-grid", "--storage", uri, cwd=tmp_path)
@@ -148,31 +154,33 @@ def test_killed_driver_resumes_without_rerunning_finished_trials_and_a_second_dr
     spec_path = write_spec(tmp_path, bucket, name="s3-resume",
                            **{**SLOW_TRIALS, "train": {**SLOW_TRIALS["train"], "epochs": epochs_per_trial}})
     uri = f"s3://{bucket}/team-a"
+    store = SweepStore(uri, "s3-resume")
     log = tmp_path / "driver-1.log"
     driver = start_driver("run", str(spec_path), log=log)
     try:
         # A second driver on the same sweep refuses and writes nothing.
-        owner = wait_for(lambda: storage.read_json_if_exists(f"{uri}/s3-resume/driver.json"), "driver.json",
-                         proc=driver, log=log)
-        wait_for(lambda: storage.exists(f"{uri}/s3-resume/spec.yaml"), "spec.yaml", proc=driver, log=log)
-        spec_before = storage.read_text(f"{uri}/s3-resume/spec.yaml")
+        owner = wait_for(lambda: storage.read_json_if_exists(store.lock_uri), "driver.json", proc=driver, log=log)
+        wait_for(lambda: storage.exists(store.spec_uri), "spec.yaml", proc=driver, log=log)
+        spec_before = storage.read_text(store.spec_uri)
         second = sweepctl("resume", "s3-resume", "--storage", uri)
         assert second.returncode == 2, second.stdout + second.stderr
         assert "being run by driver attempt 1" in second.stderr and "Traceback" not in second.stderr
         again = sweepctl("run", str(spec_path))
         assert again.returncode == 2 and "sweepctl resume s3-resume" in again.stderr
-        assert storage.read_json(f"{uri}/s3-resume/driver.json")["token"] == owner["token"]
-        assert storage.read_text(f"{uri}/s3-resume/spec.yaml") == spec_before
+        assert storage.read_json(store.lock_uri)["token"] == owner["token"]
+        assert storage.read_text(store.spec_uri) == spec_before
 
         def one_done_one_checkpointed():
-            s = summary_of(uri, "s3-resume")
+            s = index_of(uri, "s3-resume")
             if not s:
                 return None
-            done = [t for t in s["trials"] if t["status"] == "terminated"]
-            running = [t for t in s["trials"] if t["status"] == "running" and t["checkpoint"] and 1 <= t["epochs"] <= 2]
+            done = [t for t in s.trials if t.status == "terminated"]
+            running = [t for t in s.trials if t.status == "running" and t.checkpoint and 1 <= t.epochs <= 2]
             return s if done and running else None
 
         before = wait_for(one_done_one_checkpointed, "a finished trial and a checkpointed running one", proc=driver, log=log)
+        # The finished trials' full records (histories) as they were before the kill.
+        finished_before = {t.trial_id: store.read_trial(t.trial_id) for t in before.trials if t.status == "terminated"}
         # Tune snapshots which checkpoint each trial has every 2 s (TUNE_GLOBAL_CHECKPOINT_S): let it
         # record this one. The trial has at least 4 epochs (~2 s each) to go, so it is still running.
         time.sleep(3)
@@ -185,26 +193,26 @@ def test_killed_driver_resumes_without_rerunning_finished_trials_and_a_second_dr
 
     resumed = sweepctl("resume", "s3-resume", "--storage", uri)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    after = storage.read_summary(uri, "s3-resume")
-    assert after["status"] == "finished" and after["trial_states"] == {"terminated": 3}
-    assert after["driver_attempt"] == 2
+    after = store.read_index()
+    assert after.status == "finished" and after.trial_states == {"terminated": 3}
+    assert after.driver_attempt == 2
 
-    finished_before = {t["trial_id"]: t for t in before["trials"] if t["status"] == "terminated"}
-    for trial in after["trials"]:
-        epochs = [h["epoch"] for h in trial["history"]]
-        assert epochs == list(range(1, epochs_per_trial + 1)), f"every epoch exactly once: {trial['trial_id']} has {epochs}"
-        if trial["trial_id"] in finished_before:  # not run again: the same records, all from attempt 1
-            assert trial["history"] == finished_before[trial["trial_id"]]["history"]
-            assert {h["attempt"] for h in trial["history"]} == {1}
-    interrupted = [t for t in before["trials"] if t["status"] == "running"]
+    after_trials = store.read_trials(after)
+    for trial in after_trials:
+        epochs = [h.epoch for h in trial.history]
+        assert epochs == list(range(1, epochs_per_trial + 1)), f"every epoch exactly once: {trial.trial_id} has {epochs}"
+        if trial.trial_id in finished_before:  # not run again: the same records, all from attempt 1
+            assert trial.history == finished_before[trial.trial_id].history
+            assert {h.attempt for h in trial.history} == {1}
+    interrupted = [t for t in before.trials if t.status == "running"]
     assert len(interrupted) == 1
-    trial = next(t for t in after["trials"] if t["trial_id"] == interrupted[0]["trial_id"])
-    resumed_epochs = [h for h in trial["history"] if h["attempt"] == 2]
+    trial = next(t for t in after_trials if t.trial_id == interrupted[0].trial_id)
+    resumed_epochs = [h for h in trial.history if h.attempt == 2]
     first = resumed_epochs[0]
     # It continued from a checkpoint of the first attempt (the last one Tune recorded), not from scratch.
-    checkpointed_before_kill = next(t for t in before["trials"] if t["trial_id"] == trial["trial_id"])["epochs"]
-    assert first["resumed_from_epoch"] == first["epoch"] - 1 >= checkpointed_before_kill >= 1
-    assert all(h["attempt"] == 1 for h in trial["history"] if h["epoch"] <= first["resumed_from_epoch"])
+    checkpointed_before_kill = interrupted[0].epochs
+    assert first.resumed_from_epoch == first.epoch - 1 >= checkpointed_before_kill >= 1
+    assert all(h.attempt == 1 for h in trial.history if h.epoch <= first.resumed_from_epoch)
 
 
 def test_sweep_rides_out_a_30_second_storage_outage_and_loses_nothing(tmp_path, monkeypatch):
@@ -230,7 +238,7 @@ def test_sweep_rides_out_a_30_second_storage_outage_and_loses_nothing(tmp_path, 
         log = tmp_path / "driver.log"
         driver = start_driver("run", str(spec_path), log=log)
         try:
-            wait_for(lambda: (s := summary_of(uri, name)) and any(t["checkpoint"] for t in s["trials"]),
+            wait_for(lambda: (s := index_of(uri, name)) and any(t.checkpoint for t in s.trials),
                      "a first checkpoint", proc=driver, log=log)
             server.stop()
             time.sleep(30)
@@ -241,22 +249,23 @@ def test_sweep_rides_out_a_30_second_storage_outage_and_loses_nothing(tmp_path, 
             if driver.poll() is None:
                 driver.kill()
 
-        summary = storage.read_summary(uri, name)
-        assert summary["status"] == "finished" and summary["trial_states"] == {"terminated": 3}, log.read_text()
+        store = SweepStore(uri, name)
+        index = store.read_index()
+        assert index.status == "finished" and index.trial_states == {"terminated": 3}, log.read_text()
         objects = set(keys(bucket, f"team-a/{name}/"))
-        for trial in summary["trials"]:
-            assert [h["epoch"] for h in trial["history"]] == [1, 2, 3, 4]
+        for trial in store.read_trials(index):
+            assert [h.epoch for h in trial.history] == [1, 2, 3, 4]
             # keep: all → every epoch's checkpoint is in the bucket, whole and matching its manifest
-            prefix = f"team-a/{name}/{trial['trial_id']}/"
+            prefix = f"team-a/{name}/{trial.trial_id}/"
             checkpoints = sorted({k[len(prefix):].split("/")[0] for k in objects
                                   if k.startswith(prefix + "checkpoint_") and not k.endswith("/")})
-            assert len(checkpoints) == 4, f"{trial['trial_id']}: {checkpoints}"
+            assert len(checkpoints) == 4, f"{trial.trial_id}: {checkpoints}"
             for ckpt in checkpoints:
                 manifest = json.loads(storage.read_text(f"s3://{bucket}/{prefix}{ckpt}/checkpoint.json"))
                 for file, digest in manifest["sha256"].items():
                     data = storage.read_bytes(f"s3://{bucket}/{prefix}{ckpt}/{file}")
                     assert hashlib.sha256(data).hexdigest() == digest
-            assert trial["checkpoint"].startswith(f"s3://{bucket}/{prefix}checkpoint_")
+            assert trial.checkpoint.startswith(f"s3://{bucket}/{prefix}checkpoint_")
     finally:
         server.stop()
 
@@ -268,11 +277,10 @@ def test_a_two_worker_trial_keeps_its_checkpoints_on_s3(bucket, tmp_path):
                            train={"epochs": 1})
     run = sweepctl("run", str(spec_path))
     assert run.returncode == 0, run.stdout + run.stderr
-    summary = storage.read_summary(f"s3://{bucket}/team-a", "s3-ddp")
-    (trial,) = summary["trials"]
-    assert trial["status"] == "terminated" and trial["history"][0]["duplicate_samples"] == 0
-    assert trial["checkpoint"].startswith(f"s3://{bucket}/team-a/s3-ddp/{trial['trial_id']}/checkpoint_")
-    manifest = json.loads(storage.read_text(trial["checkpoint"] + "/checkpoint.json"))
-    assert hashlib.sha256(storage.read_bytes(trial["checkpoint"] + "/state.pt")).hexdigest() == manifest["sha256"]["state.pt"]
+    (trial,) = SweepStore(f"s3://{bucket}/team-a", "s3-ddp").read_trials()
+    assert trial.status == "terminated" and trial.history[0].duplicate_samples == 0
+    assert trial.checkpoint.startswith(f"s3://{bucket}/team-a/s3-ddp/{trial.trial_id}/checkpoint_")
+    manifest = json.loads(storage.read_text(trial.checkpoint + "/checkpoint.json"))
+    assert hashlib.sha256(storage.read_bytes(trial.checkpoint + "/state.pt")).hexdigest() == manifest["sha256"]["state.pt"]
     # Ray Train's own run (where rank 0 wrote first) is in the bucket too, not on a node's disk.
     assert any(k.startswith("team-a/s3-ddp/.train/train-") for k in keys(bucket, "team-a/s3-ddp/.train/"))

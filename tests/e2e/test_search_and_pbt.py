@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from service.core.record import SweepStore
 from trainer import load_model
 from trainer.loop import weights_digest
 from trainer.models import build_model
@@ -30,7 +31,7 @@ def test_tpe_searchers_with_a_fixed_seed_propose_the_same_configs_twice(ray_loca
     )
     first = run_sweep(make_spec(name=f"{algorithm}-a", **changes), echo=quiet)
     second = run_sweep(make_spec(name=f"{algorithm}-b", **changes), echo=quiet)
-    configs = lambda s: [t["config"] for t in s["trials"]]  # noqa: E731 (summary lists trials as created)
+    configs = lambda s: [t.config for t in s.trials]  # noqa: E731 (the index lists trials as created)
     assert len(configs(first)) == 4
     assert configs(first) == configs(second)
     assert len({str(c) for c in configs(first)}) > 1  # it did explore
@@ -51,18 +52,19 @@ def test_pbt_exploit_restores_the_donors_weights(ray_local, make_spec):
         },
         checkpoint={"keep": None},  # keep every donor checkpoint for the comparison below
     )
-    summary = run_sweep(spec, echo=quiet)
-    exploits = [e for t in summary["trials"] for e in t["exploits"]]
+    index = run_sweep(spec, echo=quiet)
+    trials = SweepStore(spec.storage.uri, spec.name).read_trials(index)
+    exploits = [e for t in trials for e in t.exploits]
     assert exploits, "PBT never exploited"
     for exploit in exploits:
-        donor_model, _ = load_model(exploit["donor_checkpoint"])
-        assert exploit["restored_weights"] == weights_digest(donor_model)
-        state = torch.load(Path(exploit["donor_checkpoint"], "state.pt"), weights_only=True)
-        assert state["epoch"] == exploit["epoch"]  # continued from the donor's epoch
-    exploited = next(t for t in summary["trials"] if t["exploits"])
+        donor_model, _ = load_model(exploit.donor_checkpoint)
+        assert exploit.restored_weights == weights_digest(donor_model)
+        state = torch.load(Path(exploit.donor_checkpoint, "state.pt"), weights_only=True)
+        assert state["epoch"] == exploit.epoch  # continued from the donor's epoch
+    exploited = next(t for t in trials if t.exploits)
     # after the exploit the trial trains with a mutated lr inside the mutation range
-    assert 1e-3 <= exploited["exploits"][-1]["config"]["train.optimizer.lr"] <= 1e-1
-    assert [h["epoch"] for h in exploited["history"]] == [1, 2, 3, 4]
+    assert 1e-3 <= exploited.exploits[-1].config["train.optimizer.lr"] <= 1e-1
+    assert [h.epoch for h in exploited.history] == [1, 2, 3, 4]
 
 
 def test_frozen_transfer_leaves_the_backbone_exactly_as_loaded(ray_local, make_spec, tmp_path):
@@ -76,9 +78,9 @@ def test_frozen_transfer_leaves_the_backbone_exactly_as_loaded(ray_local, make_s
         model={"name": "resnet", "depth": 18, "mode": "frozen", "weights_uri": str(tmp_path / "resnet18.pt")},
         train={"epochs": 1},
     )
-    summary = run_sweep(spec, echo=quiet)
-    (trial,) = summary["trials"]
-    model, _ = load_model(trial["checkpoint"])
+    index = run_sweep(spec, echo=quiet)
+    (trial,) = index.trials
+    model, _ = load_model(trial.checkpoint)
     trained = model.backbone.state_dict()
     assert trained.keys() == {k for k in donor.state_dict() if not k.startswith("fc.")}
     for name, tensor in trained.items():  # weights and BatchNorm running statistics alike

@@ -4,6 +4,7 @@ with its own embedded Ray), driven by `sweepctl submit/status/list/logs/cancel` 
 from __future__ import annotations
 
 import copy
+import json
 import time
 
 import pytest
@@ -13,7 +14,7 @@ from live_service import serve, sweepctl
 from conftest import BASE_SPEC
 from service.control.api import create_app
 from service.control.backends import LocalBackend
-from service.core.storage import read_json
+from service.core.record import SweepStore
 
 TOKEN = "e2e-token"
 
@@ -56,11 +57,21 @@ def test_a_sweep_runs_to_completion_through_the_service_and_another_is_cancelled
 
         status = _wait_for(finished, "svc-digits to finish")
         assert status.startswith("svc-digits: succeeded"), status + cli("logs", "svc-digits").stdout
-        summary = read_json(tmp_path / "runs" / "svc-digits" / "summary.json")
-        assert summary["trial_states"] == {"terminated": 2}
+        index = SweepStore(str(tmp_path / "runs"), "svc-digits").read_index()
+        assert index.trial_states == {"terminated": 2}
         assert "trials: terminated 2 (of 2 planned; driver: finished)" in status
-        best_acc = summary["best"]["metrics"]["val_acc"]
-        assert f"best: val_acc {best_acc:.4f} (trial {summary['best']['trial_id']}, epoch 1)" in status
+        best_acc = index.best.best.val_acc
+        assert f"best: val_acc {best_acc:.4f} (trial {index.best_trial}, epoch 1)" in status
+
+        # Per-trial lines and a trial's own log, through the service's routes.
+        trials = cli("trials", "svc-digits", "--json")
+        assert trials.returncode == 0, trials.stderr
+        body = json.loads(trials.stdout)
+        assert body["total"] == 2 and body["trials"][0]["trial_id"] == index.best_trial  # best first
+        assert {t["trial_id"] for t in body["trials"]} == {t.trial_id for t in index.trials}
+        trial_log = cli("logs", "svc-digits", "--trial", index.best_trial)
+        assert trial_log.returncode == 0, trial_log.stderr
+        assert f"===== trial {index.best_trial}: attempt 1" in trial_log.stdout
 
         listed = cli("list").stdout
         assert any(line.split()[:2] == ["svc-digits", "succeeded"] for line in listed.splitlines()), listed
@@ -79,5 +90,5 @@ def test_a_sweep_runs_to_completion_through_the_service_and_another_is_cancelled
         assert cli("status", "svc-cancel").stdout.startswith("svc-cancel: cancelled")
         again = cli("cancel", "svc-cancel")
         assert again.returncode == 2 and "already cancelled" in again.stderr
-        final = read_json(tmp_path / "runs" / "svc-cancel" / "summary.json")
-        assert final["status"] == "running"  # the driver was stopped, not allowed to finish
+        final = SweepStore(str(tmp_path / "runs"), "svc-cancel").read_index()
+        assert final.status == "interrupted"  # the driver was stopped, not allowed to finish, and said so

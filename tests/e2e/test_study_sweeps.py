@@ -10,8 +10,8 @@ import pytest
 
 from service.cli import main
 from service.core.loading import load_spec
+from service.core.record import SweepStore
 from service.core.spec import max_epochs, num_trials
-from service.core.storage import read_json
 
 pytestmark = pytest.mark.slow
 SWEEPS = sorted((Path(__file__).resolve().parents[2] / "sweeps").glob("*.yaml"))
@@ -58,8 +58,8 @@ def test_study_runs_at_smoke_scale(ray_local, tmp_path, path, capsys):
     args = ["run", str(path)] + [arg for o in overrides for arg in ("--set", o)]
     assert main(args) == 0, capsys.readouterr().err
 
-    summary = read_json(tmp_path / spec.name / "summary.json")
-    assert len(summary["trials"]) == num_trials(spec)
-    assert summary["status"] == "finished"
-    assert all(t["status"] in ("terminated", "stopped_early") for t in summary["trials"]), summary["trial_states"]
+    index = SweepStore(str(tmp_path), spec.name).read_index()
+    assert len(index.trials) == num_trials(spec)
+    assert index.status == "finished"
+    assert all(t.status in ("terminated", "stopped_early") for t in index.trials), index.trial_states
     assert "Top " in capsys.readouterr().out  # the leaderboard was printed

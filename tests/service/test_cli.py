@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ import pytest
 import yaml
 
 from conftest import BASE_SPEC, deep_update
+from service.core.record import Objective, SweepStore, new_index
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -72,13 +72,14 @@ def test_validate_with_overrides_and_a_missing_file():
 def test_run_refuses_an_existing_sweep_and_changes_nothing(tmp_path):
     existing = tmp_path / "runs" / "quickstart"
     existing.mkdir(parents=True)
-    (existing / "summary.json").write_text("{}")
+    index = new_index("quickstart", Objective(metric="val_acc", mode="max"), max_epochs=8, num_trials=12, attempt=1)
+    (existing / "sweep.json").write_text(index.model_dump_json())
     result = sweepctl("run", "sweeps/quickstart.yaml", "--set", f"storage.uri={tmp_path / 'runs'}")
     assert result.returncode == 2
     assert "already exists" in result.stderr and "Traceback" not in result.stderr
     assert "sweepctl resume quickstart" in result.stderr and "--new" in result.stderr
-    assert (existing / "summary.json").read_text() == "{}"
-    assert [p.name for p in existing.iterdir()] == ["summary.json"]
+    assert (existing / "sweep.json").read_text() == index.model_dump_json()
+    assert [p.name for p in existing.iterdir()] == ["sweep.json"]
 
 
 @pytest.mark.slow
@@ -89,18 +90,20 @@ def test_rerunning_a_finished_sweep_with_resume_reruns_nothing_and_new_starts_an
                                                             "train": {"epochs": 1}})))
     first = sweepctl("run", str(spec))
     assert first.returncode == 0, first.stdout + first.stderr
-    before = json.loads((tmp_path / "runs" / "tiny" / "summary.json").read_text())
+    store = SweepStore(str(tmp_path / "runs"), "tiny")
+    before, before_trials = store.read_index(), store.read_trials()
 
     again = sweepctl("run", str(spec), "--resume")
     assert again.returncode == 0, again.stdout + again.stderr
-    after = json.loads((tmp_path / "runs" / "tiny" / "summary.json").read_text())
-    assert after["driver_attempt"] == 2 and after["status"] == "finished"
-    assert after["trials"] == before["trials"]  # the same records: nothing trained again
+    after = store.read_index()
+    assert after.driver_attempt == 2 and after.status == "finished"
+    assert after.trials == before.trials  # the same records: nothing trained again
+    assert store.read_trials() == before_trials  # histories included
 
     other = sweepctl("run", str(spec), "--new")
     assert other.returncode == 0, other.stdout + other.stderr
     assert "running this one as tiny-2" in other.stdout
-    assert json.loads((tmp_path / "runs" / "tiny-2" / "summary.json").read_text())["trial_states"] == {"terminated": 1}
+    assert SweepStore(str(tmp_path / "runs"), "tiny-2").read_index().trial_states == {"terminated": 1}
 
 
 def test_every_shipped_spec_validates():

@@ -25,6 +25,7 @@ from service.core import storage
 from service.control.api import create_app
 from service.control.backends import KubernetesBackend, rayjob_state
 from service.core.loading import parse_spec
+from service.core.record import EpochResult, Objective, SegmentedLog, SweepStore, TrialSummary, new_index
 from service.control.rayjob import RenderOptions, render_rayjob
 
 TOKEN = "api-token"
@@ -226,20 +227,23 @@ def test_status_maps_the_rayjob_status_and_reads_progress_from_storage(api_serve
     assert client.get("/sweeps/k8s-sweep", headers=AUTH).json()["progress"] is None
 
     _set_status(api_server, "k8s-sweep", jobDeploymentStatus="Running", jobStatus="RUNNING")
-    best = {"trial_id": "abc_00001", "config": {"model.filters": 8}, "metrics": {"epoch": 2, "val_acc": 0.93},
-            "checkpoint": f"s3://{bucket}/runs/k8s-sweep/abc_00001/checkpoint_000001"}
-    summary = {"sweep": "k8s-sweep", "status": "running", "num_trials": 4, "trial_states": {"running": 2, "terminated": 1},
-               "objective": {"metric": "val_acc", "mode": "max"}, "best_trial": "abc_00001", "best": best,
-               "trials": [{"trial_id": "abc_00001", "history": []}]}
-    storage.write_json_atomic(f"s3://{bucket}/runs/k8s-sweep/summary.json", summary)
-    storage.write_text_atomic(f"s3://{bucket}/runs/k8s-sweep/driver.log", "k8s-sweep: 4 trials\nepoch 1 ...\n")
+    store = SweepStore(f"s3://{bucket}/runs", "k8s-sweep")
+    best = TrialSummary(trial_id="abc_00001", status="running", config={"model.filters": 8}, epochs=2,
+                        best=EpochResult(epoch=2, val_acc=0.93), checkpoint=f"{store.uri}/abc_00001/checkpoint_000001")
+    index = new_index("k8s-sweep", Objective(metric="val_acc", mode="max"), max_epochs=2, num_trials=4, attempt=1)
+    index.trial_states, index.best_trial, index.trials = {"running": 2, "terminated": 1}, "abc_00001", [best]
+    storage.write_text_atomic(store.index_uri, index.model_dump_json())
+    log = SegmentedLog(store.driver_log_uri(), attempt=1, stream="driver")
+    log.write("k8s-sweep: 4 trials\nepoch 1 ...\n")
+    log.close()
 
     body = client.get("/sweeps/k8s-sweep", headers=AUTH).json()
     assert body["state"] == "running"
     assert body["progress"]["trial_states"] == {"running": 2, "terminated": 1}
-    assert body["progress"]["best"] == best and "trials" not in body["progress"]
-    assert client.get("/sweeps/k8s-sweep/best", headers=AUTH).json()["checkpoint"] == best["checkpoint"]
-    assert client.get("/sweeps/k8s-sweep/logs", headers=AUTH).text == "k8s-sweep: 4 trials\nepoch 1 ...\n"
+    assert body["progress"]["best"] == best.model_dump(mode="json") and "trials" not in body["progress"]
+    assert client.get("/sweeps/k8s-sweep/best", headers=AUTH).json()["checkpoint"] == best.checkpoint
+    logs = client.get("/sweeps/k8s-sweep/logs", headers=AUTH).text
+    assert logs == store.read_driver_log() and logs.endswith("k8s-sweep: 4 trials\nepoch 1 ...\n")
     assert client.get("/sweeps/k8s-sweep/logs?tail=1", headers=AUTH).text == "epoch 1 ...\n"
 
     _set_status(api_server, "k8s-sweep", jobDeploymentStatus="Failed", jobStatus="FAILED",
@@ -293,9 +297,9 @@ def test_a_finished_sweep_cannot_be_cancelled_and_outlives_its_rayjob(api_server
 
     # ttlSecondsAfterFinished removed the RayJob; the results in storage still answer.
     del api_server.objects[(NAMESPACE, "k8s-sweep")]
-    storage.write_json_atomic(f"s3://{bucket}/runs/k8s-sweep/summary.json",
-                              {"sweep": "k8s-sweep", "status": "finished", "started_at": "2030-01-01T00:00:00+00:00",
-                               "trial_states": {"terminated": 1}, "num_trials": 1, "best": None})
+    index = new_index("k8s-sweep", Objective(metric="val_acc", mode="max"), max_epochs=2, num_trials=1, attempt=1)
+    index.status, index.started_at, index.trial_states = "finished", "2030-01-01T00:00:00+00:00", {"terminated": 1}
+    storage.write_text_atomic(SweepStore(f"s3://{bucket}/runs", "k8s-sweep").index_uri, index.model_dump_json())
     body = client.get("/sweeps/k8s-sweep", headers=AUTH).json()
     assert body["state"] == "succeeded" and "RayJob is gone" in body["message"]
     assert body["progress"]["trial_states"] == {"terminated": 1}

@@ -24,7 +24,6 @@ from trainer.driver.metrics import (
     MetricsServer,
     ScrapeTargets,
     SweepMetrics,
-    SweepMetricsCallback,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -284,23 +283,38 @@ def test_sweepctl_run_with_a_busy_metrics_port_fails_cleanly_and_writes_nothing(
     assert not (tmp_path / "quickstart").exists()  # rerunning with another port is not refused
 
 
-def test_the_tune_callback_pickles_without_its_live_metrics():
-    # Tune writes its run config, callbacks included, to tuner.pkl; the copy must not carry locks
-    # or sockets, and must not touch the live registry when called.
+def test_the_tune_callback_pickles_without_its_live_metrics(tmp_path):
+    # Tune writes its run config, callbacks included, to tuner.pkl; the driver's one callback
+    # (SweepEvents, which feeds the metrics) must pickle, and the copy must not carry the live
+    # metrics (locks, the registry), the record writer, the driver log or the exporter's server.
     import pickle
 
+    from conftest import BASE_SPEC, deep_update
+    from service.core.record import Objective, RecordWriter, SegmentedLog, SweepStore, new_index
+    from service.core.spec import SweepSpec
+    from trainer.driver.events import Progress, SweepEvents
+
+    spec = SweepSpec.model_validate(deep_update(BASE_SPEC, {"name": "pickled", "storage": {"uri": str(tmp_path)}}))
+    store = SweepStore(str(tmp_path), "pickled")
+    writer = RecordWriter(store, new_index("pickled", Objective(metric="val_acc", mode="max"), max_epochs=2,
+                                           num_trials=1, attempt=1))
     m = SweepMetrics("pickled")
-    copy = pickle.loads(pickle.dumps(SweepMetricsCallback(m, max_epochs=2, on_setup=lambda: None)))
+    server = MetricsServer(m.registry, 0, "127.0.0.1")
+    try:
+        events = SweepEvents(spec, writer, Progress(lambda line: None, SegmentedLog(store.driver_log_uri(), attempt=1,
+                                                                                     stream="driver")),
+                             attempt=1, metrics=m, on_setup=lambda: server.port)
+        copy = pickle.loads(pickle.dumps(events))
+        assert isinstance(copy, SweepEvents)
+        assert not any(hasattr(copy, live) for live in ("metrics", "writer", "progress", "on_setup", "spec"))
 
-    class Trial:
-        trial_id, status, config = "t", "RUNNING", {}
+        class Trial:
+            trial_id, status, config, checkpoint = "t", "RUNNING", {}, None
 
-    copy.setup()
-    copy.on_step_begin(0, [Trial()])
-    copy.on_trial_start(0, [], Trial())
-    copy.on_trial_result(0, [], Trial(), epoch(1, 0.5))
-    copy.on_trial_complete(0, [], Trial())
-    assert m.exposed_trials() == set() and value(m, "sweep_trials", state="pending") == 0
+        events.on_trial_start(0, [], Trial())  # the original still feeds the live metrics
+        assert m.exposed_trials() == {"t"} and value(m, "sweep_trials", state="running") == 1
+    finally:
+        server.stop()
 
 
 def test_the_readme_lists_every_metric():
