@@ -7,7 +7,7 @@ The trials: seed 000's CNN on CIFAR-shaped synthetic data, a grid over the learn
 - plain: ``trainer.loop.fit`` on each trial's spec, one after another in this process (data
   loaded once, as one reused Tune actor does; checkpoints written to a temporary directory).
 - sweep: ``sweepctl run`` in a fresh process, the whole command timed (Python and Ray start-up,
-  Tune, our summary writes and checkpoint copies, shutdown). Trials use every core
+  Tune, our record writes and checkpoint copies, shutdown). Trials use every core
   (``cpus_per_worker`` = cores), so they run one at a time, like the plain loop.
 - The same sweep with 1 trial splits the overhead: overhead(N) = start-up + N × per-trial, so
   per-trial = (overhead(N) - overhead(1)) / (N - 1).

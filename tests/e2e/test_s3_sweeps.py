@@ -284,3 +284,8 @@ def test_a_two_worker_trial_keeps_its_checkpoints_on_s3(bucket, tmp_path):
     assert hashlib.sha256(storage.read_bytes(trial.checkpoint + "/state.pt")).hexdigest() == manifest["sha256"]["state.pt"]
     # Ray Train's own run (where rank 0 wrote first) is in the bucket too, not on a node's disk.
     assert any(k.startswith("team-a/s3-ddp/.train/train-") for k in keys(bucket, "team-a/s3-ddp/.train/"))
+    # Rank 0's output is in the trial's log on S3, each line once; rank 1 succeeded, so it kept none.
+    log = sweepctl("logs", "s3-ddp", "--trial", trial.trial_id, "--storage", f"s3://{bucket}/team-a")
+    assert log.returncode == 0, log.stderr
+    assert f"trial {trial.trial_id}: attempt 1, rank0 =====" in log.stdout and "rank1 =====" not in log.stdout
+    assert log.stdout.count("2 worker(s)") == 1 and log.stdout.count("epoch 1/1:") == 1
