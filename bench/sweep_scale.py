@@ -4,6 +4,10 @@ same trials under a plain Ray Tune script, side by side for N = 100, 400, 1600 t
     .venv/bin/python bench/sweep_scale.py [--ns 100,400,1600] [--repeats 1] [--workdir DIR]
     .venv/bin/python bench/sweep_scale.py --ns 100,10000     # optional: the 10,000-trial run (long)
 
+Takes ~12-15 min on 2 cores with the driver of 5553cfb (ours at N=1600 alone ~9 min; plain
+~1 min); `--smoke` (N = 8, 16) ~1.5-2 min, most of it four Ray start-ups and trial workers
+importing torch.
+
 The trials are tiny on purpose, so that what is left is the driver's work per trial: an MLP with
 one hidden layer of 16 units on 256 synthetic 1×8×8 images (10 classes), 1 epoch, amp off, one
 checkpoint each (``checkpoint: {every: 1, keep: 1}``), 0.5 CPU per trial and 4 trials at a time
@@ -13,10 +17,12 @@ and num_samples from ``trainer.driver.space``, as the driver does).
 
 - ours: ``sweepctl run SPEC --metrics-port PORT`` (a free port: the Prometheus exporter is part of
   what we ship, so it stays on) in a fresh process, launch to exit: Python start-up, Ray, Tune,
-  our summary/driver.log/driver.json writes, the exporter, Tune's shutdown.
+  our sweep record (service/core/record.py) and driver.json writes, the exporter, Tune's shutdown.
 - plain: a fresh process that runs the same trainable (``trainer.trainable.tune_trial``, same
   spec JSON) with ``tune.Tuner`` and nothing of ours around it: no callbacks, no summary, no
-  exporter, no lock; ``reuse_actors=True``, ``max_concurrent_trials=4``, Tune's default trial
+  exporter, no lock (the trainable itself captures each trial's output into
+  <storage>/<name>/<trial_id>/logs/ on both sides: that is inside the trial, not the driver);
+  ``reuse_actors=True``, ``max_concurrent_trials=4``, Tune's default trial
   directory names, ``CheckpointConfig(num_to_keep=None)``. For fairness it sets the same Ray/Tune
   environment variables our driver sets at import time (read from the ``os.environ.setdefault``
   calls in trainer/driver/*.py, printed in the header: RAY_AIR_NEW_OUTPUT=0, TUNE_GLOBAL_CHECKPOINT_S=2,
@@ -30,7 +36,8 @@ and num_samples from ``trainer.driver.space``, as the driver does).
   in the driver (``service.core.storage.WRITES``: objects and bytes through write_bytes_atomic).
 - After every run the trials are counted on disk, not from our record: trial directories of the
   experiment holding a ``checkpoint_*`` directory, on both sides; a side that did not run exactly
-  N trials with one checkpoint each stops the benchmark.
+  N trials with one checkpoint each stops the benchmark (exit code 1, even when the side's own
+  command exited 0; what was measured before is still written to ``--json``).
 - Rounds are interleaved, and the side that goes first alternates from one N (and round) to the
   next. With ``--repeats`` > 1 the table shows the best (least disturbed) run of each side.
 
@@ -211,7 +218,7 @@ def run_side(side: str, n: int, run_dir: Path, *, samples: int) -> dict:
     usage = json.loads(usage_file.read_text())
     trials, checkpoints = on_disk(storage / name)
     if trials != n or checkpoints != n:
-        raise SystemExit(f"{side} for N={n} ran {trials} trials with {checkpoints} checkpoint directories on disk "
+        raise SystemExit(f"{side} for N={n} (exit {done.returncode}) ran {trials} trials with {checkpoints} checkpoint directories on disk "
                          f"under {storage / name}, expected {n} and {n}; output ({log_file}):\n{_tail(log_file)}")
     row = {"side": side, "n": n, "name": name, "wall_seconds": wall, **usage,
            "trials_on_disk": trials, "checkpoints_on_disk": checkpoints}
@@ -267,7 +274,12 @@ def main() -> None:
                 step += 1
                 for side in order:
                     run_dir = workdir / f"scale-n{n}-r{r}-{side}"
-                    row = run_side(side, n, run_dir, samples=args.samples)
+                    try:
+                        row = run_side(side, n, run_dir, samples=args.samples)
+                    except SystemExit as failed:  # keep what was measured before the failure
+                        finish({"benchmark": "sweep_scale", "machine": info, "ns": ns, "runs": runs,
+                                "error": str(failed.code)}, args.json)
+                        raise
                     row["round"] = r
                     runs.append(row)
                     extra = (f", {row['storage_writes']} writes, {row['storage_bytes'] / 1e6:.2f} MB"
