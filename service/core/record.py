@@ -118,6 +118,14 @@ class Exploit(_Model):
     config: dict[str, Any] = {}
 
 
+class CheckpointRef(_Model):
+    """A checkpoint the trial keeps in storage (retention deletes the others)."""
+
+    uri: str
+    epoch: int  # the epoch it was saved after
+    objective: float | None = None  # that epoch's objective: retention keeps the best
+
+
 class TrialError(_Model):
     """Why a trial failed for good: the exception raised in the trial, and where its log is."""
 
@@ -148,7 +156,7 @@ class TrialRecord(TrialSummary):
     format: int = FORMAT
     history: list[EpochResult] = []  # one entry per epoch, the latest attempt's where epochs were re-run
     exploits: list[Exploit] = []  # PBT
-    checkpoints: list[str] = []  # URIs of the checkpoints Tune reported (retention may delete older ones)
+    checkpoints: list[CheckpointRef] = []  # the checkpoints kept in storage, oldest first
     val_split: str | None = None  # fingerprint of the validation indices (equal across the sweep's trials)
     log: str | None = None  # URI of the trial's log directory
     started_at: str | None = None

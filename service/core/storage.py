@@ -250,6 +250,30 @@ def list_files(uri: str) -> list[str]:
     return sorted(names)
 
 
+def delete_tree(uri: str) -> int:
+    """Delete the directory/prefix ``uri`` and everything under it; returns the files deleted."""
+    uri = normalize(uri)
+    if not is_s3(uri):
+        import shutil
+
+        root = local_path(uri)
+        count = sum(1 for p in root.rglob("*") if p.is_file()) if root.is_dir() else 0
+        shutil.rmtree(root, ignore_errors=True)
+        return count
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = split_s3(uri)
+    client = s3_client()
+    try:
+        keys = [obj["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key + "/")
+                for obj in page.get("Contents", [])]
+        for start in range(0, len(keys), 1000):  # S3's limit per DeleteObjects
+            client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[start:start + 1000]]})
+    except (ClientError, BotoCoreError) as err:
+        raise _s3_error(err, uri) from err
+    return len(keys)
+
+
 def download_dir(uri: str, target: Path) -> list[Path]:
     """Copy every file under ``uri`` into ``target`` (created); returns the local files."""
     target = Path(target)

@@ -108,7 +108,7 @@ def test_a_raising_trial_keeps_its_traceback_in_its_log_local_storage_through_th
     assert api_trials.json()["trials"] == json.loads(listed.stdout)["trials"]
     assert [t["status"] for t in client.get("/sweeps/logs-local/trials?status=error", headers=AUTH).json()["trials"]] == ["error"]
     detail = client.get(f"/sweeps/logs-local/trials/{good['trial_id']}", headers=AUTH).json()
-    assert [h["epoch"] for h in detail["history"]] == [1, 2] and detail["checkpoint"] in detail["checkpoints"]
+    assert [h["epoch"] for h in detail["history"]] == [1, 2] and detail["checkpoint"] in [c["uri"] for c in detail["checkpoints"]]
     assert detail["log_url"] == f"/sweeps/logs-local/trials/{good['trial_id']}/logs"
     api_log = client.get(f"/sweeps/logs-local/trials/{failed['trial_id']}/logs", headers=AUTH)
     assert api_log.status_code == 200 and api_log.text == log.stdout

@@ -9,7 +9,7 @@ import pytest
 
 from service.core import storage
 from service.core.record import (
-    EpochResult, Exploit, Objective, RecordError, RecordWriter, SegmentedLog, SweepIndex, SweepStore, TrialError,
+    CheckpointRef, EpochResult, Exploit, Objective, RecordError, RecordWriter, SegmentedLog, SweepIndex, SweepStore, TrialError,
     TrialRecord, new_index, next_log_attempt, ranked, read_segmented_log, trials_body,
 )
 from service.core.errors import UserError
@@ -26,7 +26,8 @@ def _record(trial_id: str, accs: list[float], **fields) -> TrialRecord:
 
 def test_a_full_trial_record_and_index_round_trip_through_json():
     record = _record(
-        "t_00001", [0.5, 0.7, 0.6], restarts=1, checkpoints=["/r/s/t_00001/checkpoint_000001"],
+        "t_00001", [0.5, 0.7, 0.6], restarts=1,
+        checkpoints=[CheckpointRef(uri="/r/s/t_00001/checkpoint_000001", epoch=2, objective=0.7)],
         exploits=[Exploit(epoch=2, donor="t_00000", donor_checkpoint="s3://b/p/s/t_00000/checkpoint_000001",
                           restored_weights="abc", config={"train.optimizer.lr": 2e-3})],
         error=TrialError(type="ValueError", message="boom\nsecond line", log="s3://b/p/s/t_00001/logs", attempt=2),

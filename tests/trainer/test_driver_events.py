@@ -117,7 +117,7 @@ def test_the_callback_classifies_completion_stops_exploits_and_errors_once_for_e
                                                  restored_from=f"{tmp_path}/ev/t_a/checkpoint_000001"))
     c.error = RayTaskError("fit", "Traceback ...", ValueError("lr too high\nmore"))
     events.on_trial_error(0, trials, c)
-    index = events.finish(None)
+    index = events.finish()
 
     store = SweepStore(str(tmp_path), "ev")
     assert store.read_index() == index
@@ -130,7 +130,8 @@ def test_the_callback_classifies_completion_stops_exploits_and_errors_once_for_e
     assert record.error.log == store.trial_log_uri("t_c")
     assert [(x.donor, x.epoch) for x in record.exploits] == [("t_a", 2)]
     assert index.best_trial == "t_c" and index.trial_states == {"terminated": 1, "stopped_early": 1, "error": 1}
-    assert store.read_trial("t_a").checkpoints[-1].endswith("checkpoint_000003")
+    kept = store.read_trial("t_a").checkpoints  # keep: 2 → the 2 best (epochs 3, 4; 4 is also the latest)
+    assert [c.epoch for c in kept] == [3, 4] and kept[-1].uri.endswith("checkpoint_000003")
     # the same classification reached the metrics
     assert [metrics.state(t) for t in ("t_a", "t_b", "t_c")] == ["terminated", "stopped_early", "error"]
     text = metrics.exposition().decode()
@@ -154,3 +155,29 @@ def test_the_callback_pickles_into_tuner_pkl_without_anything_live(tmp_path):
     events, _, _ = _events(tmp_path, 1)
     copy = pickle.loads(pickle.dumps(events))
     assert copy.__dict__ == {}
+
+
+def test_retention_keeps_the_best_k_and_the_latest_and_deletes_the_rest_from_storage(tmp_path):
+    from service.core.record import CheckpointRef
+    from trainer.driver.events import retained
+
+    events, _, _ = _events(tmp_path, 1, epochs=5)
+    trial = FakeTrial("t_r", {"train.optimizer.lr": 1e-3})
+    events.on_step_begin(0, [trial])
+    events.on_trial_start(0, [trial], trial)
+    for epoch, acc in enumerate([0.5, 0.9, 0.6, 0.8, 0.4], 1):
+        events.on_trial_result(0, [trial], trial, _result(epoch, acc))
+        path = tmp_path / "ev" / "t_r" / f"checkpoint_{epoch - 1:06d}"
+        path.mkdir(parents=True)
+        (path / "state.pt").write_bytes(b"x")
+        events.on_checkpoint(0, [trial], trial, Checkpoint(str(path)))
+    record = events.writer.trials["t_r"]
+    # keep: 2 → epochs 2 (0.9) and 4 (0.8), plus the latest (5), on disk and in the record
+    assert [c.epoch for c in record.checkpoints] == [2, 4, 5]
+    assert sorted(p.name for p in (tmp_path / "ev" / "t_r").glob("checkpoint_*")) == [
+        "checkpoint_000001", "checkpoint_000003", "checkpoint_000004"]
+    assert record.checkpoint.endswith("checkpoint_000001")  # the best kept one
+    min_loss = Objective(metric="val_loss", mode="min")
+    refs = [CheckpointRef(uri=str(i), epoch=i, objective=v) for i, v in enumerate([0.3, 0.1, None, 0.2], 1)]
+    assert [c.epoch for c in retained(refs, 1, min_loss)] == [2, 4]
+    assert retained(refs, None, min_loss) == refs

@@ -21,8 +21,10 @@ from typing import Callable
 
 from ray.tune import Callback
 
+from service.core import storage
 from service.core.record import (
-    EpochResult, Exploit, RecordWriter, SegmentedLog, SweepIndex, TrialError, now_iso, RESULT_KEYS,
+    RESULT_KEYS, CheckpointRef, EpochResult, Exploit, Objective, RecordWriter, SegmentedLog, SweepIndex, TrialError,
+    now_iso,
 )
 from service.core.spec import SweepSpec, search_space
 
@@ -100,13 +102,26 @@ class SweepEvents(Callback):
         self._tick()
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
-        """Tune stored a checkpoint: the record carries it from the trial's next write on (its
-        result or its completion), so a checkpoint costs no write of its own."""
+        """Tune stored a checkpoint (after the result of its epoch). Retention is ours: keep the
+        ``checkpoint.keep`` best by the objective plus the latest, delete the rest. (Tune's own
+        ``num_to_keep`` forces an experiment snapshot, O(trials), at every checkpoint past it, and
+        may delete the checkpoint its last snapshot names.) The record carries the change from
+        the trial's next write, so a checkpoint costs no record write of its own."""
         record = self._added(trial)
-        uri = self.writer.store.checkpoint_uri(checkpoint.path)
-        record.checkpoint = uri
-        if uri not in record.checkpoints:
-            record.checkpoints.append(uri)
+        latest = record.history[-1] if record.history else None
+        ref = CheckpointRef(uri=self.writer.store.checkpoint_uri(checkpoint.path),
+                            epoch=latest.epoch if latest else 0,
+                            objective=latest.metric(self.spec.objective.metric) if latest else None)
+        record.checkpoints = [c for c in record.checkpoints if c.uri != ref.uri] + [ref]
+        keep = retained(record.checkpoints, self.spec.checkpoint.keep, self.writer.index.objective)
+        for old in [c for c in record.checkpoints if c not in keep]:
+            try:
+                storage.delete_tree(old.uri)
+            except storage.StorageError as err:  # kept in the record: retried at the next checkpoint
+                self.progress.say(f"warning: could not delete {old.uri} ({err}); retrying later")
+                keep.append(old)
+        record.checkpoints = [c for c in record.checkpoints if c in keep]
+        record.checkpoint = _best_checkpoint(record.checkpoints, self.writer.index.objective)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         record = self._added(trial)
@@ -173,18 +188,8 @@ class SweepEvents(Callback):
             self.progress.status(self.writer.index)
         self.progress.maybe_flush()
 
-    def finish(self, results, status: str = "finished") -> SweepIndex:
-        """Each trial's best retained checkpoint from Tune's result grid; the final index."""
-        metric, mode = self.spec.objective.metric, self.spec.objective.mode
-        for result in results or ():
-            trial_id = (result.metrics or {}).get("trial_id")
-            record = self.writer.trials.get(trial_id)
-            if record is None:
-                continue
-            best = _best_retained_checkpoint(result, metric, mode)
-            if best and self.writer.store.checkpoint_uri(best) != record.checkpoint:
-                record.checkpoint = self.writer.store.checkpoint_uri(best)
-                self.writer.changed(record)
+    def finish(self, status: str = "finished") -> SweepIndex:
+        """The final index (each trial's record already names its best kept checkpoint)."""
         for _ in range(30):  # the final index must land: retry through a storage outage
             if self.writer.write_index(status, self.wall_seconds()) or self.writer.fenced():
                 break
@@ -195,12 +200,23 @@ class SweepEvents(Callback):
         return self.writer.index
 
 
-def _best_retained_checkpoint(result, metric: str, mode: str) -> str | None:
-    pairs = [(c, m) for c, m in (result.best_checkpoints or []) if metric in m]
-    if pairs:
-        pick = max if mode == "max" else min
-        return pick(pairs, key=lambda cm: cm[1][metric])[0].path
-    return result.checkpoint.path if result.checkpoint else None
+def retained(checkpoints: list[CheckpointRef], keep: int | None, objective: Objective) -> list[CheckpointRef]:
+    """The checkpoints retention keeps: the ``keep`` best by the objective (earlier first among
+    equals), and always the latest (what a restart or a resumed sweep continues from)."""
+    if keep is None or len(checkpoints) <= keep:
+        return list(checkpoints)
+    sign = -1 if objective.mode == "max" else 1
+    scored = sorted((c for c in checkpoints if c.objective is not None), key=lambda c: (sign * c.objective, c.epoch))
+    kept = {id(c) for c in scored[:keep]} | {id(checkpoints[-1])}
+    return [c for c in checkpoints if id(c) in kept]
+
+
+def _best_checkpoint(checkpoints: list[CheckpointRef], objective: Objective) -> str | None:
+    scored = [c for c in checkpoints if c.objective is not None]
+    if not scored:
+        return checkpoints[-1].uri if checkpoints else None
+    sign = -1 if objective.mode == "max" else 1
+    return min(scored, key=lambda c: (sign * c.objective, c.epoch)).uri
 
 
 def _headline(message: str) -> str:

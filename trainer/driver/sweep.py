@@ -134,19 +134,17 @@ def run_sweep(
                     name=spec.name,
                     storage_path=storage_path,
                     storage_filesystem=fs,
-                    checkpoint_config=tune.CheckpointConfig(
-                        num_to_keep=spec.checkpoint.keep,
-                        checkpoint_score_attribute=spec.objective.metric,
-                        checkpoint_score_order=spec.objective.mode,
-                    ),
+                    # Retention (checkpoint.keep) is the driver's (trainer/driver/events.py):
+                    # Tune's num_to_keep would force an experiment snapshot at every checkpoint.
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
                     # A crashed trial (killed worker, lost node) restarts from its last checkpoint.
                     failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
                     callbacks=all_callbacks,
                     verbose=0,  # the progress line (trainer/driver/events.py) instead of Tune's tables
                 ),
             )
-        results = tuner.fit()
-        index = events.finish(results)
+        tuner.fit()
+        index = events.finish()
         lock.release("finished")
         return index
     except BaseException:
