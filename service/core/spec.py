@@ -388,7 +388,7 @@ class ResourcesSpec(_Strict):
 
 
 class StorageSpec(_Strict):
-    # Where spec.yaml, summary.json, trial results and checkpoints go: file://PATH, a plain path,
+    # Where the spec, the sweep record, logs and checkpoints go: file://PATH, a plain path,
     # or s3://bucket/prefix (any S3-compatible store; endpoint and credentials come from the AWS
     # environment variables, never from the spec).
     uri: str = "file://./runs"

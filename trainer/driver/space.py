@@ -89,7 +89,7 @@ def _domain(primitive):
 
 
 def _plain(value):
-    """Trial configs must be plain data (they go into summary.json): models become dicts of
+    """Trial configs must be plain data (they go into the sweep record): models become dicts of
     what the spec set (defaults are filled in again when the trial's spec is validated)."""
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json", exclude_unset=True)
