@@ -36,9 +36,9 @@ test: $(STAMP) $(HELM_STAMP)
 test-fast: $(STAMP) $(HELM_STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
-# The four benchmarks of bench/README.md, one after another (each prints its figures; ~15 minutes
+# The five benchmarks of bench/README.md, one after another (each prints its figures; ~20 minutes
 # on 2 cores). One alone: .venv/bin/python bench/<name>.py (--help for sizes, --smoke for tiny).
-BENCHMARKS := train_throughput mfu sweep_overhead scheduler_efficiency
+BENCHMARKS := train_throughput mfu sweep_overhead scheduler_efficiency sweep_scale
 bench: $(STAMP)
 	for name in $(BENCHMARKS); do echo "== bench/$$name.py"; $(BIN)/python bench/$$name.py || exit 1; done
 
