@@ -181,3 +181,16 @@ def test_retention_keeps_the_best_k_and_the_latest_and_deletes_the_rest_from_sto
     refs = [CheckpointRef(uri=str(i), epoch=i, objective=v) for i, v in enumerate([0.3, 0.1, None, 0.2], 1)]
     assert [c.epoch for c in retained(refs, 1, min_loss)] == [2, 4]
     assert retained(refs, None, min_loss) == refs
+
+
+def test_the_progress_line_counts_states_and_names_the_best_trial(tmp_path):
+    from trainer.driver.events import progress_line
+
+    events, _, _ = _events(tmp_path, 2)
+    assert progress_line(events.writer.snapshot()).endswith("2 trials: none created yet | no result yet")
+    trial = FakeTrial("t_p", {"train.optimizer.lr": 1e-3})
+    events.on_step_begin(0, [trial])
+    events.on_trial_start(0, [trial], trial)
+    events.on_trial_result(0, [trial], trial, _result(1, 0.75))
+    line = progress_line(events.writer.snapshot(wall_seconds=65))
+    assert line == "[01:05] 2 trials: 1 running | best val_acc 0.7500 (trial t_p, epoch 1)"

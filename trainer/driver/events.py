@@ -308,4 +308,4 @@ def progress_line(index: SweepIndex) -> str:
     best_text = (f"best {metric} {best.best.metric(metric):.4f} (trial {best.trial_id}, epoch {best.best.epoch})"
                  if best is not None else "no result yet")
     elapsed = int(index.wall_seconds)
-    return f"[{elapsed // 60:02d}:{elapsed % 60:02d}] {index.num_trials} trials: {counts} | {best_text}"
+    return f"[{elapsed // 60:02d}:{elapsed % 60:02d}] {index.num_trials} trials: {counts or 'none created yet'} | {best_text}"
