@@ -190,3 +190,34 @@ def test_the_index_is_written_at_a_bounded_rate_in_bytes(tmp_path):
     # 25 simulated seconds: at most one write per second early on, the byte budget once it binds
     assert index_bytes <= budget * clock.now + last_size
     assert last_size > budget  # the index outgrew one second's budget: the rate bound was exercised
+
+
+def test_sweepctl_logs_follow_prints_a_growing_trial_log_once_and_stops_when_it_finished(tmp_path, capsys, monkeypatch):
+    import threading
+
+    from service.cli import main
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "no-config"))  # no service configured: storage
+    monkeypatch.delenv("SWEEPCTL_SERVER", raising=False)
+    store = SweepStore(str(tmp_path), "s")
+    writer = RecordWriter(store, new_index("s", MAX, max_epochs=2, num_trials=1, attempt=1))
+    record = writer.trial("t_1")
+    writer.set_status(record, "running")
+    writer.changed(record)
+    log = SegmentedLog(store.trial_log_uri("t_1"), attempt=1)
+    log.write("epoch 1\n")
+    log.flush()
+
+    def finish_later():
+        import time
+
+        time.sleep(1.0)
+        log.write("epoch 2\n")
+        log.close()
+        writer.set_status(record, "terminated")
+        writer.changed(record)
+
+    threading.Thread(target=finish_later).start()
+    assert main(["logs", "s", "--trial", "t_1", "--storage", str(tmp_path), "--follow"]) == 0
+    out = capsys.readouterr().out
+    assert out == "===== trial t_1: attempt 1 =====\nepoch 1\nepoch 2\n"
