@@ -11,7 +11,7 @@ from service.core.errors import UserError
 from service.core.loading import SpecError, load_spec
 from service.core.spec import SweepSpec, max_epochs, num_trials, search_space
 from service.core import storage
-from service.core.record import FINISHED_STATES, TRIAL_STATES, RecordError, SweepStore, trials_body
+from service.core.record import FINISHED_STATES, TRIAL_STATES, RecordError, SweepIndex, SweepStore, trials_body
 
 EXIT_USER_ERROR = 2
 # The storage of verbs that name a sweep (leaderboard, best, pull, ...): the spec's default unless set.
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args) or 0
-    except (SpecError, UserError) as err:
+    except (SpecError, UserError, RecordError) as err:  # RecordError: a bad trial id, an unreadable record
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
@@ -209,10 +209,7 @@ def _drive(spec: SweepSpec, *, resume: bool, top: int, wait_for_resources: bool,
 
 def _read_index(storage_uri: str, name: str) -> tuple[SweepStore, SweepIndex]:
     store = SweepStore(storage_uri, name)
-    try:
-        index = store.read_index()
-    except RecordError as err:
-        raise UserError(str(err)) from None
+    index = store.read_index()
     if index is None:
         raise UserError(f"no sweep '{name}' under {storage_uri} (looked for {store.index_uri}); pass --storage URI")
     return store, index
@@ -451,6 +448,8 @@ def cmd_trials(args) -> int:
 def cmd_logs(args) -> int:
     import time
 
+    from service.control.backends import TERMINAL_STATES
+
     if _use_service(args):
         client = _client(args)
         if args.trial:
@@ -458,7 +457,7 @@ def cmd_logs(args) -> int:
             done = lambda: _service_call(lambda: client.trial(args.name, args.trial))["status"] in FINISHED_STATES  # noqa: E731
         else:
             read = lambda: _service_call(lambda: client.logs(args.name))  # noqa: E731
-            done = lambda: _service_call(lambda: client.status(args.name))["state"] in ("succeeded", "failed", "cancelled")  # noqa: E731
+            done = lambda: _service_call(lambda: client.status(args.name))["state"] in TERMINAL_STATES  # noqa: E731
     else:
         store = SweepStore(_storage_of(args), args.name)
         if not store.exists():

@@ -38,7 +38,7 @@ from service.control.backends import Backend, BackendError, SweepInfo
 from service.core.errors import UserError
 from service.core.loading import SpecError, parse_spec
 from service.core.record import (
-    TRIAL_STATES, EpochResult, Objective, RecordError, SweepIndex, SweepStore, TrialRecord, TrialSummary, trials_body,
+    TRIAL_STATES, Objective, RecordError, SweepIndex, SweepStore, TrialRecord, TrialSummary, trials_body,
 )
 from service.core.spec import num_trials
 

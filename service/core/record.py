@@ -22,7 +22,6 @@ Sweeps written before this format (one ``summary.json`` holding everything) are 
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import threading
@@ -30,7 +29,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from service.core import storage
 from service.core.errors import UserError
@@ -188,8 +187,7 @@ class SweepIndex(_Model):
 
     @property
     def best(self) -> TrialSummary | None:
-        by_id = {t.trial_id: t for t in self.trials}
-        return by_id.get(self.best_trial) if self.best_trial else None
+        return self.trial(self.best_trial) if self.best_trial else None
 
     def trial(self, trial_id: str) -> TrialSummary | None:
         return next((t for t in self.trials if t.trial_id == trial_id), None)
@@ -203,32 +201,29 @@ def ranked(trials: Iterable[TrialSummary], objective: Objective) -> list:
 
 
 # ============================================================================ queries
-SORT_KEYS = {"epochs": lambda t: -t["epochs"], "seconds": lambda t: -t["seconds"], "trial": lambda t: t["trial_id"]}
+SORT_KEYS = {"epochs": lambda t: -t.epochs, "seconds": lambda t: -t.seconds, "trial": lambda t: t.trial_id}
 
 
-def sort_trials(trials: list[dict], objective: dict, key: str) -> list[dict]:
-    """Trial summaries (as JSON) sorted for a table: by the objective or a metric (best first,
-    unscored last), or by epochs/seconds (most first) or trial id. One rule for CLI and API."""
+def sort_trials(trials: list[TrialSummary], objective: Objective, key: str) -> list[TrialSummary]:
+    """Trials sorted for a table: by the objective or a metric (best first, unscored last), or by
+    epochs/seconds (most first) or trial id. One rule for CLI and API."""
     if key in SORT_KEYS:
         return sorted(trials, key=SORT_KEYS[key])
-    metric = objective["metric"] if key == "objective" else key
+    metric = objective.metric if key == "objective" else key
     if metric not in ("val_acc", "val_loss", "train_acc", "train_loss"):
         raise UserError(f"cannot sort by {key!r}: use objective, val_acc, val_loss, train_acc, train_loss, "
                         f"epochs, seconds or trial")
-    mode = "min" if metric.endswith("loss") else "max"
-    order = ranked([TrialSummary.model_validate(t) for t in trials], Objective(metric=metric, mode=mode))
-    by_id = {t["trial_id"]: t for t in trials}
-    scored = [by_id[t.trial_id] for t in order]
-    return scored + [t for t in trials if t["trial_id"] not in {s["trial_id"] for s in scored}]
+    scored = ranked(trials, Objective(metric=metric, mode="min" if metric.endswith("loss") else "max"))
+    placed = {t.trial_id for t in scored}
+    return scored + [t for t in trials if t.trial_id not in placed]
 
 
 def trials_body(index: SweepIndex, *, sort: str = "objective", status: str | None = None) -> dict:
     """What `sweepctl trials --json` prints and GET /sweeps/{name}/trials answers."""
-    trials = [t.model_dump(mode="json") for t in index.trials if status is None or t.status == status]
+    trials = sort_trials([t for t in index.trials if status is None or t.status == status], index.objective, sort)
     return {"sweep": index.sweep, "status": index.status, "objective": index.objective.model_dump(),
             "updated_at": index.updated_at, "total": len(trials),
-            "trials": sort_trials(trials, index.objective.model_dump(), sort)}
-
+            "trials": [t.model_dump(mode="json") for t in trials]}
 
 
 # ============================================================================ the layout
@@ -262,9 +257,6 @@ class SweepStore:
     def driver_log_uri(self) -> str:
         return self.path(LOGS, "driver")
 
-    def trial_uri(self, trial_id: str) -> str:
-        return self.path(_safe_id(trial_id))
-
     def trial_record_uri(self, trial_id: str) -> str:
         return self.path(_safe_id(trial_id), TRIAL_RECORD)
 
@@ -296,14 +288,18 @@ class SweepStore:
         return _parse(SweepIndex, _legacy_index(legacy), self.path(LEGACY_SUMMARY))
 
     def read_trial(self, trial_id: str) -> TrialRecord | None:
-        raw = storage.read_json_if_exists(self.trial_record_uri(trial_id))
-        if raw is not None:
-            return _parse(TrialRecord, raw, self.trial_record_uri(trial_id))
+        record = self._read_trial_record(trial_id)
+        if record is not None:
+            return record
         legacy = storage.read_json_if_exists(self.path(LEGACY_SUMMARY))
         for trial in (legacy or {}).get("trials", []):
             if trial.get("trial_id") == trial_id:
-                return _parse(TrialRecord, _legacy_trial(trial, legacy), self.path(LEGACY_SUMMARY))
+                return _parse(TrialRecord, _legacy_trial(trial), self.path(LEGACY_SUMMARY))
         return None
+
+    def _read_trial_record(self, trial_id: str) -> TrialRecord | None:
+        raw = storage.read_json_if_exists(self.trial_record_uri(trial_id))
+        return None if raw is None else _parse(TrialRecord, raw, self.trial_record_uri(trial_id))
 
     def read_trials(self, index: SweepIndex | None = None) -> list[TrialRecord]:
         """Every trial's full record, in the index's order (one read per trial)."""
@@ -312,10 +308,10 @@ class SweepStore:
             return []
         if not storage.exists(self.index_uri):  # old format: everything is in summary.json
             legacy = storage.read_json(self.path(LEGACY_SUMMARY))
-            return [_parse(TrialRecord, _legacy_trial(t, legacy), self.path(LEGACY_SUMMARY)) for t in legacy["trials"]]
+            return [_parse(TrialRecord, _legacy_trial(t), self.path(LEGACY_SUMMARY)) for t in legacy["trials"]]
         records = []
         for line in index.trials:
-            record = self.read_trial(line.trial_id)
+            record = self._read_trial_record(line.trial_id)
             # A trial the index lists but whose record is missing (storage outage at its write):
             # the index line is what there is.
             records.append(record or TrialRecord.model_validate(line.model_dump()))
@@ -358,13 +354,13 @@ def _parse(model, raw, uri: str):
                           f"it may come from another version of sweep-service") from None
 
 
-def _legacy_trial(trial: dict, summary: dict) -> dict:
+def _legacy_trial(trial: dict) -> dict:
     """A format-1 summary.json trial → a TrialRecord's fields (the names were kept)."""
-    return {**trial, "best": trial.get("best"), "format": FORMAT}
+    return {**trial, "format": FORMAT}
 
 
 def _legacy_index(summary: dict) -> dict:
-    return {**summary, "trials": [_legacy_trial(t, summary) for t in summary.get("trials", [])]}
+    return {**summary, "trials": [_legacy_trial(t) for t in summary.get("trials", [])]}
 
 
 # ============================================================================ segmented logs
@@ -608,8 +604,3 @@ def new_index(name: str, objective: Objective, *, max_epochs: int, num_trials: i
     started = now_iso()
     return SweepIndex(sweep=name, objective=objective, max_epochs=max_epochs, num_trials=num_trials,
                       started_at=started, updated_at=started, driver_attempt=attempt)
-
-
-def dumps(model: BaseModel) -> str:
-    """Pretty JSON of a record model, for people (sweepctl --json)."""
-    return json.dumps(model.model_dump(mode="json"), indent=2)

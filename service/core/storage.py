@@ -250,16 +250,19 @@ def list_files(uri: str) -> list[str]:
     return sorted(names)
 
 
-def delete_tree(uri: str) -> int:
-    """Delete the directory/prefix ``uri`` and everything under it; returns the files deleted."""
+def delete_tree(uri: str) -> None:
+    """Delete the directory/prefix ``uri`` and everything under it (nothing there: nothing to do)."""
     uri = normalize(uri)
     if not is_s3(uri):
         import shutil
 
-        root = local_path(uri)
-        count = sum(1 for p in root.rglob("*") if p.is_file()) if root.is_dir() else 0
-        shutil.rmtree(root, ignore_errors=True)
-        return count
+        try:
+            shutil.rmtree(local_path(uri))
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            raise StorageError(f"cannot delete {uri}: {err}") from err
+        return
     from botocore.exceptions import BotoCoreError, ClientError
 
     bucket, key = split_s3(uri)
@@ -271,7 +274,6 @@ def delete_tree(uri: str) -> int:
             client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[start:start + 1000]]})
     except (ClientError, BotoCoreError) as err:
         raise _s3_error(err, uri) from err
-    return len(keys)
 
 
 def download_dir(uri: str, target: Path) -> list[Path]:

@@ -221,3 +221,15 @@ def test_sweepctl_logs_follow_prints_a_growing_trial_log_once_and_stops_when_it_
     assert main(["logs", "s", "--trial", "t_1", "--storage", str(tmp_path), "--follow"]) == 0
     out = capsys.readouterr().out
     assert out == "===== trial t_1: attempt 1 =====\nepoch 1\nepoch 2\n"
+
+
+def test_sweepctl_refuses_a_trial_id_that_is_a_path_without_a_traceback(tmp_path, capsys, monkeypatch):
+    from service.cli import main
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "no-config"))
+    monkeypatch.delenv("SWEEPCTL_SERVER", raising=False)
+    writer = RecordWriter(SweepStore(str(tmp_path), "s"), new_index("s", MAX, max_epochs=1, num_trials=1, attempt=1))
+    writer.write_index("finished", wall_seconds=1.0)
+    assert main(["logs", "s", "--trial", "../../etc", "--storage", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: not a trial id: '../../etc'") and "Traceback" not in err

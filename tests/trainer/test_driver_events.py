@@ -140,7 +140,7 @@ def test_the_callback_classifies_completion_stops_exploits_and_errors_once_for_e
     assert 'sweep_trial_errors_total{sweep="ev"} 1.0' in text
     # one line on the terminal for the error, no traceback
     errors = [line for line in lines if "failed" in line]
-    assert errors == [f"trial t_c failed: ValueError: lr too high (traceback: sweepctl logs ev --trial t_c)"]
+    assert errors == ["trial t_c failed: ValueError: lr too high (traceback: sweepctl logs ev --trial t_c)"]
 
 
 def test_an_error_keeps_the_trials_own_exception_type_from_tunes_forms():

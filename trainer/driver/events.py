@@ -205,18 +205,19 @@ def retained(checkpoints: list[CheckpointRef], keep: int | None, objective: Obje
     equals), and always the latest (what a restart or a resumed sweep continues from)."""
     if keep is None or len(checkpoints) <= keep:
         return list(checkpoints)
-    sign = -1 if objective.mode == "max" else 1
-    scored = sorted((c for c in checkpoints if c.objective is not None), key=lambda c: (sign * c.objective, c.epoch))
-    kept = {id(c) for c in scored[:keep]} | {id(checkpoints[-1])}
+    kept = {id(c) for c in _by_objective(checkpoints, objective)[:keep]} | {id(checkpoints[-1])}
     return [c for c in checkpoints if id(c) in kept]
 
 
 def _best_checkpoint(checkpoints: list[CheckpointRef], objective: Objective) -> str | None:
-    scored = [c for c in checkpoints if c.objective is not None]
-    if not scored:
-        return checkpoints[-1].uri if checkpoints else None
+    """The best scored checkpoint's URI (the latest when none is scored)."""
+    best = _by_objective(checkpoints, objective)
+    return best[0].uri if best else (checkpoints[-1].uri if checkpoints else None)
+
+
+def _by_objective(checkpoints: list[CheckpointRef], objective: Objective) -> list[CheckpointRef]:
     sign = -1 if objective.mode == "max" else 1
-    return min(scored, key=lambda c: (sign * c.objective, c.epoch)).uri
+    return sorted((c for c in checkpoints if c.objective is not None), key=lambda c: (sign * c.objective, c.epoch))
 
 
 def _headline(message: str) -> str:
