@@ -130,7 +130,7 @@ def test_the_callback_classifies_completion_stops_exploits_and_errors_once_for_e
     assert record.error.log == store.trial_log_uri("t_c")
     assert [(x.donor, x.epoch) for x in record.exploits] == [("t_a", 2)]
     assert index.best_trial == "t_c" and index.trial_states == {"terminated": 1, "stopped_early": 1, "error": 1}
-    kept = store.read_trial("t_a").checkpoints  # keep: 2 → the 2 best (epochs 3, 4; 4 is also the latest)
+    kept = store.read_trial("t_a").checkpoints  # keep: 2 → the 2 best (epochs 3, 4; 4 is also the latest), once it ended
     assert [c.epoch for c in kept] == [3, 4] and kept[-1].uri.endswith("checkpoint_000003")
     # the same classification reached the metrics
     assert [metrics.state(t) for t in ("t_a", "t_b", "t_c")] == ["terminated", "stopped_early", "error"]
@@ -157,7 +157,7 @@ def test_the_callback_pickles_into_tuner_pkl_without_anything_live(tmp_path):
     assert copy.__dict__ == {}
 
 
-def test_retention_keeps_the_best_k_and_the_latest_and_deletes_the_rest_from_storage(tmp_path):
+def test_retention_keeps_the_best_k_and_the_latest_and_deletes_the_rest_once_the_trial_ended(tmp_path):
     from service.core.record import CheckpointRef
     from trainer.driver.events import retained
 
@@ -171,6 +171,9 @@ def test_retention_keeps_the_best_k_and_the_latest_and_deletes_the_rest_from_sto
         path.mkdir(parents=True)
         (path / "state.pt").write_bytes(b"x")
         events.on_checkpoint(0, [trial], trial, Checkpoint(str(path)))
+    # nothing is deleted while the trial may still be restored from any of them (pause, restart, PBT)
+    assert len(list((tmp_path / "ev" / "t_r").glob("checkpoint_*"))) == 5
+    events.on_trial_complete(0, [trial], trial)
     record = events.writer.trials["t_r"]
     # keep: 2 → epochs 2 (0.9) and 4 (0.8), plus the latest (5), on disk and in the record
     assert [c.epoch for c in record.checkpoints] == [2, 4, 5]

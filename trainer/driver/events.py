@@ -102,23 +102,29 @@ class SweepEvents(Callback):
         self._tick()
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
-        """Tune stored a checkpoint (after the result of its epoch). Retention is ours: keep the
-        ``checkpoint.keep`` best by the objective plus the latest, delete the rest. (Tune's own
-        ``num_to_keep`` forces an experiment snapshot, O(trials), at every checkpoint past it, and
-        may delete the checkpoint its last snapshot names.) The record carries the change from
-        the trial's next write, so a checkpoint costs no record write of its own."""
+        """Tune stored a checkpoint (after the result of its epoch). The record carries it from
+        the trial's next write, so a checkpoint costs no record write of its own. Retention
+        waits for the trial to end (``_apply_retention``)."""
         record = self._added(trial)
         latest = record.history[-1] if record.history else None
         ref = CheckpointRef(uri=self.writer.store.checkpoint_uri(checkpoint.path),
                             epoch=latest.epoch if latest else 0,
                             objective=latest.metric(self.spec.objective.metric) if latest else None)
         record.checkpoints = [c for c in record.checkpoints if c.uri != ref.uri] + [ref]
+        record.checkpoint = _best_checkpoint(record.checkpoints, self.writer.index.objective)
+
+    def _apply_retention(self, record) -> None:
+        """Keep the ``checkpoint.keep`` best by the objective plus the latest, delete the rest.
+        Ours, not Tune's ``num_to_keep`` (which forces an O(trials) experiment snapshot at every
+        checkpoint past it, and may delete the checkpoint its last snapshot names); and only once
+        the trial has ended, so nothing a paused, restarting or exploiting trial may still be
+        restored from is ever deleted under it."""
         keep = retained(record.checkpoints, self.spec.checkpoint.keep, self.writer.index.objective)
         for old in [c for c in record.checkpoints if c not in keep]:
             try:
                 storage.delete_tree(old.uri)
-            except storage.StorageError as err:  # kept in the record: retried at the next checkpoint
-                self.progress.say(f"warning: could not delete {old.uri} ({err}); retrying later")
+            except storage.StorageError as err:  # stays in the record: it is still there
+                self.progress.say(f"warning: could not delete {old.uri} ({err})")
                 keep.append(old)
         record.checkpoints = [c for c in record.checkpoints if c in keep]
         record.checkpoint = _best_checkpoint(record.checkpoints, self.writer.index.objective)
@@ -130,6 +136,7 @@ class SweepEvents(Callback):
         stopped_early = record.epochs < budget
         self.writer.set_status(record, "stopped_early" if stopped_early else "terminated")
         record.stop_reason = f"{self.spec.scheduler.name} scheduler" if stopped_early else "completed all epochs"
+        self._apply_retention(record)
         self.writer.changed(record)
         self._sink("trial_completed", trial.trial_id, stopped_early=stopped_early)
         self._tick()
@@ -151,6 +158,7 @@ class SweepEvents(Callback):
         record.error = trial_error(_exception_of(trial), log=record.log, attempt=record.restarts + 1)
         self.writer.set_status(record, "error")
         record.stop_reason = f"{record.error.type}: {_headline(record.error.message)}"[:300]
+        self._apply_retention(record)
         self.writer.changed(record)
         self._sink("trial_errored", trial.trial_id)
         self.progress.say(f"trial {trial.trial_id} failed: {record.stop_reason} "
