@@ -7,9 +7,9 @@ import json
 import os
 import sys
 
-from service.core.errors import UserError
+from service.core.errors import SweepStopped, UserError
 from service.core.loading import SpecError, load_spec
-from service.core.spec import SweepSpec, max_epochs, num_trials, search_space
+from service.core.spec import MAX_TRIALS, SweepSpec, max_epochs, num_trials, search_space
 from service.core import storage
 from service.core.record import FINISHED_STATES, TRIAL_STATES, RecordError, SweepIndex, SweepStore, trials_body
 
@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     except (SpecError, UserError, RecordError) as err:  # RecordError: a bad trial id, an unreadable record
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except storage.StorageError as err:  # unreachable, refusing or full: the message names the URI
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted: finished trials are in the sweep record (sweepctl trials NAME); sweepctl resume NAME continues", file=sys.stderr)
         return 130
@@ -53,7 +56,13 @@ def _parser() -> argparse.ArgumentParser:
                        help=f"where the sweep is stored: s3://bucket/prefix or a path (default $SWEEP_STORAGE or {DEFAULT_STORAGE})")
         return p
 
+    def checks(p, preflight_help: str):
+        p.add_argument("--max-trials", type=int, default=MAX_TRIALS, metavar="N",
+                       help=f"refuse specs planning more than N trials (default {MAX_TRIALS:,})")
+        p.add_argument("--no-preflight", action="store_true", help=preflight_help)
+
     p = spec_verb("validate", "Check a spec without running anything; print trials and epoch budget.")
+    checks(p, "skip the check that a local data.path holds the dataset's files")
     p.set_defaults(func=cmd_validate)
 
     p = spec_verb("run", "Run a sweep here: embedded Ray, results under the spec's storage.")
@@ -69,12 +78,15 @@ def _parser() -> argparse.ArgumentParser:
                        help="if the sweep already exists, run this one as NAME-2 (NAME-3, ...) instead of refusing")
     p.add_argument("--wait-for-resources", action="store_true",
                    help="let trials wait for nodes (autoscaling clusters) instead of refusing trials that cannot fit now")
+    checks(p, "skip the checks before Ray starts (data.path and its files, the download source, "
+              "S3 reachable, storage writable)")
     p.set_defaults(func=cmd_run)
 
     p = storage_verb("resume", "Continue an interrupted sweep from its storage: finished trials are kept, "
                                "unfinished ones continue from their last checkpoint.")
     p.add_argument("--top", type=int, default=5, help="rows in the final leaderboard (default 5)")
     p.add_argument("--wait-for-resources", action="store_true", help="as for run")
+    checks(p, "as for run")
     p.set_defaults(func=cmd_resume)
 
     p = storage_verb("best", "Print the best trial of a sweep: config, metrics, checkpoint URI.")
@@ -131,14 +143,22 @@ def describe(spec: SweepSpec) -> str:
 
 
 def cmd_validate(args) -> int:
-    spec = load_spec(args.spec, args.overrides)
+    spec = load_spec(args.spec, args.overrides, max_trials=args.max_trials)
+    if not args.no_preflight:  # the local data.path only: no network, no writes
+        from service.core import preflight
+
+        preflight.check(spec, source="<stdin>" if args.spec == "-" else args.spec, local_only=True)
     print(f"OK {describe(spec)}")
     return 0
 
 
 def cmd_run(args) -> int:
+    from service.core import preflight
+
     metrics_port = [] if args.metrics_port is None else [f"metrics.port={args.metrics_port}"]
-    spec = load_spec(args.spec, args.overrides + metrics_port)
+    spec = load_spec(args.spec, args.overrides + metrics_port, max_trials=args.max_trials)
+    if not args.no_preflight:  # before storage is read or Ray starts: every problem at once, in seconds
+        preflight.check(spec, source="<stdin>" if args.spec == "-" else args.spec)
     exists = SweepStore(spec.storage.uri, spec.name).exists()
     if exists and args.new:
         spec = spec.model_copy(update={"name": _next_free_name(spec)})
@@ -151,19 +171,28 @@ def cmd_run(args) -> int:
             f"  Or start another:  sweepctl run {args.spec} --new   (or --set name=NEW-NAME)"
         )
     if exists:  # --resume: the stored spec is the sweep's truth; this file only named it
-        return _drive(_stored_spec(spec.storage.uri, spec.name), resume=True, top=args.top,
+        stored = _stored_spec(spec.storage.uri, spec.name, args.max_trials)
+        if not args.no_preflight and stored.data != spec.data:
+            preflight.check(stored, source=SweepStore(spec.storage.uri, spec.name).spec_uri, check_storage=False)
+        return _drive(stored, resume=True, top=args.top,
                       wait_for_resources=args.wait_for_resources, metrics_port=spec.metrics.port)
     print(describe(spec), flush=True)
     return _drive(spec, resume=False, top=args.top, wait_for_resources=args.wait_for_resources)
 
 
 def cmd_resume(args) -> int:
-    spec = _stored_spec(args.storage, args.name)
+    from service.core import preflight
+
+    if not args.no_preflight:  # the storage first: the stored spec is read from it
+        preflight.raise_if(preflight.storage_problems(args.storage), source=args.storage)
+    spec = _stored_spec(args.storage, args.name, args.max_trials)
+    if not args.no_preflight:
+        preflight.check(spec, source=SweepStore(args.storage, args.name).spec_uri, check_storage=False)
     print(describe(spec), flush=True)
     return _drive(spec, resume=True, top=args.top, wait_for_resources=args.wait_for_resources)
 
 
-def _stored_spec(storage_uri: str, name: str) -> SweepSpec:
+def _stored_spec(storage_uri: str, name: str, max_trials: int = MAX_TRIALS) -> SweepSpec:
     from service.core.loading import parse_spec
 
     uri = SweepStore(storage_uri, name).spec_uri
@@ -171,7 +200,7 @@ def _stored_spec(storage_uri: str, name: str) -> SweepSpec:
         text = storage.read_text(uri)
     except FileNotFoundError:
         raise UserError(f"no sweep '{name}' under {storage_uri} (looked for {uri})") from None
-    return parse_spec(text, source=uri)
+    return parse_spec(text, source=uri, max_trials=max_trials)
 
 
 def _next_free_name(spec: SweepSpec) -> str:
@@ -194,6 +223,9 @@ def _drive(spec: SweepSpec, *, resume: bool, top: int, wait_for_resources: bool,
                           wait_for_resources=wait_for_resources)
     except MetricsPortInUse as err:  # raised before anything is written: the same command can be rerun
         raise UserError(str(err)) from None
+    except SweepStopped as stopped:  # interrupted, storage full, fenced out: the record says so
+        print(f"\n{stopped}", file=sys.stderr, flush=True)
+        return stopped.exit_code
     print()
     print(leaderboard(index, top=top))
     store = SweepStore(spec.storage.uri, spec.name)

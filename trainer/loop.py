@@ -15,13 +15,17 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import json
 import math
 import os
+import re
 import tempfile
 import time
 import warnings
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Callable, NamedTuple
 
+import pyarrow.fs
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -29,6 +33,7 @@ from ray.train.v2.api.callback import UserCallback
 
 from service.core import checkpoint as checkpoint_format
 from service.core import storage
+from service.core.record import SweepStore
 from service.core.spec import SweepSpec, concrete
 from trainer.data import SplitData, augment_batch, epoch_batches, load_dataset
 from trainer.models import build_model, preferred_memory_format
@@ -68,17 +73,25 @@ def fit(spec: SweepSpec, session) -> None:
               f"{spec.train.epochs} epochs", flush=True)
 
     # Resume: after a crash (our own checkpoint) or a PBT exploit (the donor trial's checkpoint).
+    # A corrupt one (not matching its sha256 manifest, or not loading) is passed over for the
+    # trial's previous intact one, else a fresh start; one of another shape raises (a config error).
     first_epoch, restored = 1, {}
     checkpoint = session.get_checkpoint()
     if checkpoint is not None:
-        with checkpoint.as_directory() as ckpt_dir:
-            state = torch.load(Path(ckpt_dir) / checkpoint_format.STATE, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        _apply_hyperparameters(optimizer, spec)  # this trial's (possibly mutated) values win
-        scaler.load_state_dict(state["scaler"])
-        first_epoch = state["epoch"] + 1
-        restored = {"restored_from": checkpoint.path, "restored_weights": weights_digest(model)}
+        trial_id = _trial_id(session)
+        found = restore_checkpoint(checkpoint, trial_id, trial_dir=_trial_dir(spec, trial_id),
+                                   uri=SweepStore(spec.storage.uri, spec.name).checkpoint_uri,
+                                   say=_say if rank == 0 else _quiet)
+        if found.state is not None:
+            state = found.state
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            _apply_hyperparameters(optimizer, spec)  # this trial's (possibly mutated) values win
+            scaler.load_state_dict(state["scaler"])
+            first_epoch = state["epoch"] + 1
+            restored = {"restored_from": found.checkpoint.path, "restored_weights": weights_digest(model)}
+        if found.skipped:  # reported with the first result: the driver records it (trainer/driver/events.py)
+            restored["restore_skipped"] = found.skipped
     # The lr schedule is a function of (spec, steps done): rebuilt, not restored, so a PBT
     # mutation of the learning rate takes effect from the restored step on.
     lr_schedule = _lr_schedule(spec, optimizer, steps_per_epoch, steps_done=(first_epoch - 1) * steps_per_epoch)
@@ -190,6 +203,126 @@ def save_checkpoint(directory, spec, data, model, optimizer, scaler, epoch: int,
     torch.save(state, Path(directory) / checkpoint_format.STATE)
     (Path(directory) / checkpoint_format.SPEC).write_text(spec.model_dump_json(indent=2))
     checkpoint_format.write_manifest(directory, epoch, metrics)
+
+
+class Restore(NamedTuple):
+    """What ``restore_checkpoint`` found."""
+
+    state: dict | None  # the saved state to continue from; None: start fresh (epoch 1)
+    checkpoint: object | None  # the checkpoint it came from
+    skipped: list[dict]  # the corrupt checkpoints passed over, in the order tried: {"uri", "reason"}
+
+
+class CorruptCheckpoint(Exception):
+    """A checkpoint that does not match its manifest or does not load: never restored from."""
+
+
+_CHECKPOINT_DIR = re.compile(r"^checkpoint_(\d+)$")  # Tune's name for the trial's k-th checkpoint
+_STATE_KEYS = ("model", "optimizer", "scaler", "epoch")
+
+
+def restore_checkpoint(checkpoint, trial_id: str, *, trial_dir: str, uri: Callable[[str], str] = str,
+                       say: Callable[[str], None] = print) -> Restore:
+    """The state to resume from, trying ``checkpoint`` (the one Tune restores) first.
+
+    Each candidate is checked against its sha256 manifest (service/core/checkpoint.py), then loaded
+    (weights_only, to the CPU). One that fails either is corrupt: ``say`` names it and why, and
+    the next is tried: this trial's own other checkpoints in storage (``checkpoint``'s siblings),
+    newest epoch first, only those of an epoch below the corrupt one's (never ahead of what Tune
+    recorded). When the corrupt one is not this trial's (a PBT donor's, or a Ray Train run's) the
+    candidates are this trial's own checkpoints under ``trial_dir`` (a path in
+    ``checkpoint.filesystem``), any epoch: the trial goes on from where it was, with its own
+    weights (and its own, possibly mutated, config). None intact: a fresh start, said so.
+
+    Not corruption, so raised: a storage error other than a missing file (an outage must not cost
+    the trial its progress: Tune restarts it), and a state of another shape (``load_state_dict``
+    in ``fit``: a config error, e.g. a donor of another architecture). ``uri``: checkpoint path →
+    the URI named in messages and in ``skipped``."""
+    skipped: list[dict] = []
+    fallbacks = None
+    current = checkpoint
+    while current is not None:
+        try:
+            state = _load_verified(current)
+        except CorruptCheckpoint as err:
+            skipped.append({"uri": uri(current.path), "reason": str(err)})
+            if fallbacks is None:
+                fallbacks = iter(_fallback_checkpoints(checkpoint, trial_id, trial_dir))
+            current = next(fallbacks, None)
+            if current is None:
+                then = "no earlier intact checkpoint of this trial: starting fresh (epoch 1)"
+            elif len(skipped) == 1 and PurePosixPath(checkpoint.path).parent.name != trial_id:
+                then = f"trying this trial's own latest, {uri(current.path)}"
+            else:
+                then = f"trying the previous one, {uri(current.path)}"
+            say(f"skipping checkpoint {skipped[-1]['uri']}: {err}; {then}")
+            continue
+        if skipped:
+            say(f"restored from {uri(current.path)} (epoch {state['epoch']})")
+        return Restore(state, current, skipped)
+    return Restore(None, None, skipped)
+
+
+def _load_verified(checkpoint) -> dict:
+    """The checkpoint's saved state once its files match the manifest; CorruptCheckpoint otherwise."""
+    name = PurePosixPath(checkpoint.path).name
+    try:
+        with checkpoint.as_directory() as directory:  # local: the directory itself; S3: a download
+            if not Path(directory).is_dir():
+                raise FileNotFoundError(directory)
+            try:
+                checkpoint_format.verify(directory, source=name)
+            except checkpoint_format.CheckpointError as err:
+                raise CorruptCheckpoint(str(err)) from None
+            try:
+                # To the CPU: a device error (CUDA out of memory) must not read as corruption;
+                # load_state_dict copies onto the model's device.
+                state = torch.load(Path(directory) / checkpoint_format.STATE, map_location="cpu", weights_only=True)
+            except (MemoryError, OSError):
+                raise
+            except Exception as err:  # matches its manifest, yet unreadable: it was written so
+                first_line = (str(err).strip().splitlines() or [""])[0][:200]
+                raise CorruptCheckpoint(f"{checkpoint_format.STATE} of {name} does not load "
+                                        f"({type(err).__name__}: {first_line})") from None
+    except FileNotFoundError:
+        raise CorruptCheckpoint(f"{name} is not in storage (deleted, or never completely written)") from None
+    if not isinstance(state, dict) or not all(key in state for key in _STATE_KEYS):
+        raise CorruptCheckpoint(f"{checkpoint_format.STATE} of {name} holds no trainer state "
+                                f"(expected {', '.join(_STATE_KEYS)})")
+    return state
+
+
+def _fallback_checkpoints(failed, trial_id: str, trial_dir: str) -> list:
+    """The checkpoints to try after ``failed``, best first (see ``restore_checkpoint``)."""
+    fs, failed_path = failed.filesystem, PurePosixPath(failed.path)
+    own = failed_path.parent.name == trial_id
+    directory = str(failed_path.parent) if own else trial_dir
+    failed_epoch = _manifest_epoch(fs, str(failed_path)) if own else None
+    failed_match = _CHECKPOINT_DIR.match(failed_path.name)
+    failed_index = int(failed_match[1]) if failed_match else math.inf
+    found = []
+    for info in fs.get_file_info(pyarrow.fs.FileSelector(directory, allow_not_found=True)):
+        match = _CHECKPOINT_DIR.match(info.base_name)
+        if info.type != pyarrow.fs.FileType.Directory or not match or (own and info.base_name == failed_path.name):
+            continue
+        epoch = _manifest_epoch(fs, info.path)
+        if epoch is None:
+            continue  # no readable manifest: not a checkpoint to continue from (it is never tried)
+        # Older than the failed one: by epoch when its manifest says, else by Tune's numbering.
+        if own and (epoch >= failed_epoch if failed_epoch is not None else int(match[1]) >= failed_index):
+            continue
+        found.append((epoch, int(match[1]), info.path))
+    return [type(failed)(path, filesystem=fs) for _, _, path in sorted(found, reverse=True)]
+
+
+def _manifest_epoch(fs, directory: str) -> int | None:
+    """The epoch a checkpoint's manifest names; None when it has no readable one. (Other storage
+    errors raise: an outage is not a missing checkpoint.)"""
+    try:
+        with fs.open_input_stream(f"{directory}/{checkpoint_format.MANIFEST}") as f:
+            return int(json.loads(f.read())["epoch"])
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return None
 
 
 # ----------------------------------------------------------------------------- precision
@@ -316,6 +449,25 @@ def _device(spec: SweepSpec) -> torch.device:
 
 def _unwrap(model):
     return getattr(model, "module", model)
+
+
+def _trial_id(session) -> str:
+    """This trial's id: an N-worker trial's session carries it; a 1-worker trial's is Tune's context."""
+    return getattr(session, "trial_id", None) or session.get_context().get_trial_id()
+
+
+def _trial_dir(spec: SweepSpec, trial_id: str) -> str:
+    """The trial's directory in storage as a path inside Ray's storage filesystem ("bucket/prefix/..."
+    on S3: the inverse of SweepStore.checkpoint_uri)."""
+    return SweepStore(spec.storage.uri, spec.name).path(trial_id).removeprefix("s3://")
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)  # into the trial's log (trainer/trial_log.py)
+
+
+def _quiet(line: str) -> None:
+    pass
 
 
 def _global_mean(loss_sum, correct, count: int, world_size: int) -> tuple[float, float, int]:
@@ -451,18 +603,19 @@ def _train_worker(loop_config: dict) -> None:
     rank = ray.train.get_context().get_world_rank()
     with captured_output(SweepStore(spec.storage.uri, spec.name), loop_config["trial_id"],
                          loop_config["log_attempt"], rank=rank):
-        fit(spec, _TrainSession(loop_config["start_from"]))
+        fit(spec, _TrainSession(loop_config["start_from"], loop_config["trial_id"]))
 
 
 class _TrainSession:
     """``ray.train`` as ``fit`` uses it, but starting from the checkpoint Tune handed over unless
     this Train run has one of its own (after Ray Train restarted a failed worker group)."""
 
-    def __init__(self, start_from):
+    def __init__(self, start_from, trial_id: str):
         import ray.train
 
         self._train, self._start_from = ray.train, start_from
         self.Checkpoint = ray.train.Checkpoint
+        self.trial_id = trial_id  # the Tune trial this Train run belongs to
 
     def get_checkpoint(self):
         return self._train.get_checkpoint() or self._start_from

@@ -7,3 +7,32 @@ class UserError(Exception):
 
 class SweepBusy(UserError):
     """Another driver is running this sweep; nothing was written."""
+
+
+class DataFormatError(ValueError):
+    """A dataset's files are not in the format its ``data.name`` says (trainer/data/formats.py):
+    reading them again gives the same error, so the trial is not retried."""
+
+
+class FinalTrialError(Exception):
+    """A trial failed with an error no restart can fix (trainer/trainable.py's ``final_error``
+    decides which): raised ``from`` the original exception, it carries that exception's type name
+    and message, and tells the driver not to retry the trial (trainer/driver/retries.py).
+    Pickles by its three strings, so it crosses Ray's processes intact."""
+
+    def __init__(self, type_name: str, message: str, reason: str):
+        super().__init__(f"{type_name}: {message}")
+        self.type_name, self.message, self.reason = type_name, message, reason
+
+    def __reduce__(self):
+        return (self.__class__, (self.type_name, self.message, self.reason))
+
+
+class SweepStopped(Exception):
+    """The driver stopped the sweep before it finished, and recorded why (``status`` in the
+    record: interrupted or failed). ``exit_code``: what sweepctl exits with (130 SIGINT, 143
+    SIGTERM, 1 otherwise). The message says what happened and how to continue."""
+
+    def __init__(self, message: str, *, status: str, exit_code: int):
+        super().__init__(message)
+        self.status, self.exit_code = status, exit_code

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from service.core.spec import SweepSpec, apply_overrides
+from service.core.spec import MAX_TRIALS, SpecProblems, SweepSpec, apply_overrides, trial_count_problem
 
 
 @dataclass(frozen=True)
@@ -108,21 +108,23 @@ def parse_overrides(overrides: list[str]) -> tuple[dict[str, Any], list[Problem]
 
 
 # ----------------------------------------------------------------------------- validation
-def load_spec(path: str | Path, overrides: list[str] = ()) -> SweepSpec:
+def load_spec(path: str | Path, overrides: list[str] = (), max_trials: int = MAX_TRIALS) -> SweepSpec:
     """Load a spec file; ``-`` reads the YAML from stdin (how a RayJob hands over its spec)."""
     if str(path) == "-":
         import sys
 
-        return parse_spec(sys.stdin.read(), source="<stdin>", overrides=list(overrides))
+        return parse_spec(sys.stdin.read(), source="<stdin>", overrides=list(overrides), max_trials=max_trials)
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as err:
         raise SpecError(str(path), [Problem("", f"cannot read the spec file: {err.strerror}")])
-    return parse_spec(text, source=str(path), overrides=list(overrides))
+    return parse_spec(text, source=str(path), overrides=list(overrides), max_trials=max_trials)
 
 
-def parse_spec(text: str, source: str = "<spec>", overrides: list[str] = ()) -> SweepSpec:
+def parse_spec(text: str, source: str = "<spec>", overrides: list[str] = (), max_trials: int = MAX_TRIALS) -> SweepSpec:
+    """The validated spec, or ``SpecError`` with every problem. Also refuses more than
+    ``max_trials`` trials (default ``MAX_TRIALS``: what the sweep service's API gets)."""
     data, lines = _parse_yaml(text, source)
     if not isinstance(data, dict):
         raise SpecError(source, [Problem("", "the spec must be a mapping of keys (name, data, model, ...)", 1)])
@@ -131,22 +133,51 @@ def parse_spec(text: str, source: str = "<spec>", overrides: list[str] = ()) -> 
     try:
         spec = SweepSpec.model_validate(data)
     except ValidationError as err:
-        found = [_problem(e, data, lines, set(flat)) for e in err.errors()]
+        found = [p for e in err.errors() for p in _problems(e, data, lines, set(flat))]
         problems += sorted(found, key=lambda p: (p.line is None, p.line or 0))
+    else:
+        too_many = trial_count_problem(spec, max_trials)
+        if too_many is not None:
+            problems.append(_located(too_many.path, too_many.message, lines, set(flat)))
     if problems:
         raise SpecError(source, problems)
     return spec
+
+
+def _problems(error: dict, data: Any, lines: dict[tuple, int], overridden: set[str]) -> list[Problem]:
+    """One pydantic error as Problems: a validator's ``SpecProblems`` gives one per problem, each at its path."""
+    raised = error.get("ctx", {}).get("error")
+    if error["type"] == "value_error" and isinstance(raised, SpecProblems):
+        base = _data_path(error["loc"], data)
+        return [_located(base + at.path, at.message, lines, overridden, at.related) for at in raised.found]
+    return [_problem(error, data, lines, overridden)]
 
 
 def _problem(error: dict, data: Any, lines: dict[tuple, int], overridden: set[str]) -> Problem:
     path = _data_path(error["loc"], data, missing=error["type"] == "missing")
     if error["type"] == "union_tag_invalid" and isinstance(error["input"], dict):
         path += ("name",)  # the discriminator is what is wrong, not the whole section
+    return _located(path, _message(error, path, data), lines, overridden)
+
+
+def _located(path: tuple, message: str, lines: dict[tuple, int], overridden: set[str], related: tuple = ()) -> Problem:
+    """A Problem at ``path``: its YAML line, or "--set" when an override put the value there.
+    A ``related`` place the message names gets its line added after its first mention."""
     dotted = _dotted(path)
-    from_set = any(dotted == o or dotted.startswith(o + ".") or dotted.startswith(o + "[") for o in overridden)
-    line = next((lines[path[:n]] for n in range(len(path), 0, -1) if path[:n] in lines), None)
-    message = _message(error, path, data)
-    return Problem(dotted, message, None if from_set else line, "--set" if from_set else "")
+    from_set = _overridden(dotted, overridden)
+    if related and not _overridden(_dotted(related), overridden) and _line(related, lines) is not None:
+        name = _dotted(related)
+        message = message.replace(name, f"{name} (line {_line(related, lines)})", 1)
+    return Problem(dotted, message, None if from_set else _line(path, lines), "--set" if from_set else "")
+
+
+def _overridden(dotted: str, overridden: set[str]) -> bool:
+    return any(dotted == o or dotted.startswith(o + ".") or dotted.startswith(o + "[") for o in overridden)
+
+
+def _line(path: tuple, lines: dict[tuple, int]) -> int | None:
+    """The line of ``path``, else of its nearest ancestor written in the file."""
+    return next((lines[path[:n]] for n in range(len(path), 0, -1) if path[:n] in lines), None)
 
 
 def _data_path(loc: tuple, data: Any, missing: bool = False) -> tuple:

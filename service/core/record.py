@@ -5,7 +5,8 @@ that reads or writes a sweep (the driver, sweepctl, the API, the report, pull) g
 
     <storage>/<sweep>/spec.yaml              the resolved spec (after --set): the truth for resume/report
     <storage>/<sweep>/sweep.json             the index: states, best, one line per trial (bounded rate)
-    <storage>/<sweep>/driver.json            the driver lock: attempts, heartbeat (trainer/driver/sweep.py)
+    <storage>/<sweep>/driver.json            the driver's state: attempt, heartbeat, how it ended (trainer/driver/lock.py)
+    <storage>/<sweep>/driver/attempt-NNNNNN.json  one per driver start, created only if absent: the lock's fencing token
     <storage>/<sweep>/logs/driver/...        the driver's progress log, in segments (SegmentedLog)
     <storage>/<sweep>/<trial>/trial.json     one trial's record: config, history, checkpoints, error
     <storage>/<sweep>/<trial>/logs/...       the trial's stdout/stderr and traceback, per attempt and rank
@@ -40,6 +41,8 @@ SPEC = "spec.yaml"
 INDEX = "sweep.json"
 LEGACY_SUMMARY = "summary.json"
 DRIVER_LOCK = "driver.json"
+DRIVER_ATTEMPTS = "driver"
+SPACE_RESERVE = ".space-reserve"
 LEGACY_DRIVER_LOG = "driver.log"
 REPORT_DIR = "report"
 TRIAL_RECORD = "trial.json"
@@ -48,7 +51,9 @@ LOGS = "logs"
 TrialStatus = Literal["pending", "running", "paused", "terminated", "stopped_early", "error"]
 TRIAL_STATES: tuple[str, ...] = TrialStatus.__args__
 FINISHED_STATES = ("terminated", "stopped_early", "error")
-SweepStatus = Literal["running", "finished", "interrupted"]
+# interrupted: SIGINT/SIGTERM or a lost driver (resume continues it); failed: the driver stopped on
+# an error (``SweepIndex.stop_reason`` says which); cancelled: through the service.
+SweepStatus = Literal["running", "finished", "interrupted", "failed", "cancelled"]
 
 
 class RecordError(Exception):
@@ -125,6 +130,16 @@ class CheckpointRef(_Model):
     objective: float | None = None  # that epoch's objective: retention keeps the best
 
 
+class SkippedCheckpoint(_Model):
+    """A checkpoint a restore of the trial found corrupt and passed over (trainer/loop.py
+    ``restore_checkpoint``): it no longer counts among the trial's checkpoints. Left in storage."""
+
+    uri: str
+    reason: str  # e.g. "checksum mismatch for state.pt in checkpoint_000003: ..."
+    attempt: int = 1  # the driver attempt whose restore found it
+    resumed_from_epoch: int = 0  # what the trial continued from instead: that epoch's checkpoint; 0: a fresh start
+
+
 class TrialError(_Model):
     """Why a trial failed for good: the exception raised in the trial, and where its log is."""
 
@@ -132,6 +147,7 @@ class TrialError(_Model):
     message: str  # its message (first 2,000 characters)
     log: str | None = None  # URI of the trial's log directory: the full traceback is there
     attempt: int | None = None  # the trial attempt (1 + restarts) that failed
+    final: bool = False  # not retried: no restart can fix it (missing file, bad format, ...: trainer/trainable.py)
 
 
 class TrialSummary(_Model):
@@ -156,6 +172,7 @@ class TrialRecord(TrialSummary):
     history: list[EpochResult] = []  # one entry per epoch, the latest attempt's where epochs were re-run
     exploits: list[Exploit] = []  # PBT
     checkpoints: list[CheckpointRef] = []  # the checkpoints kept in storage, oldest first
+    skipped_checkpoints: list[SkippedCheckpoint] = []  # found corrupt at a restore, each once
     val_split: str | None = None  # fingerprint of the validation indices (equal across the sweep's trials)
     log: str | None = None  # URI of the trial's log directory
     started_at: str | None = None
@@ -179,6 +196,8 @@ class SweepIndex(_Model):
     updated_at: str
     driver_attempt: int = 1
     wall_seconds: float = 0.0  # all driver attempts together
+    stopped_at: str | None = None  # when the last driver attempt ended (any status but running)
+    stop_reason: str | None = None  # why it ended, when not finished: the signal, the error
     best_trial: str | None = None
     trials: list[TrialSummary] = []
 
@@ -249,6 +268,17 @@ class SweepStore:
     @property
     def lock_uri(self) -> str:
         return self.path(DRIVER_LOCK)
+
+    @property
+    def space_reserve_uri(self) -> str:
+        return self.path(SPACE_RESERVE)
+
+    def attempt_claim_uri(self, attempt: int) -> str:
+        return self.path(DRIVER_ATTEMPTS, f"attempt-{attempt:06d}.json")
+
+    @property
+    def attempt_claims_uri(self) -> str:
+        return self.path(DRIVER_ATTEMPTS)
 
     @property
     def report_uri(self) -> str:
@@ -501,6 +531,7 @@ class RecordWriter:
         self._index_bytes = 0
         self.index_writes = 0  # index objects written (counted by tests and bench/sweep_scale.py)
         self._unwritten: set[str] = set()  # trials whose last write failed (storage outage)
+        self.full: storage.StorageFull | None = None  # a write found the storage full: the driver stops
 
     # ---------------------------------------------------------------------- state
     def trial(self, trial_id: str, config: dict | None = None) -> TrialRecord:
@@ -560,21 +591,51 @@ class RecordWriter:
             storage.write_text_atomic(self.store.trial_record_uri(record.trial_id), record.model_dump_json())
         except storage.StorageError as err:
             self._unwritten.add(record.trial_id)
+            if isinstance(err, storage.StorageFull):
+                self._storage_full(err)
+                return False
             self.warn(f"could not write trial {record.trial_id}'s record ({err}); retrying at the next index write")
             return False
         self._unwritten.discard(record.trial_id)
         return True
 
-    def snapshot(self, status: str = "running", wall_seconds: float | None = None) -> SweepIndex:
+    def snapshot(self, status: str = "running", wall_seconds: float | None = None,
+                 stop_reason: str | None = None) -> SweepIndex:
         index = self.index
         index.status = status
         index.updated_at = now_iso()
+        index.stopped_at = None if status == "running" else index.updated_at
+        index.stop_reason = None if status in ("running", "finished") else stop_reason
         index.trial_states = {s: n for s, n in self._states.items() if n}
         index.best_trial = self._best.trial_id if self._best else None
         if wall_seconds is not None:
             index.wall_seconds = round(wall_seconds, 2)
         index.trials = [t.summary() for t in self.trials.values()]
         return index
+
+    # ---------------------------------------------------------------------- a full disk
+    RESERVE_BYTES = 256 * 1024
+
+    def reserve_space(self) -> None:
+        """Local storage: hold back a little space, so that when trials fill the disk the record
+        can still say so (S3 has no disk to fill)."""
+        if not storage.is_s3(self.store.uri):
+            try:
+                storage.write_bytes_atomic(self.store.space_reserve_uri, b"\0" * self.RESERVE_BYTES)
+            except storage.StorageError:
+                pass  # already full: the first write will say so
+
+    def _storage_full(self, err: storage.StorageFull) -> None:
+        """Remember it (the driver stops the sweep: ``full``) and free the reserve for the writes
+        that record what happened."""
+        if self.full is None:
+            self.full = err
+            if not storage.is_s3(self.store.uri):
+                storage.local_path(self.store.space_reserve_uri).unlink(missing_ok=True)
+
+    def release_reserve(self) -> None:
+        if not storage.is_s3(self.store.uri):
+            storage.local_path(self.store.space_reserve_uri).unlink(missing_ok=True)
 
     def maybe_write_index(self, wall_seconds: float) -> bool:
         """Write the index if enough time passed since the last write (see the class docstring)."""
@@ -583,16 +644,19 @@ class RecordWriter:
             return False
         return self.write_index("running", wall_seconds)
 
-    def write_index(self, status: str, wall_seconds: float) -> bool:
+    def write_index(self, status: str, wall_seconds: float, stop_reason: str | None = None) -> bool:
         if self.fenced():
             return False
         for trial_id in list(self._unwritten):  # records a storage outage kept from landing
             self._write_trial(self.trials[trial_id])
-        text = self.snapshot(status, wall_seconds).model_dump_json()
+        text = self.snapshot(status, wall_seconds, stop_reason).model_dump_json()
         self._last_index = self.clock()
         try:
             storage.write_text_atomic(self.store.index_uri, text)
         except storage.StorageError as err:
+            if isinstance(err, storage.StorageFull) and self.full is None:
+                self._storage_full(err)
+                return self.write_index(status, wall_seconds, stop_reason)  # into the freed reserve
             self.warn(f"could not write the sweep index ({err}); retrying at the next update")
             return False
         self._index_bytes = len(text)

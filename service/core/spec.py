@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from typing import Annotated, Any, Generic, Literal, TypeVar, Union
 
 from pydantic import (
@@ -37,6 +38,29 @@ PRIMITIVES = ("grid", "choice", "uniform", "loguniform", "randint", "quniform")
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class At:
+    """One problem found by a validator, at ``path`` (keys below the validated model) rather than
+    at the model itself, so that service/core/loading.py can give its dotted path and YAML line.
+    ``related``: another place the message names; the loader adds that place's line to it."""
+
+    path: tuple
+    message: str
+    related: tuple = ()
+
+    def __str__(self) -> str:
+        return f"{'.'.join(map(str, self.path)) or '(spec)'}: {self.message}"
+
+
+class SpecProblems(ValueError):
+    """Several problems at once, each at its own path (pydantic keeps this exception in the
+    error's ``ctx``, where the loader finds it)."""
+
+    def __init__(self, found: list[At]):
+        self.found = list(found)
+        super().__init__(" | ".join(str(at) for at in self.found))
 
 
 # ----------------------------------------------------------------------------- search primitives
@@ -324,8 +348,17 @@ class TrainSpec(_Strict):
     lr_schedule: LRScheduleSpec = LRScheduleSpec()
     label_smoothing: Tunable[Annotated[float, Field(ge=0, lt=1)]] = 0.0  # cross-entropy target smoothing
     # auto: bf16 on CUDA with bf16 and on CPUs with native bf16 (AVX512-BF16/AMX), fp16 on older
-    # GPUs, fp32 elsewhere (emulated bf16 is several times slower than fp32).
+    # GPUs, fp32 elsewhere (emulated bf16 is several times slower than fp32). Unquoted `off`/`on`
+    # (YAML 1.1 booleans, as are no/yes/false/true): off/false → "off"; on/true → "auto", i.e.
+    # mixed precision wherever the hardware runs it fast (fp32 where it would only be slower).
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            return "auto" if value else "off"
+        return "auto" if value == "on" else value
 
 
 # ----------------------------------------------------------------------------- search
@@ -421,7 +454,9 @@ DNS1123 = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 class SweepSpec(_Strict):
     name: Annotated[str, Field(max_length=40, pattern=DNS1123)]
-    seed: int = 0  # fixes the train/val split, model init, data order and the searcher
+    # fixes the train/val split, model init, data order and the searcher (0 .. 2**32-1: the range
+    # numpy's RandomState, which seeds Ray's grid/random searcher, accepts)
+    seed: Annotated[int, Field(ge=0, lt=2**32)] = 0
     data: DataSpec
     # a model, or a primitive over whole models: {grid: [{name: mlp, ...}, {name: cnn, ...}]}
     model: Tunable[ModelSpec]
@@ -435,7 +470,19 @@ class SweepSpec(_Strict):
     metrics: MetricsSpec = MetricsSpec()
 
     @model_validator(mode="after")
-    def _search_fits_space(self):
+    def _runs_as_written(self):
+        """Everything that would fail or mislead only once trials run, reported together: the
+        search/scheduler checks below (at the spec) and the PBT mutation rules (at each mutation)."""
+        found = pbt_mutation_problems(self)
+        try:
+            self._search_fits_space()
+        except ValueError as err:
+            found.insert(0, At((), str(err)))
+        if found:
+            raise SpecProblems(found)
+        return self
+
+    def _search_fits_space(self) -> None:
         space = search_space(self)
         if isinstance(self.model, (Grid, Choice)):
             nested = [i for i, m in enumerate(primitive_values(self.model)) if search_space(m)]
@@ -485,7 +532,105 @@ class SweepSpec(_Strict):
                     f"{population}, remove it, or set scheduler.synchronous: false"
                 )
             _check_mutation_paths(self)
-        return self
+
+
+# ----------------------------------------------------------------------------- PBT mutations
+# A PBT exploit loads the donor's checkpoint into the trial: its state_dict, its optimizer state and
+# its GradScaler state (trainer/loop.py), which must fit the trial's model and optimizer as built
+# from the trial's mutated config. So a mutation may only touch what owns no parameters: dropout
+# probabilities (above 0: a dropout of 0 builds the model without its Dropout layers, renumbering
+# the layers after them) and activations (none of ours has parameters). Every other model field
+# decides parameter shapes or names (widths, depth, kernel, padding, batchnorm, residual, name,
+# resize, ...) or which parameters train (resnet mode); tests/service/test_spec.py checks these
+# two sets against the real models.
+PBT_MUTABLE_MODEL_FIELDS = ("dropout", "head_dropout", "activation", "head_activation")
+_DROPOUT_FIELDS = ("dropout", "head_dropout")
+# Outside model.*: what changes the input or output shape, or the state a checkpoint restores.
+_PBT_FIXED = {
+    "data": "decides the input shape and the number of classes",
+    "data.name": "decides the input shape and the number of classes",
+    "data.image_size": "is the input shape",
+    "data.channels": "is the input shape",
+    "data.num_classes": "is the output layer's shape",
+    "train": "holds the optimizer, whose state an exploit restores",
+    "train.optimizer": "decides the optimizer, whose state an exploit restores (into the same optimizer only)",
+    "train.optimizer.name": "decides the optimizer, whose state an exploit restores (into the same optimizer only)",
+    "train.amp": "decides the fp16 loss scaler, whose state an exploit restores (the other modes have none)",
+}
+
+
+def pbt_mutation_problems(spec: SweepSpec) -> list[At]:
+    """Every PBT mutation that would break an exploit (shapes that differ from the donor's) or
+    contradict the search, each at scheduler.mutations.PATH. A grid over a mutated value (or over a
+    section holding it) contradicts it: a grid compares fixed values, which PBT then changes. A
+    sampled start ({uniform: ...}, {choice: ...}) is how a PBT population begins, and is fine."""
+    if spec.scheduler.name != "pbt":
+        return []
+    found = []
+    space = search_space(spec)
+    for path, primitive in spec.scheduler.mutations.items():
+        at = ("scheduler", "mutations", path)
+        reason = _pbt_reshapes(path, primitive)
+        if reason:
+            found.append(At(at, reason))
+        for searched, domain in space.items():
+            overlaps = path == searched or path.startswith(searched + ".") or searched.startswith(path + ".")
+            if overlaps and isinstance(domain, Grid):
+                found.append(At(at, (
+                    f"a grid at {searched} and mutated here: PBT replaces a trial's grid value at its "
+                    "first exploit, so the grid's comparison would not hold; grid it or mutate it, not "
+                    "both (a mutated value may start sampled: {uniform: [lo, hi]} or {choice: [...]})"
+                ), related=tuple(searched.split("."))))
+    return found
+
+
+def _pbt_reshapes(path: str, primitive: BaseModel) -> str | None:
+    """Why mutating ``path`` would break an exploit, or None when it is safe."""
+    why = "a PBT exploit copies the donor's weights and optimizer state into the trial, so these must match"
+    instead = "search it with {grid: [...]} or {choice: [...]} instead (an exploit then copies the donor's value with its weights)"
+    parts = path.split(".")
+    if parts[0] == "model":
+        field = parts[1] if len(parts) == 2 else None
+        if field in _DROPOUT_FIELDS:
+            values = primitive_values(primitive)
+            values = values if isinstance(primitive, Choice) else values[:2]
+            numbers = [v for v in values if isinstance(v, (int, float))]  # others: the type check's
+            if numbers and min(numbers) <= 0:
+                return (f"{path} can be 0 here, and a dropout of 0 builds the model without its Dropout "
+                        f"layers, renumbering the layers after them; {why}: mutate it within a range "
+                        "above 0, e.g. {uniform: [0.05, 0.5]}")
+            return None
+        if field in PBT_MUTABLE_MODEL_FIELDS:
+            return None
+        mutable = ", ".join("model." + f for f in PBT_MUTABLE_MODEL_FIELDS)
+        return (f"{path} changes the model's parameters (shapes, layers or which of them train); {why}: "
+                f"{instead}. PBT may mutate {mutable} (and training hyperparameters)")
+    if path in _PBT_FIXED:
+        return f"{path} {_PBT_FIXED[path]}; {why}: {instead}"
+    return None
+
+
+# ----------------------------------------------------------------------------- trial budget
+# Trials a spec may plan unless the caller raises it (sweepctl validate/run/resume --max-trials N;
+# the API gets this default through service/core/loading.py's parse_spec): a grid typed one
+# factor too wide must fail at once, not queue millions of trials.
+MAX_TRIALS = 10_000
+
+
+def trial_count_problem(spec: SweepSpec, max_trials: int = MAX_TRIALS) -> At | None:
+    """The trial count over ``max_trials``, naming the factors (grid sizes, num_samples); computed
+    as a product, the grid is never enumerated. At the largest factor's path."""
+    total = num_trials(spec)
+    if total <= max_trials:
+        return None
+    factors = [(path, len(p.grid)) for path, p in search_space(spec).items() if isinstance(p, Grid)]
+    factors.append(("search.num_samples", spec.search.num_samples))
+    shown = " × ".join(f"{path} {n:,}" for path, n in factors if n > 1)
+    largest = max(factors, key=lambda f: f[1])[0]
+    return At(tuple(largest.split(".")), (
+        f"{shown} = {total:,} trials > {max_trials:,}, the cap: shrink the grid (or search.num_samples), "
+        f"or raise the cap with --max-trials {total}"
+    ))
 
 
 # ----------------------------------------------------------------------------- helpers

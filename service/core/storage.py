@@ -12,6 +12,7 @@ the old object or the new one, never half of one (the same promise as write-then
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -31,6 +32,10 @@ WRITES: Counter = Counter()
 
 class StorageError(Exception):
     """Storage unreachable or refusing: the message names the URI and what to check."""
+
+
+class StorageFull(StorageError):
+    """No space left (or quota exceeded) on the storage: retrying does not help."""
 
 
 # ============================================================================ URIs
@@ -211,8 +216,11 @@ def write_bytes_atomic(uri: str | Path, data: bytes) -> None:
             raise _s3_error(err, uri) from err
         return
     path = local_path(uri)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise local_error(err, uri) from err
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -222,9 +230,60 @@ def write_bytes_atomic(uri: str | Path, data: bytes) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; results are meant to be shared
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        Path(tmp).unlink(missing_ok=True)  # a failed write leaves the previous version whole
+        if isinstance(err, OSError):
+            raise local_error(err, uri) from err
         raise
+
+
+def create_exclusive(uri: str, data: bytes) -> bool:
+    """Create the object only if nothing is there yet; False when it already exists. The one
+    conditional write the driver lock needs: exactly one of two racing creators gets True.
+    S3: ``PutObject`` with ``If-None-Match: *`` (AWS, MinIO and moto ≥ 5 honour it: 412 when the
+    key exists); locally ``O_CREAT | O_EXCL`` of a temporary name, then a hard link to the final
+    name, which fails if the name exists, so a reader never sees a half-written file either."""
+    WRITES["writes"] += 1
+    WRITES["bytes"] += len(data)
+    if is_s3(uri):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        bucket, key = split_s3(uri)
+        try:
+            s3_client().put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+            return True
+        except ClientError as err:
+            code = err.response.get("Error", {}).get("Code")
+            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                return False
+            raise _s3_error(err, uri) from err
+        except BotoCoreError as err:
+            raise _s3_error(err, uri) from err
+    path = local_path(uri)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(tmp, path)  # atomic, and refuses an existing name (as O_EXCL does)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    except OSError as err:
+        raise local_error(err, uri) from err
+
+
+def local_error(err: OSError, uri: str) -> StorageError:
+    """A local write that failed: a full disk or quota says so (nothing retrying fixes)."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFull(f"storage full writing {uri}: {err.strerror} (free space on that disk, or "
+                           f"use another --set storage.uri=...)")
+    return StorageError(f"cannot write {uri}: {err}")
 
 
 def write_text_atomic(uri: str | Path, text: str) -> None:

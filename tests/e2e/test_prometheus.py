@@ -383,7 +383,9 @@ def test_pbt_exploits_and_pauses_are_counted_as_in_the_record(ray_local, make_sp
     spec = make_spec(
         name="pbt-metrics",
         model={"name": "mlp", "hidden_sizes": [32]},
-        train={"epochs": 4, "optimizer": {"name": "sgd", "lr": {"grid": [1e-4, 3e-2]}}},
+        # Two starts, far apart (a grid over a mutated value is refused: PBT would change it).
+        train={"epochs": 4, "optimizer": {"name": "sgd", "lr": {"choice": [1e-4, 3e-2]}}},
+        search={"algorithm": "random", "num_samples": 2},
         scheduler={"name": "pbt", "perturbation_interval": 1, "quantile": 0.5,
                    "mutations": {"train.optimizer.lr": {"loguniform": [1e-3, 1e-1]}}},
         checkpoint={"keep": None},  # PBT needs donors' checkpoints kept (Ray warns otherwise)

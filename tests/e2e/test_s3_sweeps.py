@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -20,11 +18,11 @@ import pytest
 import yaml
 
 from conftest import BASE_SPEC, deep_update, point_aws_at
+from drivers import index_of, start_driver, sweepctl, wait_for
 from service.core import storage
-from service.core.record import SweepIndex, SweepStore, TrialSummary
+from service.core.record import SweepStore, TrialSummary
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -43,38 +41,9 @@ def write_spec(tmp_path: Path, bucket: str, **changes) -> Path:
     return path
 
 
-def sweepctl(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=600)
-
-
-def start_driver(*args: str, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "service.cli", *args], cwd=REPO,
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
-
-
 def keys(bucket: str, prefix: str) -> list[str]:
     pages = storage.s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
     return sorted(obj["Key"] for page in pages for obj in page.get("Contents", []))
-
-
-def wait_for(condition, what: str, timeout_s: float = 300, proc: subprocess.Popen | None = None, log: Path | None = None):
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        value = condition()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            pytest.fail(f"driver exited ({proc.returncode}) before {what}:\n{log.read_text() if log else ''}")
-        time.sleep(0.3)
-    pytest.fail(f"timed out waiting for {what}:\n{log.read_text() if log else ''}")
-
-
-def index_of(uri: str, name: str) -> SweepIndex | None:
-    try:
-        return SweepStore(uri, name).read_index()
-    except storage.StorageError:
-        return None
 
 
 def test_sweep_on_s3_stores_everything_and_pull_reproduces_the_best_val_acc(bucket, tmp_path):

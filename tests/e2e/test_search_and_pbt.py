@@ -43,7 +43,9 @@ def test_pbt_exploit_restores_the_donors_weights(ray_local, make_spec):
     spec = make_spec(
         name="pbt",
         model={"name": "mlp", "hidden_sizes": [32]},
-        train={"epochs": 4, "optimizer": {"name": "sgd", "lr": {"grid": [1e-4, 3e-2]}}},
+        # Two starts, far apart (a grid over a mutated value is refused: PBT would change it).
+        train={"epochs": 4, "optimizer": {"name": "sgd", "lr": {"choice": [1e-4, 3e-2]}}},
+        search={"algorithm": "random", "num_samples": 2},
         scheduler={
             "name": "pbt",
             "perturbation_interval": 1,

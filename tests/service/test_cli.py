@@ -113,3 +113,54 @@ def test_every_shipped_spec_validates():
         result = sweepctl("validate", str(path))
         assert result.returncode == 0, f"{path.name}: {result.stderr}"
         assert path.read_text().startswith("#"), f"{path.name} must open with a header comment"
+
+
+RUNS_AS_WRITTEN = """\
+name: runs-as-written
+seed: -1
+data: {name: digits}
+model:
+  name: cnn
+  filters: {grid: [8, 16, 32, 64, 128]}
+train:
+  amp: off
+  optimizer: {lr: {grid: [1.0e-4, 3.0e-4, 1.0e-3, 3.0e-3]}}
+search: {algorithm: grid, num_samples: 600}
+scheduler:
+  name: pbt
+  mutations:
+    model.num_conv_layers: {choice: [2, 3]}
+    train.optimizer.lr: {loguniform: [1.0e-4, 1.0e-2]}
+checkpoint: {keep: null}
+"""
+
+
+def test_validate_refuses_what_would_fail_at_run_with_paths_and_lines(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(RUNS_AS_WRITTEN)
+    result = sweepctl("validate", str(spec))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "seed (line 2): Input should be greater than or equal to 0, got -1" in result.stderr
+    spec.write_text(RUNS_AS_WRITTEN.replace("seed: -1", "seed: 0"))
+    result = sweepctl("validate", str(spec))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    err = result.stderr
+    assert "scheduler.mutations.model.num_conv_layers (line 14): model.num_conv_layers changes the model's parameters" in err
+    assert "scheduler.mutations.train.optimizer.lr (line 15): a grid at train.optimizer.lr (line 9)" in err
+    spec.write_text(RUNS_AS_WRITTEN.replace("seed: -1", "seed: 0").replace("scheduler:\n  name: pbt", "scheduler:\n  name: fifo"))
+    result = sweepctl("validate", str(spec))
+    assert result.returncode == 2
+    assert ("search.num_samples (line 10): model.filters 5 × train.optimizer.lr 4 × search.num_samples 600 "
+            "= 12,000 trials > 10,000") in result.stderr
+    result = sweepctl("validate", str(spec), "--max-trials", "12000")
+    assert result.returncode == 0, result.stderr
+    assert "OK runs-as-written: 12000 trials" in result.stdout
+
+
+def test_amp_off_unquoted_as_documented_validates(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: amp-off\ndata: {name: digits}\nmodel: {name: mlp}\ntrain: {epochs: 1, amp: off}\n")
+    result = sweepctl("validate", str(spec))
+    assert result.returncode == 0, result.stderr
+    result = sweepctl("validate", str(spec), "--set", "train.amp=on")
+    assert result.returncode == 0, result.stderr

@@ -142,3 +142,105 @@ def test_pbt_perturbations_are_clipped_into_the_mutation_range():
     }
     assert explore({"train.optimizer.momentum": 0.85})["train.optimizer.momentum"] == 0.85
     parse_spec(PBT + "checkpoint: {keep: null}\n", overrides=["train.optimizer.momentum=0.99"])  # in range: valid
+
+
+# ----------------------------------------------------------------------------- what would fail at run
+def problems_of(text: str, **kwargs) -> dict[str, tuple[int | None, str]]:
+    with pytest.raises(SpecError) as err:
+        parse_spec(text, **kwargs)
+    return {p.path: (p.line, p.message) for p in err.value.problems}
+
+
+def test_a_negative_seed_is_refused_with_its_line():
+    assert problems_of("seed: -1\n" + GOOD) == {"seed": (1, "Input should be greater than or equal to 0, got -1")}
+    assert "seed" in problems_of(GOOD + f"seed: {2**32}\n")
+    assert parse_spec(GOOD + f"seed: {2**32 - 1}\n").seed == 2**32 - 1
+
+
+PBT_OK = PBT + "checkpoint: {keep: null}\n"
+
+
+def test_pbt_may_not_mutate_what_shapes_the_weights():
+    text = PBT_OK.replace("mutations: {train.optimizer.lr: {loguniform: [1.0e-4, 1.0e-1]}}", """mutations:
+    model.filters: {choice: [32, 64]}
+    model.dropout: {uniform: [0.0, 0.5]}
+    model.activation: {choice: [relu, gelu]}
+    data.image_size: {choice: [8, 16]}
+    train.optimizer.name: {choice: [sgd, adam]}""")
+    found = problems_of(text)
+    assert set(found) == {"scheduler.mutations.model.filters", "scheduler.mutations.model.dropout",
+                          "scheduler.mutations.data.image_size", "scheduler.mutations.train.optimizer.name"}
+    line, message = found["scheduler.mutations.model.filters"]
+    assert line == 15
+    assert "copies the donor's weights" in message and "must match" in message  # why
+    assert "{grid: [...]} or {choice: [...]} instead" in message  # what to do
+    assert "can be 0 here" in found["scheduler.mutations.model.dropout"][1]
+    assert "input shape" in found["scheduler.mutations.data.image_size"][1]
+    assert "optimizer state" in found["scheduler.mutations.train.optimizer.name"][1]
+    # dropout above 0 and activations own no parameters: fine
+    ok = PBT_OK.replace("mutations: {train.optimizer.lr: {loguniform: [1.0e-4, 1.0e-1]}}",
+                        "mutations: {model.dropout: {uniform: [0.1, 0.5]}, model.activation: {choice: [relu, gelu]}}")
+    assert parse_spec(ok).scheduler.mutations.keys() == {"model.dropout", "model.activation"}
+
+
+def test_a_grid_over_a_mutated_value_is_refused_naming_both_places():
+    text = PBT_OK.replace("search: {algorithm: random, num_samples: 4}", "search: {algorithm: grid}")
+    text = text.replace("train: {epochs: 3}", "train:\n  epochs: 3\n  optimizer: {lr: {grid: [0.01, 0.001]}}")
+    ((path, (line, message)),) = problems_of(text).items()
+    assert path == "scheduler.mutations.train.optimizer.lr" and line == 16
+    assert "a grid at train.optimizer.lr (line 11) and mutated here" in message
+    # a sampled start is how a PBT population begins (sweeps/cnn_pbt.yaml): fine
+    sampled = PBT_OK.replace("train: {epochs: 3}", "train: {epochs: 3, optimizer: {lr: {loguniform: [1.0e-4, 1.0e-1]}}}")
+    assert "train.optimizer.lr" in search_space(parse_spec(sampled))
+
+
+def test_a_trial_count_over_the_cap_names_its_factors_without_enumerating_the_grid():
+    import time
+
+    hundred = "{grid: [" + ", ".join(str(i) for i in range(1, 101)) + "]}"
+    text = GOOD.replace("{grid: [2, 3, 4]}", hundred).replace("{grid: [64, 128, 152]}", hundred)
+    text = text.replace("{grid: [2, 3]}", hundred).replace("{grid: [2, 4]}", hundred)
+    start = time.monotonic()
+    found = problems_of(text, overrides=["search.num_samples=2"])
+    assert time.monotonic() - start < 2  # 200,000,000 trials: counted, never listed
+    ((path, (line, message)),) = found.items()
+    assert path == "model.num_conv_layers" and line == 5  # the largest factor (the first of equals)
+    assert message.startswith("model.num_conv_layers 100 × model.filters 100 × model.kernel_size 100 × "
+                              "model.num_fc_layers 100 × search.num_samples 2 = 200,000,000 trials > 10,000")
+    assert "--max-trials 200000000" in message
+    assert num_trials(parse_spec(text, overrides=["search.num_samples=2"], max_trials=200_000_000)) == 200_000_000
+    assert "search.num_samples" in problems_of(GOOD, overrides=["search.num_samples=1000"])  # 36,000
+
+
+@pytest.mark.parametrize("written, amp", [("off", "off"), ("on", "auto"), ("false", "off"), ("true", "auto"),
+                                          ("'off'", "off"), ("bf16", "bf16"), ("auto", "auto")])
+def test_amp_off_and_on_unquoted_are_read_as_meant(written, amp):
+    assert parse_spec(GOOD.replace("train: {epochs: 3}", f"train: {{epochs: 3, amp: {written}}}")).train.amp == amp
+    assert parse_spec(GOOD, overrides=[f"train.amp={written}"]).train.amp == amp
+
+
+def test_amp_still_refuses_what_it_does_not_know():
+    line, message = problems_of(GOOD, overrides=["train.amp=fp8"])["train.amp"]
+    assert "'auto', 'off', 'bf16' or 'fp16'" in message
+
+
+def test_the_pbt_mutable_model_fields_leave_every_models_state_dict_unchanged():
+    """The rule in spec.py, checked on the real models: mutating a PBT_MUTABLE_MODEL_FIELDS field
+    (dropout above 0) keeps every parameter's name and shape; a dropout of 0 does not."""
+    pytest.importorskip("torch")
+    from service.core.spec import PBT_MUTABLE_MODEL_FIELDS, CIFAR10NetSpec, CNNSpec, MLPSpec, ResNetSpec, SmallResNetSpec
+    from trainer.models import build_model
+
+    def shapes(spec):
+        return {k: tuple(v.shape) for k, v in build_model(spec, (3, 16, 16), 10).state_dict().items()}
+
+    families = [MLPSpec(name="mlp", hidden_sizes=[32, 16]), CNNSpec(name="cnn", filters=8, hidden_size=16),
+                CIFAR10NetSpec(name="cifar10net", conv_channels=[8, 8], fc1=16, fc2=8),
+                SmallResNetSpec(name="small_resnet", h_1=8, h_2=8), ResNetSpec(name="resnet", head="mlp", head_widths=[16])]
+    for spec in families:
+        for field in set(PBT_MUTABLE_MODEL_FIELDS) & set(type(spec).model_fields):
+            values = ("relu", "gelu", "tanh") if "activation" in field else (0.1, 0.5)
+            variants = [shapes(spec.model_copy(update={field: v})) for v in values]
+            assert all(v == variants[0] for v in variants), f"{spec.name}.{field}"
+    cnn = families[1]
+    assert shapes(cnn.model_copy(update={"dropout": 0.0})) != shapes(cnn.model_copy(update={"dropout": 0.3}))

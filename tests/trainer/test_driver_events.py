@@ -197,3 +197,37 @@ def test_the_progress_line_counts_states_and_names_the_best_trial(tmp_path):
     events.on_trial_result(0, [trial], trial, _result(1, 0.75))
     line = progress_line(events.writer.snapshot(wall_seconds=65))
     assert line == "[01:05] 2 trials: 1 running | best val_acc 0.7500 (trial t_p, epoch 1)"
+
+
+def test_a_checkpoint_skipped_as_corrupt_is_recorded_said_once_and_never_the_best(tmp_path):
+    events, lines, _ = _events(tmp_path, 2, epochs=5)
+    own, donor = FakeTrial("t_s", {"train.optimizer.lr": 1e-3}), FakeTrial("t_d", {"train.optimizer.lr": 1e-3})
+    trials = [own, donor]
+    events.on_step_begin(0, trials)
+    for trial in trials:
+        events.on_trial_start(0, trials, trial)
+    ckpt = {t.trial_id: [f"{tmp_path}/ev/{t.trial_id}/checkpoint_{k:06d}" for k in range(3)] for t in trials}
+    for epoch, acc in enumerate([0.5, 0.6, 0.9], 1):  # epoch 3 (the corrupt one) would be the best
+        for trial in trials:
+            events.on_trial_result(0, trials, trial, _result(epoch, acc))
+            events.on_checkpoint(0, trials, trial, Checkpoint(ckpt[trial.trial_id][epoch - 1]))
+    events.on_trial_recover(0, trials, own)
+    skipped = [{"uri": ckpt["t_s"][2], "reason": "checksum mismatch for state.pt in checkpoint_000002: ..."},
+               {"uri": ckpt["t_d"][2], "reason": "checkpoint_000002 is not in storage"}]  # a donor's, earlier
+    after_restore = _result(3, 0.7, resumed_from_epoch=2, restored_from=ckpt["t_s"][1], restore_skipped=skipped)
+    events.on_trial_result(0, trials, own, after_restore)
+    record, donor_record = events.writer.trials["t_s"], events.writer.trials["t_d"]
+    assert [(s.uri, s.reason, s.attempt, s.resumed_from_epoch) for s in record.skipped_checkpoints] == [
+        (ckpt["t_s"][2], skipped[0]["reason"], 1, 2), (ckpt["t_d"][2], skipped[1]["reason"], 1, 2)]
+    assert [c.uri for c in record.checkpoints] == ckpt["t_s"][:2] and record.checkpoint == ckpt["t_s"][1]
+    assert [c.uri for c in donor_record.checkpoints] == ckpt["t_d"][:2] and donor_record.checkpoint == ckpt["t_d"][1]
+    assert SweepStore(str(tmp_path), "ev").read_trial("t_d").checkpoint == ckpt["t_d"][1]  # written too
+    assert not record.exploits  # restored from its own checkpoint
+    said = [line for line in lines if "corrupt" in line]
+    assert said == [f"trial t_s skipped corrupt checkpoints {ckpt['t_s'][2]} ({skipped[0]['reason']}); "
+                    f"{ckpt['t_d'][2]} ({skipped[1]['reason']}); restored from epoch 2"]
+    # The same corrupt checkpoint found again at a later restore: recorded and said once.
+    events.on_trial_result(0, trials, own, {**after_restore, "restore_skipped": skipped[:1]})
+    assert len(record.skipped_checkpoints) == 2 and len([line for line in lines if "corrupt" in line]) == 1
+    stored = SweepStore(str(tmp_path), "ev").read_trial("t_s")
+    assert stored.skipped_checkpoints == record.skipped_checkpoints

@@ -1,4 +1,5 @@
-"""One driver per sweep: driver.json's attempt numbers, liveness and fencing (local storage)."""
+"""One driver per sweep: attempt claims (conditional creates), liveness and fencing, on local
+storage and on a real S3 protocol server (moto over HTTP)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import time
 
 import pytest
 
+from service.core import storage
+
 from service.core.errors import SweepBusy
 from service.core.record import SweepStore
-from trainer.driver.sweep import DriverLock
+from trainer.driver.lock import DriverLock
 
 
 def lock(sweep_dir) -> DriverLock:
@@ -64,7 +67,7 @@ def test_a_driver_on_another_host_counts_as_gone_only_after_its_heartbeat_is_sta
     successor.release("finished")
 
 
-def test_a_driver_that_lost_the_sweep_to_another_attempt_stops_writing(tmp_path):
+def test_a_driver_that_lost_driver_json_to_another_attempt_stops_writing(tmp_path):
     old = lock(tmp_path)
     old.acquire()
     (tmp_path / "driver.json").write_text(json.dumps({**record(tmp_path), "token": "a newer attempt"}))
@@ -72,3 +75,85 @@ def test_a_driver_that_lost_the_sweep_to_another_attempt_stops_writing(tmp_path)
     assert old.lost
     old.release("finished")
     assert record(tmp_path)["token"] == "a newer attempt"  # the newer attempt's record stays
+
+
+def test_a_newer_attempt_claim_fences_the_owner_out_within_one_fence_interval(tmp_path):
+    told = []
+    owner = DriverLock(SweepStore(str(tmp_path), "fenced"), on_lost=lambda: told.append(time.monotonic()))
+    owner.acquire()
+    before = record(tmp_path / "fenced")
+    # What a driver elsewhere writes when it presumes this one dead: the next attempt's claim.
+    taken = time.monotonic()
+    (tmp_path / "fenced" / "driver" / "attempt-000002.json").write_text(json.dumps({"attempt": 2}))
+    deadline = time.monotonic() + 5
+    while not owner.lost and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert owner.lost and len(told) == 1
+    assert told[0] - taken <= DriverLock.FENCE_SECONDS + 0.5
+    owner.release("finished")
+    assert record(tmp_path / "fenced") == before  # a fenced driver wrote nothing more
+
+
+def test_attempt_claims_are_created_only_if_absent_locally_and_on_s3(tmp_path, s3_server, monkeypatch):
+    from conftest import point_aws_at
+
+    point_aws_at(s3_server, monkeypatch, tmp_path)
+    storage.s3_client().create_bucket(Bucket="claims")
+    for root in (str(tmp_path / "local"), "s3://claims/team"):
+        uri = storage.join(root, "sweep", "driver", "attempt-000001.json")
+        assert storage.create_exclusive(uri, b'{"attempt": 1, "who": "first"}')
+        assert not storage.create_exclusive(uri, b'{"attempt": 1, "who": "second"}')
+        assert storage.read_json(uri)["who"] == "first"
+
+
+# A driver process that takes the lock with 0.3 s added to every storage call (read, list,
+# create, write), holds it for 2 s, and prints what happened.
+_RACER = """
+import sys, time
+from service.core import storage
+from service.core.errors import SweepBusy
+from service.core.record import SweepStore
+from trainer.driver.lock import DriverLock
+
+def slow(f):
+    def call(*a, **k):
+        time.sleep(0.3)
+        return f(*a, **k)
+    return call
+
+for name in ("read_bytes", "list_files", "exists", "create_exclusive", "write_bytes_atomic"):
+    setattr(storage, name, slow(getattr(storage, name)))
+start_at = float(sys.argv[3])
+time.sleep(max(0.0, start_at - time.time()))  # both racers start at the same moment
+lock = DriverLock(SweepStore(sys.argv[1], sys.argv[2]))
+try:
+    lock.acquire()
+except SweepBusy as err:
+    print("refused", str(err).splitlines()[0], flush=True)
+    sys.exit(0)
+print("owner", lock.attempt, flush=True)
+time.sleep(2)
+print("lost" if lock.lost else "kept", flush=True)
+lock.release("finished")
+"""
+
+
+def test_two_drivers_racing_with_slow_storage_give_exactly_one_owner_20_times_out_of_20(tmp_path, s3_server, monkeypatch):
+    from conftest import point_aws_at
+
+    point_aws_at(s3_server, monkeypatch, tmp_path)
+    storage.s3_client().create_bucket(Bucket="race")
+    rounds, outcomes = 20, []
+    for batch in range(0, rounds, 10):  # 10 races at a time, each on its own sweep
+        procs = []
+        start_at = time.time() + 5  # after every interpreter has imported everything
+        for n in range(batch, batch + 10):
+            procs += [subprocess.Popen([sys.executable, "-c", _RACER, "s3://race/team", f"sweep-{n}", str(start_at)],
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        for a, b in zip(procs[::2], procs[1::2]):
+            out = [p.communicate(timeout=60) for p in (a, b)]
+            assert all(p.returncode == 0 for p in (a, b)), out
+            outcomes.append([o.split()[0] for o, _ in out] + [line for o, _ in out for line in o.splitlines()[1:]])
+    owners = [sum(1 for word in o[:2] if word == "owner") for o in outcomes]
+    assert owners == [1] * rounds, outcomes
+    assert all("lost" not in o for o in outcomes)  # the owner kept it: nobody took it over

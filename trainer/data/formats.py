@@ -29,7 +29,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from service.core.errors import DataFormatError
 from service.core.fetch import exclusive_lock, fetch_to_cache
+# Which files each dataset's path holds is the torch-free pre-flight's knowledge (one owner): the
+# readers below find their files with it, and sweepctl checks a data.path with it before Ray starts.
+from service.core.preflight import CIFAR_LAYOUTS as _CIFAR
+from service.core.preflight import EXPECTED as _EXPECTED
+from service.core.preflight import MNIST_FOLDERS as _MNIST
+from service.core.preflight import MNIST_SPLITS as _MNIST_SPLITS
+from service.core.preflight import dataset_files_present as _dataset_files_present
+from service.core.preflight import find_cifar as _find_cifar
+from service.core.preflight import find_mnist_folder as _find_mnist_folder
+from service.core.preflight import idx_file as _idx_file
 from service.core.spec import ON_DISK, DataSpec
 from trainer.data.splits import seed63, split_indices
 
@@ -181,23 +192,9 @@ def torchvision_download(name: str, root: Path) -> None:
         classes[name](root=str(root), train=train, download=True)
 
 
-def _dataset_files_present(name: str, path: Path) -> bool:
-    """Whether ``path`` looks like it holds ``name`` (a file always counts: its reader judges it)."""
-    if path.is_file():
-        return True
-    if name in _MNIST:
-        return _find_mnist_folder(path, name) is not None
-    return _find_cifar(path, _CIFAR[name]) is not None
-
-
 # ----------------------------------------------------------------------------- MNIST / Fashion-MNIST
-# The official idx files (optionally gzipped), per split: (images, labels).
-_MNIST_SPLITS = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
-# torchvision's layout puts the files under <root>/<folder>/raw/.
-_MNIST = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+# The official idx files: service/core/preflight.py's MNIST_SPLITS (names) and MNIST_FOLDERS
+# (torchvision's <root>/<folder>/raw/ layout).
 FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
@@ -224,11 +221,11 @@ def read_mnist(path: str | Path, variant: Literal["mnist", "fashion_mnist"]) -> 
         images = read_idx(_idx_file(folder, images_name), IDX_IMAGES_MAGIC)
         labels = read_idx(_idx_file(folder, labels_name), IDX_LABELS_MAGIC)
         if images.shape[1:] != (MNIST_SIDE, MNIST_SIDE):
-            raise ValueError(f"{folder / images_name}: expected 28x28 images, got {images.shape[1:]}")
+            raise DataFormatError(f"{folder / images_name}: expected 28x28 images, got {images.shape[1:]}")
         if len(images) != len(labels):
-            raise ValueError(f"{folder}: {len(images)} {split} images but {len(labels)} labels")
+            raise DataFormatError(f"{folder}: {len(images)} {split} images but {len(labels)} labels")
         if labels.size and labels.max() > 9:
-            raise ValueError(f"{folder / labels_name}: labels must be 0..9, found {labels.max()}")
+            raise DataFormatError(f"{folder / labels_name}: labels must be 0..9, found {labels.max()}")
         splits[split] = (torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))
     names = [str(i) for i in range(10)] if variant == "mnist" else list(FASHION_MNIST_CLASSES)
     return RawData(*splits["train"], *splits["test"], class_names=names)
@@ -244,10 +241,10 @@ def read_idx(path: Path, expected_magic: int) -> np.ndarray:
     if path.name.endswith(".gz"):
         data = gzip.decompress(data)
     if len(data) < 4:
-        raise ValueError(f"{path}: too short for an idx file ({len(data)} bytes)")
+        raise DataFormatError(f"{path}: too short for an idx file ({len(data)} bytes)")
     magic = int.from_bytes(data[:4], "big")
     if magic != expected_magic:
-        raise ValueError(
+        raise DataFormatError(
             f"{path}: bad idx magic number 0x{magic:08x}, expected 0x{expected_magic:08x} "
             "(not an MNIST idx file, or images and labels swapped?)"
         )
@@ -255,7 +252,7 @@ def read_idx(path: Path, expected_magic: int) -> np.ndarray:
     header = 4 + 4 * ndim
     dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
     if len(data) - header != int(np.prod(dims)):
-        raise ValueError(
+        raise DataFormatError(
             f"{path}: header says dims {dims} ({int(np.prod(dims))} bytes of data) "
             f"but the file holds {len(data) - header}"
         )
@@ -263,56 +260,9 @@ def read_idx(path: Path, expected_magic: int) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims).copy()
 
 
-def _find_mnist_folder(path: Path, variant: str) -> Path | None:
-    """The first of ``path``, ``path/<Folder>/raw`` that holds all four files (plain or .gz)."""
-    for folder in (path, path / _MNIST[variant] / "raw"):
-        if all(_idx_file(folder, name).is_file() for pair in _MNIST_SPLITS.values() for name in pair):
-            return folder
-    return None
-
-
-def _idx_file(folder: Path, name: str) -> Path:
-    """``folder/name`` if it exists, else ``folder/name.gz`` (which may not exist either)."""
-    plain = folder / name
-    return plain if plain.is_file() else folder / f"{name}.gz"
-
-
 # ----------------------------------------------------------------------------- CIFAR
-# Per variant: the official archive name, its top folder, train files, test file, meta file,
-# the label key in each batch and the class-name key in the meta file.
-_CIFAR = {
-    "cifar10": dict(
-        archive="cifar-10-python.tar.gz",
-        folder="cifar-10-batches-py",
-        train=[f"data_batch_{i}" for i in range(1, 6)],
-        test="test_batch",
-        meta="batches.meta",
-        label_key="labels",
-        names_key="label_names",
-    ),
-    "cifar100": dict(
-        archive="cifar-100-python.tar.gz",
-        folder="cifar-100-python",
-        train=["train"],
-        test="test",
-        meta="meta",
-        label_key="fine_labels",
-        names_key="fine_label_names",
-    ),
-}
-
-# What each on-disk dataset's path should hold, for error messages.
-_MNIST_FILE_LIST = ", ".join(name for pair in _MNIST_SPLITS.values() for name in pair)
-_EXPECTED = {
-    **{
-        variant: f"the idx files {_MNIST_FILE_LIST} (each optionally .gz) in it or in {folder}/raw/"
-        for variant, folder in _MNIST.items()
-    },
-    **{
-        variant: f"the '{c['folder']}' folder, a directory containing it or {c['archive']}, or {c['archive']} itself"
-        for variant, c in _CIFAR.items()
-    },
-}
+# The official layouts (archive, folder, batch files, label keys): service/core/preflight.py's
+# CIFAR_LAYOUTS; what a path should hold, for messages: its EXPECTED.
 
 
 def read_cifar(path: str | Path, variant: Literal["cifar10", "cifar100"]) -> RawData:
@@ -342,19 +292,6 @@ def read_cifar(path: str | Path, variant: Literal["cifar10", "cifar100"]) -> Raw
     )
 
 
-def _find_cifar(path: Path, layout: dict) -> Path | None:
-    """The batches folder or the archive that ``path`` points at or contains, if any."""
-    if path.is_file():
-        return path
-    if path.is_dir():
-        for candidate in (path, path / layout["folder"]):
-            if (candidate / layout["test"]).is_file():
-                return candidate
-        if (path / layout["archive"]).is_file():
-            return path / layout["archive"]
-    return None
-
-
 def _cifar_reader(path: Path, layout: dict, expected: str) -> Callable[[str], bytes]:
     """A function returning the bytes of one file of the dataset, wherever ``path`` points."""
     found = _find_cifar(path, layout)
@@ -365,7 +302,7 @@ def _cifar_reader(path: Path, layout: dict, expected: str) -> Callable[[str], by
     if found.is_dir():
         return lambda name: _read_file(found / name)
     if not tarfile.is_tarfile(found):
-        raise ValueError(f"{found} is not a tar archive: expected {expected}")
+        raise DataFormatError(f"{found} is not a tar archive: expected {expected}")
     return _tar_reader(found, layout["folder"], [*layout["train"], layout["test"], layout["meta"]])
 
 
@@ -404,7 +341,7 @@ def _get(d: dict, key: str):
         return d[key.encode()]
     if key in d:
         return d[key]
-    raise ValueError(f"CIFAR file lacks the key {key!r}; has {sorted(map(repr, d))}")
+    raise DataFormatError(f"CIFAR file lacks the key {key!r}; has {sorted(map(repr, d))}")
 
 
 def _cifar_batch(data: bytes, label_key: str, name: str) -> tuple[Tensor, Tensor]:
@@ -412,9 +349,9 @@ def _cifar_batch(data: bytes, label_key: str, name: str) -> tuple[Tensor, Tensor
     batch = _unpickle(data)
     pixels = np.asarray(_get(batch, "data"), dtype=np.uint8)
     if pixels.ndim != 2 or pixels.shape[1] != 3 * 32 * 32:
-        raise ValueError(f"CIFAR file {name}: expected data of shape (N, 3072), got {pixels.shape}")
+        raise DataFormatError(f"CIFAR file {name}: expected data of shape (N, 3072), got {pixels.shape}")
     labels = np.asarray(_get(batch, label_key), dtype=np.int64)
     if labels.shape != (pixels.shape[0],):
-        raise ValueError(f"CIFAR file {name}: {pixels.shape[0]} images but {labels.shape} labels")
+        raise DataFormatError(f"CIFAR file {name}: {pixels.shape[0]} images but {labels.shape} labels")
     x = torch.from_numpy(pixels.reshape(-1, 3, 32, 32).copy())  # copy: frombuffer data is read-only
     return x, torch.from_numpy(labels)

@@ -6,7 +6,9 @@ The rules live here and nowhere else:
 - "stopped early": a trial completed with fewer epochs than its budget (its own ``train.epochs``
   when that is searched, else the spec's);
 - a PBT exploit: the first result after a restore names a checkpoint of *another* trial;
-- a trial error keeps the exception's type and message, and points to the trial's log.
+- a trial error keeps the exception's type and message, and points to the trial's log;
+- a checkpoint the loop found corrupt at a restore (the result's ``restore_skipped``) is recorded
+  once and is no longer among the kept checkpoints of the trial that wrote it.
 
 Every hook costs O(1) in the number of trials: new trials are the tail of Tune's list, and only
 the trials this driver saw running are checked for a pause.
@@ -23,17 +25,24 @@ from ray.tune import Callback
 
 from service.core import storage
 from service.core.record import (
-    RESULT_KEYS, CheckpointRef, EpochResult, Exploit, Objective, RecordWriter, SegmentedLog, SweepIndex, TrialError,
-    now_iso,
+    FINISHED_STATES, RESULT_KEYS, CheckpointRef, EpochResult, Exploit, Objective, RecordWriter, SegmentedLog, SkippedCheckpoint,
+    SweepIndex, TrialError, now_iso,
 )
 from service.core.spec import SweepSpec, search_space
 
 
 class SweepEvents(Callback):
     def __init__(self, spec: SweepSpec, writer: RecordWriter, progress: "Progress", *, attempt: int,
-                 metrics=None, on_setup: Callable[[], None] | None = None, seconds_before: float = 0.0):
+                 metrics=None, on_setup: Callable[[], None] | None = None, seconds_before: float = 0.0,
+                 check_stop: Callable[[], None] = lambda: None, experiment_state=None):
         self.spec, self.writer, self.progress, self.metrics = spec, writer, progress, metrics
         self.on_setup = on_setup  # once Ray is up (the exporter's scrape targets for Ray's nodes)
+        self.check_stop = check_stop  # raises in Tune's loop when the driver must stop now (fenced out)
+        # When Tune's experiment snapshot last landed (trainer/driver/sweep.py ExperimentState):
+        # retention waits for one taken after the trial ended. None: delete when the trial ends.
+        self.experiment_state = experiment_state
+        self._retention_due: dict[str, float] = {}  # trial id → when it ended, for ended trials not yet pruned
+        self._retention_checked = 0.0
         self.attempt = attempt
         self.started = time.time()
         self.seconds_before = seconds_before  # wall time of earlier driver attempts
@@ -58,6 +67,7 @@ class SweepEvents(Callback):
 
     # ---------------------------------------------------------------------- Tune hooks
     def on_step_begin(self, iteration, trials, **info):
+        self._check_stop()
         for trial in trials[self._seen:]:
             self._added(trial)
         self._seen = len(trials)
@@ -80,6 +90,7 @@ class SweepEvents(Callback):
         self._tick()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._check_stop()
         record = self._added(trial)
         self._running[trial.trial_id] = trial
         if record.status != "running":
@@ -91,6 +102,7 @@ class SweepEvents(Callback):
         if exploit is not None:
             record.exploits.append(exploit)
             self.progress.say(f"trial {trial.trial_id} took over trial {exploit.donor}'s weights at epoch {exploit.epoch}")
+        self._skipped_checkpoints(trial, record, result)
         record.val_split = result.get("val_split", record.val_split)
         record.seconds = float(result.get("time_total_s", record.seconds))
         self.writer.add_result(record, entry)
@@ -105,6 +117,8 @@ class SweepEvents(Callback):
         """Tune stored a checkpoint (after the result of its epoch). The record carries it from
         the trial's next write, so a checkpoint costs no record write of its own. Retention
         waits for the trial to end (``_apply_retention``)."""
+        if self.writer.fenced():
+            return  # another driver owns the sweep: this one registers nothing
         record = self._added(trial)
         latest = record.history[-1] if record.history else None
         ref = CheckpointRef(uri=self.writer.store.checkpoint_uri(checkpoint.path),
@@ -112,6 +126,33 @@ class SweepEvents(Callback):
                             objective=latest.metric(self.spec.objective.metric) if latest else None)
         record.checkpoints = [c for c in record.checkpoints if c.uri != ref.uri] + [ref]
         record.checkpoint = _best_checkpoint(record.checkpoints, self.writer.index.objective)
+
+    def _retention_after_snapshot(self, record) -> None:
+        if self.experiment_state is None:  # no snapshot to wait for (tests of the event path)
+            self._apply_retention(record)
+        else:
+            self._retention_due[record.trial_id] = time.time()
+
+    def apply_pending_retention(self, *, snapshot_landed: bool = False) -> None:
+        """Prune the ended trials whose end an experiment snapshot in storage has seen (all of
+        them when ``snapshot_landed``: Tune's final snapshot, after ``fit``). Until then the
+        snapshot a resume would restore may still name a checkpoint retention would delete."""
+        if self.writer.fenced() or not (self._retention_due or snapshot_landed):
+            return
+        if snapshot_landed:  # also trials that ended under an earlier driver attempt, killed before it pruned them
+            due = [t for t, r in self.writer.trials.items() if t in self._retention_due or r.status in FINISHED_STATES]
+        else:
+            landed = self.experiment_state.landed_at()
+            # An upload of the tiny snapshot file takes well under a second; one that finished
+            # 2 s after the trial ended started after it, so it holds the trial as ended.
+            due = [t for t, ended in self._retention_due.items() if landed is not None and landed >= ended + 2.0]
+        for trial_id in due:
+            self._retention_due.pop(trial_id, None)
+            record = self.writer.trials[trial_id]
+            before = len(record.checkpoints)
+            self._apply_retention(record)
+            if len(record.checkpoints) != before:
+                self.writer.changed(record)
 
     def _apply_retention(self, record) -> None:
         """Keep the ``checkpoint.keep`` best by the objective plus the latest, delete the rest.
@@ -136,7 +177,7 @@ class SweepEvents(Callback):
         stopped_early = record.epochs < budget
         self.writer.set_status(record, "stopped_early" if stopped_early else "terminated")
         record.stop_reason = f"{self.spec.scheduler.name} scheduler" if stopped_early else "completed all epochs"
-        self._apply_retention(record)
+        self._retention_after_snapshot(record)
         self.writer.changed(record)
         self._sink("trial_completed", trial.trial_id, stopped_early=stopped_early)
         self._tick()
@@ -158,11 +199,12 @@ class SweepEvents(Callback):
         record.error = trial_error(_exception_of(trial), log=record.log, attempt=record.restarts + 1)
         self.writer.set_status(record, "error")
         record.stop_reason = f"{record.error.type}: {_headline(record.error.message)}"[:300]
-        self._apply_retention(record)
+        self._retention_after_snapshot(record)
         self.writer.changed(record)
         self._sink("trial_errored", trial.trial_id)
+        not_retried = f"not retried: a restart cannot fix {record.error.type}; " if record.error.final else ""
         self.progress.say(f"trial {trial.trial_id} failed: {record.stop_reason} "
-                          f"(traceback: sweepctl logs {self.spec.name} --trial {trial.trial_id})")
+                          f"({not_retried}traceback: sweepctl logs {self.spec.name} --trial {trial.trial_id})")
         self._tick()
 
     # ---------------------------------------------------------------------- helpers
@@ -189,12 +231,61 @@ class SweepEvents(Callback):
                        donor_checkpoint=self.writer.store.checkpoint_uri(restored_from),
                        restored_weights=result.get("restored_weights"), config=config)
 
+    def _skipped_checkpoints(self, trial, record, result: dict) -> None:
+        """The loop passed over corrupt checkpoints to restore the trial (the first result after
+        the restore names them): each recorded and said once, and dropped from the kept checkpoints
+        of the trial that wrote it (a PBT donor's are the donor's), so the best is never one of
+        them. Left in storage, for a look at what broke it; retention no longer sees it."""
+        known = {s.uri for s in record.skipped_checkpoints}
+        resumed = int(result.get("resumed_from_epoch") or 0)
+        new = [SkippedCheckpoint(uri=uri, reason=s["reason"], attempt=self.attempt, resumed_from_epoch=resumed)
+               for s in result.get("restore_skipped") or ()
+               if (uri := self.writer.store.checkpoint_uri(s["uri"])) not in known]
+        if not new:
+            return
+        record.skipped_checkpoints = [*record.skipped_checkpoints, *new]
+        for skipped in new:
+            owner = self.writer.trials.get(Path(skipped.uri).parent.name)
+            if owner is not None and any(c.uri == skipped.uri for c in owner.checkpoints):
+                owner.checkpoints = [c for c in owner.checkpoints if c.uri != skipped.uri]
+                owner.checkpoint = _best_checkpoint(owner.checkpoints, self.writer.index.objective)
+                if owner is not record:
+                    self.writer.changed(owner)
+        then = f"restored from epoch {resumed}" if result.get("restored_from") else "started fresh (epoch 1)"
+        corrupt = "; ".join(f"{s.uri} ({s.reason})" for s in new)
+        self.progress.say(f"trial {trial.trial_id} skipped corrupt checkpoint{'s' if len(new) > 1 else ''} "
+                          f"{corrupt}; {then}")
+
+    def _check_stop(self) -> None:
+        self.check_stop()
+        if self.writer.full is not None:  # storage full: trials cannot checkpoint, the record cannot grow
+            raise self.writer.full
+
     def _tick(self) -> None:
-        """At a bounded rate: the index, and the progress line."""
+        """At a bounded rate: the index, retention of ended trials, and the progress line."""
+        if self._retention_due and time.monotonic() - self._retention_checked >= 2.0:
+            self._retention_checked = time.monotonic()
+            self.apply_pending_retention()
         wall = self.wall_seconds()
         if self.writer.maybe_write_index(wall):
             self.progress.status(self.writer.index)
         self.progress.maybe_flush()
+
+    def stopped(self, status: str, reason: str) -> None:
+        """The sweep stopped early (interrupt, storage full, a driver error): trials that were
+        running are paused (a resume continues them from their last checkpoint), and the index
+        says what happened (one try: an interrupt must not wait on storage)."""
+        for record in self.writer.trials.values():
+            if record.status == "running":
+                self.writer.set_status(record, "paused")
+                record.stop_reason = f"sweep {status}: {reason}"
+                try:
+                    self.writer.changed(record)
+                except Exception:
+                    pass  # the index below carries the state too
+        self.writer.write_index(status, self.wall_seconds(), stop_reason=reason)
+        self.progress.status(self.writer.index)
+        self.progress.close()
 
     def finish(self, status: str = "finished") -> SweepIndex:
         """The final index (each trial's record already names its best kept checkpoint)."""
@@ -257,7 +348,15 @@ def _exception_of(trial):
 
 def trial_error(error, *, log: str | None, attempt: int) -> TrialError:
     """A trial's exception as Tune hands it to the driver (a RayTaskError wrapping the trial's own
-    exception, or a TuneError): the original type and message; the traceback is in the trial log."""
+    exception, or a TuneError): the original type and message; the traceback is in the trial log.
+    ``final``: the trial raised ``FinalTrialError`` (not retried); its type and message are the
+    original exception's, not the marker's."""
+    from trainer.driver.retries import final_marker
+
+    marker = final_marker(error)
+    if marker is not None:
+        return TrialError(type=marker.type_name, message=marker.message.strip()[:2000], log=log, attempt=attempt,
+                          final=True)
     cause = getattr(error, "cause", None)  # RayTaskError.cause: the exception raised in the trial
     original = cause if isinstance(cause, BaseException) else error
     type_name = type(original).__name__ if original is not None else "Error"
@@ -270,6 +369,10 @@ def trial_error(error, *, log: str | None, attempt: int) -> TrialError:
         last = lines[-1] if lines else message
         type_name, _, text = last.partition(": ")
         message = text or last
+        if type_name.split(".")[-1] == "FinalTrialError":  # "FinalTrialError: Type: message"
+            type_name, _, message = message.partition(": ")
+            return TrialError(type=type_name.split(".")[-1] or "Error", message=message.strip()[:2000], log=log,
+                              attempt=attempt, final=True)
     return TrialError(type=type_name.split(".")[-1] or "Error", message=message.strip()[:2000], log=log, attempt=attempt)
 
 
@@ -277,17 +380,22 @@ class Progress:
     """The progress line on the terminal and in the driver log (logs/driver/ in storage).
     Status lines at most every ``interval`` seconds; events (errors, restarts, exploits) at once."""
 
-    def __init__(self, echo: Callable[[str], None], log: SegmentedLog | None, *, interval: float = 2.0):
+    def __init__(self, echo: Callable[[str], None], log: SegmentedLog | None, *, interval: float = 2.0,
+                 fenced: Callable[[], bool] = lambda: False):
         self.echo, self.log, self.interval = echo, log, interval
+        self.fenced = fenced  # another driver owns the sweep: the terminal only, nothing to storage
         self._last_status = ""
+        self._log_failed = False
 
     def say(self, line: str) -> None:
         self.echo(line)
-        if self.log is not None:
+        if self.log is not None and not self.fenced():
             try:
                 self.log.write(f"{now_iso()} {line}\n")
-            except Exception as err:  # storage outage: the terminal still has it
-                self.echo(f"warning: could not write the driver log ({err})")
+            except Exception as err:  # storage outage: the terminal still has it (said once)
+                if not self._log_failed:
+                    self._log_failed = True
+                    self.echo(f"warning: could not write the driver log ({err}); the terminal has it")
 
     def status(self, index: SweepIndex) -> None:
         line = progress_line(index)
@@ -296,14 +404,14 @@ class Progress:
             self.say(line)
 
     def maybe_flush(self) -> None:
-        if self.log is not None:
+        if self.log is not None and not self.fenced():
             try:
                 self.log.flush(force=False)
             except Exception:
                 pass  # retried at the next flush
 
     def close(self) -> None:
-        if self.log is not None:
+        if self.log is not None and not self.fenced():
             try:
                 self.log.close()
             except Exception as err:

@@ -9,14 +9,12 @@ finished. One driver per sweep: ``DriverLock``.
 
 from __future__ import annotations
 
-import os
-import socket
-import threading
-import time
-import uuid
-from datetime import datetime, timezone
-from typing import Callable
 import logging
+import os
+import signal
+import threading
+from contextlib import contextmanager
+from typing import Callable
 
 import yaml
 
@@ -34,14 +32,18 @@ os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 # Tune logs every failed trial's whole traceback on the driver; ours says it in one line with the
 # command that prints it (the traceback is in the trial's log in storage, trainer/trial_log.py).
 os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
+# SIGINT is the driver's (StopRequest below): it stops the trials the way Tune's handler does,
+# and also on SIGTERM, and records the interrupt.
+os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
 
 from service.core import storage  # noqa: E402
-from service.core.errors import SweepBusy, UserError  # noqa: E402
+from service.core.errors import SweepStopped, UserError  # noqa: E402
 from service.core.record import (  # noqa: E402
     Objective, RecordWriter, SegmentedLog, SweepIndex, SweepStore, new_index,
 )
 from service.core.spec import SweepSpec, max_epochs, num_trials  # noqa: E402
 from trainer.driver import space  # noqa: E402
+from trainer.driver.lock import DriverLock  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -62,103 +64,251 @@ def run_sweep(
     callbacks, called after ours. ``metrics``: a ``SweepMetrics`` to feed instead of the exporter's
     (tests). ``wait_for_resources``: on an autoscaling cluster
     (KubeRay) trials may wait for nodes; otherwise a trial that can never fit the cluster is an
-    error before anything starts. Raises ``SweepBusy`` (before writing anything) when another
-    driver is running this sweep."""
+    error before anything starts.
+
+    Raises ``SweepBusy`` (before writing anything) when another driver is running this sweep, and
+    ``SweepStopped`` when the sweep stopped before it finished (SIGINT/SIGTERM, storage full, this
+    driver fenced out by a newer attempt): the record then says so, except when fenced out (the
+    record is the new owner's)."""
     import ray
     from ray import tune
 
+    from trainer.driver import retries
     from trainer.driver.metrics import start_exporter
     from trainer.trainable import tune_trial  # no torch in the driver
 
+    retries.install()  # an error no restart can fix fails its trial at once, not max_failures times
     store = SweepStore(spec.storage.uri, spec.name)
     sweep_uri = store.uri
     fs, storage_path = storage.pyarrow_filesystem(spec.storage.uri)
-    if not ray.is_initialized():
-        # Trial stdout stays in the trial logs; errors reach the terminal as one line each
-        # (trainer/driver/events.py), their tracebacks the trial's log in storage (sweepctl logs --trial).
-        # A Ray we start here: its workers would keep the environment of its start, so hand them
-        # the S3 endpoint and credentials. On a cluster (RAY_ADDRESS, e.g. a RayJob) every pod has
-        # them from the Secret already, and a job's runtime env is visible to anyone with the
-        # dashboard: nothing is forwarded.
-        joining = bool(os.environ.get("RAY_ADDRESS"))
-        ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False,
-                 runtime_env=None if joining else {"env_vars": storage.forwarded_env()})
-    if not wait_for_resources:
-        check_trial_fits(spec, ray.cluster_resources())
+    stop = StopRequest(spec, echo)
+    with stop.catching_signals(), stop.before_the_sweep_starts():
+        if not ray.is_initialized():
+            # Trial stdout stays in the trial logs; errors reach the terminal as one line each
+            # (trainer/driver/events.py), their tracebacks the trial's log in storage (sweepctl logs --trial).
+            # A Ray we start here: its workers would keep the environment of its start, so hand them
+            # the S3 endpoint and credentials. On a cluster (RAY_ADDRESS, e.g. a RayJob) every pod has
+            # them from the Secret already, and a job's runtime env is visible to anyone with the
+            # dashboard: nothing is forwarded.
+            joining = bool(os.environ.get("RAY_ADDRESS"))
+            ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False,
+                     runtime_env=None if joining else {"env_vars": storage.forwarded_env()})
+            stop.install()  # ray.init replaced our SIGTERM handler with its own (sys.exit)
+        if not wait_for_resources:
+            check_trial_fits(spec, ray.cluster_resources())
 
-    lock = DriverLock(store)
-    lock.check()  # another live driver: say so (before the exporter finds its port taken)
-    # Prometheus exporter (spec.metrics.port; 0: none). A busy port fails before anything is written.
-    exporter = start_exporter(spec)
-    try:
-        lock.acquire()  # refuses (SweepBusy) before anything is written when another driver is alive
-    except BaseException:
-        if exporter:
-            exporter.stop()
-        raise
-    events = None
-    try:
-        if not resume:
-            storage.write_text_atomic(store.spec_uri, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
-        events = _events(spec, store, lock, echo, resume=resume, exporter=exporter, metrics=metrics)
-        trainable = tune.with_resources(
-            tune.with_parameters(tune_trial, spec_json=spec.model_dump_json()), _trial_resources(spec)
-        )
-        from ray.tune.logger import JsonLoggerCallback
-
-        all_callbacks = [events, *callbacks, JsonLoggerCallback()]
-        experiment_path = f"{storage_path}/{spec.name}"  # inside `fs` ("bucket/prefix/name" on S3)
-        if resume and tune.Tuner.can_restore(experiment_path, storage_filesystem=fs):
-            echo(f"resuming sweep {spec.name} (driver attempt {lock.attempt}) from {sweep_uri}")
-            tuner = tune.Tuner.restore(
-                experiment_path, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=fs
+        lock = DriverLock(store, on_lost=stop.fence)
+        lock.check()  # another live driver: say so (before the exporter finds its port taken)
+        # Prometheus exporter (spec.metrics.port; 0: none). A busy port fails before anything is written.
+        exporter = start_exporter(spec)
+        try:
+            lock.acquire()  # refuses (SweepBusy) before anything is written when another driver is alive
+        except BaseException:
+            if exporter:
+                exporter.stop()
+            raise
+        stop.attempt = lock.attempt
+        events = None
+        try:
+            if not resume:
+                storage.write_text_atomic(store.spec_uri, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+            events = _events(spec, store, lock, echo, resume=resume, exporter=exporter, metrics=metrics, stop=stop)
+            trainable = tune.with_resources(
+                tune.with_parameters(tune_trial, spec_json=spec.model_dump_json()), _trial_resources(spec)
             )
-            # The restored run config holds the previous driver's callbacks (pickled in tuner.pkl);
-            # Tuner.restore takes none, so this driver's replace them in the config it will run.
-            tuner._local_tuner.get_run_config().callbacks = all_callbacks
+            from ray.tune.logger import JsonLoggerCallback
+
+            all_callbacks = [events, *callbacks, JsonLoggerCallback()]
+            experiment_path = f"{storage_path}/{spec.name}"  # inside `fs` ("bucket/prefix/name" on S3)
+            # A driver killed before Tune's first snapshot left nothing to restore (no trial had
+            # started yet): the resume starts the sweep's trials afresh.
+            restorable = (tune.Tuner.can_restore(experiment_path, storage_filesystem=fs)
+                          and ExperimentState(fs, experiment_path).landed_at() is not None)
+            if resume and restorable:
+                echo(f"resuming sweep {spec.name} (driver attempt {lock.attempt}) from {sweep_uri}")
+                tuner = tune.Tuner.restore(
+                    experiment_path, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=fs
+                )
+                # The restored run config holds the previous driver's callbacks (pickled in tuner.pkl);
+                # Tuner.restore takes none, so this driver's replace them in the config it will run.
+                tuner._local_tuner.get_run_config().callbacks = all_callbacks
+            else:
+                tuner = tune.Tuner(
+                    trainable,
+                    param_space=space.param_space(spec),
+                    tune_config=tune.TuneConfig(
+                        metric=spec.objective.metric,
+                        mode=spec.objective.mode,
+                        search_alg=space.searcher(spec, max_concurrent=_max_concurrent(spec)),
+                        scheduler=space.scheduler(spec),
+                        num_samples=space.num_samples(spec),
+                        # A fresh Python worker per trial costs seconds; 1-worker trials reuse theirs.
+                        reuse_actors=spec.resources.workers_per_trial == 1,
+                        trial_dirname_creator=_trial_dirname,
+                    ),
+                    run_config=tune.RunConfig(
+                        name=spec.name,
+                        storage_path=storage_path,
+                        storage_filesystem=fs,
+                        # Retention (checkpoint.keep) is the driver's (trainer/driver/events.py):
+                        # Tune's num_to_keep would force an experiment snapshot at every checkpoint.
+                        checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
+                        # A crashed trial (killed worker, lost node) restarts from its last checkpoint.
+                        failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
+                        callbacks=all_callbacks,
+                        verbose=0,  # the progress line (trainer/driver/events.py) instead of Tune's tables
+                    ),
+                )
+            with _quiet_tune_interrupt_messages():
+                tuner.fit()
+            stop.tune_running = False
+            # Tune's last snapshot is in storage now: what retention held back can go.
+            events.apply_pending_retention(snapshot_landed=True)
+            if stop.signal is None:
+                index = events.finish()
+                lock.release("finished")
+                return index
+            raise KeyboardInterrupt  # interrupted: Tune saved its state and stopped the trials
+        except BaseException as err:
+            stop.tune_running = False
+            raise stop.record(err, events, lock) from (None if isinstance(err, (KeyboardInterrupt, SweepStopped)) else err)
+        finally:
+            if events is not None and not lock.lost:
+                events.writer.release_reserve()
+            if exporter:
+                exporter.stop()  # up → 0, one last scrape if Prometheus is watching, then the port is free
+
+
+class DriverFenced(Exception):
+    """Raised in the Tune loop once a newer driver attempt owns the sweep: Tune stops the trials
+    without its final snapshot (which would overwrite the new owner's)."""
+
+
+class StopRequest:
+    """Why the driver is stopping early, and the signal handling that asks it to.
+
+    SIGINT and SIGTERM (what Kubernetes sends): the first one ends Tune's loop the way Tune's own
+    Ctrl-C does (Tune saves its experiment state, then stops the trials), so ``sweepctl resume``
+    continues every unfinished trial from its last checkpoint. A second signal, or one before
+    Tune's loop runs, stops at once. Either way the record and driver.json say ``interrupted``,
+    and sweepctl exits 130 (SIGINT) or 143 (SIGTERM) with the resume command."""
+
+    def __init__(self, spec: SweepSpec, echo: Callable[[str], None]):
+        self.spec, self.echo = spec, echo
+        self.signal: int | None = None
+        self.fenced = False
+        self.tune_running = False  # set by the Tune callback's setup(): Tune's own handler exists
+        self.attempt = 0
+        self._previous: dict[int, object] = {}
+
+    # ---------------------------------------------------------------------- signals
+    @contextmanager
+    def catching_signals(self):
+        main = threading.current_thread() is threading.main_thread()
+        if main:
+            self._previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+            self.install()
+        try:
+            yield self
+        finally:
+            for sig, handler in self._previous.items():
+                signal.signal(sig, handler)
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        first = self.signal is None
+        self.signal = self.signal or signum
+        tune_handler = signal.getsignal(signal.SIGUSR1)  # Tune's interrupt (it also registers SIGUSR1)
+        if first and self.tune_running and callable(tune_handler):
+            self.echo(f"{signal.Signals(signum).name}: stopping the trials and saving the sweep's state "
+                      f"(again to stop at once)")
+            tune_handler(signum, frame)
         else:
-            tuner = tune.Tuner(
-                trainable,
-                param_space=space.param_space(spec),
-                tune_config=tune.TuneConfig(
-                    metric=spec.objective.metric,
-                    mode=spec.objective.mode,
-                    search_alg=space.searcher(spec, max_concurrent=_max_concurrent(spec)),
-                    scheduler=space.scheduler(spec),
-                    num_samples=space.num_samples(spec),
-                    # A fresh Python worker per trial costs seconds; 1-worker trials reuse theirs.
-                    reuse_actors=spec.resources.workers_per_trial == 1,
-                    trial_dirname_creator=_trial_dirname,
-                ),
-                run_config=tune.RunConfig(
-                    name=spec.name,
-                    storage_path=storage_path,
-                    storage_filesystem=fs,
-                    # Retention (checkpoint.keep) is the driver's (trainer/driver/events.py):
-                    # Tune's num_to_keep would force an experiment snapshot at every checkpoint.
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
-                    # A crashed trial (killed worker, lost node) restarts from its last checkpoint.
-                    failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
-                    callbacks=all_callbacks,
-                    verbose=0,  # the progress line (trainer/driver/events.py) instead of Tune's tables
-                ),
-            )
-        tuner.fit()
-        index = events.finish()
-        lock.release("finished")
-        return index
-    except BaseException:
-        if events is not None:  # say so in the index (one try: an interrupt must not wait on storage)
-            events.writer.write_index("interrupted", events.wall_seconds())
-            events.progress.close()
-        lock.release("interrupted")
-        raise
+            raise KeyboardInterrupt
+
+    @contextmanager
+    def before_the_sweep_starts(self):
+        """A signal before the lock is taken (Ray starting): nothing was written, say so."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            sig = self.signal or signal.SIGINT
+            raise SweepStopped(f"{signal.Signals(sig).name} received before sweep {self.spec.name} started; "
+                               f"nothing was written", status="interrupted", exit_code=128 + sig) from None
+
+    # ---------------------------------------------------------------------- the fence
+    def fence(self) -> None:
+        """Called by the lock's watcher thread when a newer attempt claimed the sweep."""
+        self.fenced = True
+
+    def check(self) -> None:
+        """In the Tune loop (each step): stop at once when fenced out."""
+        if self.fenced:
+            raise DriverFenced()
+
+    # ---------------------------------------------------------------------- the record
+    def record(self, err: BaseException, events, lock: "DriverLock") -> BaseException:
+        """Record how the sweep stopped (one try each: an interrupt must not wait on storage) and
+        return what the caller raises: SweepStopped with the message, or the original error."""
+        name, uri = self.spec.name, self.spec.storage.uri
+        resume = f"sweepctl resume {name} --storage {uri}"
+        if self.fenced or isinstance(err, DriverFenced):
+            lock.release("fenced")  # writes nothing: the sweep is the newer attempt's
+            return SweepStopped(
+                f"driver attempt {self.attempt} lost sweep {name} to attempt {self.attempt + 1} (another driver took "
+                f"it over, presuming this one dead); it stopped its trials and wrote nothing more",
+                status="fenced", exit_code=1)
+        if isinstance(err, storage.StorageFull) or (events is not None and events.writer.full is not None):
+            full = err if isinstance(err, storage.StorageFull) else events.writer.full
+            reason = f"storage full: {full}"
+            status, exit_code = "failed", 1
+            message = (f"sweep {name} stopped: {full}\n  Finished trials are in the record; after freeing "
+                       f"space, {resume} continues the others")
+        elif isinstance(err, KeyboardInterrupt) or self.signal is not None:
+            sig = self.signal or signal.SIGINT
+            reason = f"{signal.Signals(sig).name} received"
+            status, exit_code = "interrupted", 128 + sig
+            message = f"sweep {name} interrupted ({reason}); finished trials are kept.\n  Continue it: {resume}"
+        else:
+            reason = f"{type(err).__name__}: {err}"[:500]
+            status, exit_code = "failed", 1
+            message = None
+        if events is not None:
+            events.stopped(status, reason)
+        lock.release(status, reason)
+        if message is None:
+            return err
+        return SweepStopped(message, status=status, exit_code=exit_code)
+
+
+@contextmanager
+def _quiet_tune_interrupt_messages():
+    """Tune's own messages on an interrupt say what ours say, but with ``Tuner.restore(...)``
+    (not how a sweep continues) and a warning per unfinished trial: held back while Tune runs."""
+    noisy = ("Stop signal received", "Experiment has been interrupted", "Training has been interrupted",
+             "Trials did not complete")
+
+    class Quiet(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return not str(record.msg).startswith(noisy)
+
+    tune_log, analysis_log = logging.getLogger("ray.tune.tune"), logging.getLogger("ray.tune.analysis.experiment_analysis")
+    quiet, level = Quiet(), analysis_log.level
+    tune_log.addFilter(quiet)
+    analysis_log.setLevel(logging.ERROR)  # "Failed to fetch metrics" of trials that had no result yet
+    try:
+        yield
     finally:
-        if exporter:
-            exporter.stop()  # up → 0, one last scrape if Prometheus is watching, then the port is free
+        tune_log.removeFilter(quiet)
+        analysis_log.setLevel(level)
 
 
-def _events(spec: SweepSpec, store: SweepStore, lock: "DriverLock", echo, *, resume: bool, exporter, metrics):
+def _events(spec: SweepSpec, store: SweepStore, lock: "DriverLock", echo, *, resume: bool, exporter, metrics,
+            stop: StopRequest):
     """The driver's one Tune callback, with its sinks: the record (continuing the stored one on
     resume: finished trials are not run again and keep what they recorded), the exporter, the
     progress line (terminal + the driver log in storage)."""
@@ -172,13 +322,48 @@ def _events(spec: SweepSpec, store: SweepStore, lock: "DriverLock", echo, *, res
         index.started_at = previous.started_at
     trials = store.read_trials(previous) if previous is not None else []
     writer = RecordWriter(store, index, trials, fenced=lambda: lock.lost, warn=lambda m: echo(f"warning: {m}"))
-    progress = Progress(echo, SegmentedLog(store.driver_log_uri(), attempt=lock.attempt, stream="driver"))
+    writer.reserve_space()  # freed when the disk fills up, so the record can still say so
+    progress = Progress(echo, SegmentedLog(store.driver_log_uri(), attempt=lock.attempt, stream="driver"),
+                        fenced=lambda: lock.lost)
+
+    def on_setup() -> None:  # Tune's loop is starting: its interrupt handler exists from here on
+        stop.tune_running = True
+        if exporter:
+            exporter.on_setup()
+
+    fs, storage_path = storage.pyarrow_filesystem(spec.storage.uri)
     return SweepEvents(
         spec, writer, progress, attempt=lock.attempt,
         metrics=metrics if metrics is not None else (exporter.metrics if exporter else None),
-        on_setup=exporter.on_setup if exporter else None,
+        on_setup=on_setup, check_stop=stop.check,
         seconds_before=previous.wall_seconds if previous is not None else 0.0,
+        experiment_state=ExperimentState(fs, f"{storage_path}/{spec.name}"),
     )
+
+
+class ExperimentState:
+    """When Tune's experiment snapshot (which trials ended, each one's latest checkpoint: what a
+    resume restores) last landed in storage. Retention deletes a checkpoint only once a snapshot
+    taken after its trial ended has landed, so no snapshot a resume may read names a deleted one."""
+
+    PATTERN = "experiment_state-"
+
+    def __init__(self, fs, experiment_path: str):
+        from pyarrow import fs as pafs
+
+        self.fs, self.path = fs or pafs.LocalFileSystem(), experiment_path  # None: Ray's local default
+
+    def landed_at(self) -> float | None:
+        """The newest snapshot's modification time in storage (seconds since the epoch), if any."""
+        from pyarrow import fs as pafs
+
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(self.path, recursive=False))
+        except OSError:  # not there yet, or storage unreachable: retention waits
+            return None
+        times = [i.mtime.timestamp() for i in infos
+                 if i.type == pafs.FileType.File and i.base_name.startswith(self.PATTERN) and i.mtime is not None]
+        return max(times) if times else None
 
 
 def check_trial_fits(spec: SweepSpec, cluster: dict) -> None:
@@ -195,97 +380,6 @@ def check_trial_fits(spec: SweepSpec, cluster: dict) -> None:
             f"gpus_per_worker) but this Ray cluster has {have}; nothing was started.\n"
             f"  Lower them, e.g. --set resources.cpus_per_worker=1 --set resources.gpus_per_worker=0"
         )
-
-
-class DriverLock:
-    """One driver per sweep. ``driver.json`` in the sweep's storage names the current attempt
-    (a number that grows with every driver start), its host/pid and a heartbeat.
-
-    A new driver refuses while the recorded one is alive: on the same host, its pid still runs;
-    elsewhere (a RayJob retried on another pod), its heartbeat is younger than STALE_SECONDS.
-    The heartbeat thread also fences: if another attempt took over (this driver was presumed dead,
-    e.g. cut off from storage for minutes), this one stops writing the record."""
-
-    HEARTBEAT_SECONDS = 10.0
-    STALE_SECONDS = 90.0  # > the longest storage outage we ride out, so a live driver keeps its lock
-
-    def __init__(self, store: SweepStore):
-        self.uri = store.lock_uri
-        self.sweep_uri = store.uri
-        self.token = uuid.uuid4().hex
-        self.attempt = 0
-        self.lost = False  # another attempt owns the sweep now
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def check(self) -> dict | None:
-        """The recorded driver, or SweepBusy if it is alive. Writes nothing."""
-        current = storage.read_json_if_exists(self.uri)
-        if current and current.get("state") == "running" and self._alive(current):
-            age = time.time() - current.get("heartbeat_at", 0)
-            raise SweepBusy(
-                f"sweep at {self.sweep_uri} is being run by driver attempt {current['attempt']} "
-                f"(host {current['host']}, pid {current['pid']}, last heartbeat {age:.0f} s ago); "
-                f"nothing was written.\n  Wait for it to finish (sweepctl leaderboard shows progress), "
-                f"or stop it; a driver on another host counts as gone {self.STALE_SECONDS:.0f} s after its last heartbeat."
-            )
-        return current
-
-    def acquire(self) -> None:
-        current = self.check()
-        self.attempt = (current or {}).get("attempt", 0) + 1
-        self.record = {
-            "attempt": self.attempt, "state": "running", "host": socket.gethostname(), "pid": os.getpid(),
-            "token": self.token, "started_at": _now(), "heartbeat_at": time.time(),
-            "previous": (current or {}).get("previous", [])[-20:] + ([_without(current, "previous")] if current else []),
-        }
-        storage.write_json_atomic(self.uri, self.record)
-        # Two drivers starting at the same moment both write; the later write wins and the
-        # earlier one sees a foreign token here and steps back before writing anything else.
-        time.sleep(0.2)
-        if (storage.read_json_if_exists(self.uri) or {}).get("token") != self.token:
-            raise SweepBusy(f"another driver started sweep at {self.sweep_uri} at the same moment; nothing else was written.")
-        self._thread = threading.Thread(target=self._heartbeat, name="sweep-driver-heartbeat", daemon=True)
-        self._thread.start()
-
-    def _alive(self, record: dict) -> bool:
-        if record.get("host") == socket.gethostname():
-            try:
-                os.kill(int(record["pid"]), 0)
-                return True
-            except ProcessLookupError:
-                return False
-            except PermissionError:  # a live process of another user
-                return True
-        return time.time() - record.get("heartbeat_at", 0) < self.STALE_SECONDS
-
-    def _heartbeat(self) -> None:
-        while not self._stop.wait(self.HEARTBEAT_SECONDS):
-            self._beat()
-
-    def _beat(self, state: str = "running") -> None:
-        try:
-            current = storage.read_json_if_exists(self.uri) or {}
-            if current.get("token") not in (None, self.token):
-                self.lost = True
-                return
-            self.record.update(state=state, heartbeat_at=time.time())
-            storage.write_json_atomic(self.uri, self.record)
-        except Exception as err:  # storage outage: try again at the next beat
-            log.warning("driver heartbeat to %s failed: %s", self.uri, err)
-
-    def release(self, state: str) -> None:
-        if self._thread is None:
-            return
-        self._stop.set()
-        self._thread.join()
-        self._thread = None
-        if not self.lost:
-            self._beat(state)
-
-
-def _without(record: dict, key: str) -> dict:
-    return {k: v for k, v in record.items() if k != key}
 
 
 def _trial_dirname(trial) -> str:
@@ -315,9 +409,3 @@ def _max_concurrent(spec: SweepSpec) -> int | None:
         cpus = ray.cluster_resources().get("CPU", 1)
         return max(1, int(cpus // (r.workers_per_trial * r.cpus_per_worker)))
     return None
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
