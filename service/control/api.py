@@ -359,10 +359,15 @@ def _submit(backend: Backend, text: str, overrides: list[str]):
     except BackendError as err:
         if err.status != 404:
             raise
-    else:
+        existing = None
+    resumable = ("failed", "cancelled") if getattr(backend, "RESUMES_ON_RESUBMIT", False) else ()
+    if existing is not None and existing.state in resumable:
+        return backend.submit(spec, text), spec  # the backend resumes it (same spec) or refuses (409)
+    if existing is not None:
+        again = " (resubmitting a failed or cancelled sweep resumes it)" if resumable else ""
         raise HTTPProblem(
             409, f"sweep '{spec.name}' already exists (state: {existing.state}); nothing was changed. "
-            "Submit it under another name (--set name=NEW-NAME)",
+            f"Submit it under another name (--set name=NEW-NAME){again}",
         )
     store = SweepStore(backend.storage_uri(spec), spec.name)
     if storage.exists(store.spec_uri):

@@ -8,6 +8,7 @@ States: pending | running | succeeded | failed | cancelled (| unknown when a bac
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -24,6 +25,8 @@ import yaml
 from service.core.record import SweepStore
 from service.core import storage
 from service.core.spec import SweepSpec
+
+log = logging.getLogger(__name__)
 
 TERMINAL_STATES = ("succeeded", "failed", "cancelled")
 
@@ -84,11 +87,12 @@ class LocalBackend:
     """
 
     LOG = "process.log"
+    RESUMES_ON_RESUBMIT = True  # submitting a failed or cancelled sweep's spec again resumes it
 
-    def __init__(self, workdir: str | Path, grace_seconds: float = 20.0):
+    def __init__(self, workdir: str | Path, grace_seconds: float = 45.0):
         self.workdir = Path(workdir).expanduser().resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.grace_seconds = grace_seconds  # SIGTERM → SIGKILL: Ray needs a few seconds to stop
+        self.grace_seconds = grace_seconds  # SIGTERM → SIGKILL: > the driver's own 30 s (StopRequest.GRACE_SECONDS)
         self._lock = threading.Lock()
         self._processes: dict[str, subprocess.Popen] = {}
 
@@ -98,13 +102,13 @@ class LocalBackend:
 
     def submit(self, spec: SweepSpec, source_yaml: str) -> SweepInfo:
         home = self.workdir / spec.name
+        resolved = spec.model_dump(mode="json")
+        resolved["storage"]["uri"] = self.storage_uri(spec)
         with self._lock:
             try:
                 home.mkdir()
             except FileExistsError:
-                raise BackendError(409, f"sweep '{spec.name}' already exists (local backend, {home})") from None
-            resolved = spec.model_dump(mode="json")
-            resolved["storage"]["uri"] = self.storage_uri(spec)
+                self._may_resume(spec.name, home, resolved)  # a failed or cancelled sweep continues
             (home / "spec.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
             log = open(home / self.LOG, "wb")
             command = [sys.executable, "-m", "service.cli", "run", str(home / "spec.yaml"), "--resume"]
@@ -121,6 +125,20 @@ class LocalBackend:
             self._processes[spec.name] = process
         threading.Thread(target=self._record_exit, args=(home, process), daemon=True).start()
         return self.get(spec.name)
+
+    def _may_resume(self, name: str, home: Path, resolved: dict) -> None:
+        """Resubmitting a failed or cancelled sweep with its spec resumes it (finished trials are
+        kept; `sweepctl run --resume` continues the stored sweep); anything else is a conflict."""
+        if not (home / "sweep.json").exists():
+            raise BackendError(409, f"sweep '{name}' already exists (local backend, {home})")
+        state = self.get(name).state
+        if state not in ("failed", "cancelled"):
+            raise BackendError(409, f"sweep '{name}' already exists and is {state} (local backend, {home})")
+        if yaml.safe_load((home / "spec.yaml").read_text()) != resolved:
+            raise BackendError(409, f"sweep '{name}' ({state}) was submitted with another spec: resubmit that "
+                                    f"spec to resume it, or submit this one under another name")
+        for marker in ("cancelled", "exit_code"):
+            (home / marker).unlink(missing_ok=True)
 
     def _record_exit(self, home: Path, process: subprocess.Popen) -> None:
         code = process.wait()
@@ -171,18 +189,30 @@ class LocalBackend:
         if current.state in TERMINAL_STATES:
             raise BackendError(409, f"sweep '{name}' already {current.state}; nothing to cancel")
         (home / "cancelled").write_text(_now())
+        store = SweepStore(current.storage_uri, name)
+        try:  # the driver reads it when SIGTERM stops it, and records "cancelled"
+            store.request_cancel(by="the sweep service (local backend)")
+        except storage.StorageError:
+            pass  # the driver then records "interrupted"; the service still answers cancelled
         pid = json.loads((home / "sweep.json").read_text())["pid"]
-        _signal_group(pid, signal.SIGTERM)
-        threading.Thread(target=self._kill_after_grace, args=(pid,), daemon=True).start()
+        # SIGTERM to the driver alone, as Kubernetes sends it: the driver stops its trials, records
+        # the cancel and shuts its Ray down. Its Ray processes signalled too would die under it
+        # mid-clean-up. Whatever is left after the grace period is killed, the group together.
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        threading.Thread(target=self._kill_after_grace, args=(pid, store), daemon=True).start()
         return self.get(name)
 
-    def _kill_after_grace(self, pid: int) -> None:
+    def _kill_after_grace(self, pid: int, store: SweepStore) -> None:
         deadline = time.monotonic() + self.grace_seconds
         while time.monotonic() < deadline:
             if not _group_alive(pid):
                 return
             time.sleep(0.2)
         _signal_group(pid, signal.SIGKILL)
+        store.mark_cancelled(by="the sweep service (local backend)")  # killed: it could not say so itself
 
     def logs(self, name: str) -> str:
         return (self._home(name) / self.LOG).read_text(errors="replace")
@@ -310,10 +340,10 @@ class KubernetesBackend:
         index = SweepStore(self.options.storage_uri, name).read_index()
         if index is None:
             return None
-        finished = index.status == "finished"
+        state = {"finished": "succeeded", "cancelled": "cancelled", "failed": "failed"}.get(index.status, "unknown")
         return SweepInfo(
-            name, "succeeded" if finished else "unknown", index.started_at, self.options.storage_uri,
-            "its RayJob is gone (removed after it finished, or cancelled); progress is from storage",
+            name, state, index.started_at, self.options.storage_uri,
+            index.stop_reason or "its RayJob is gone (removed after it finished, or cancelled); progress is from storage",
         )
 
     def list(self) -> list[SweepInfo]:
@@ -324,6 +354,11 @@ class KubernetesBackend:
         current = self.get(name)
         if current.state in TERMINAL_STATES:
             raise BackendError(409, f"sweep '{name}' already {current.state}; nothing to cancel")
+        # The driver reads it when the pod's SIGTERM stops it, and records "cancelled".
+        try:
+            SweepStore(current.storage_uri, name).request_cancel(by="the sweep service")
+        except storage.StorageError as err:  # the driver then records "interrupted"; cancel anyway
+            log.warning("could not record the cancel of sweep %s in storage: %s", name, err)
         # Deleting the RayJob makes KubeRay delete its Ray cluster; results stay in storage.
         self._call("delete the RayJob", name, "delete_namespaced_custom_object", name=name)
         return SweepInfo(name, "cancelled", current.created, current.storage_uri, "RayJob deleted")

@@ -7,6 +7,7 @@ that reads or writes a sweep (the driver, sweepctl, the API, the report, pull) g
     <storage>/<sweep>/sweep.json             the index: states, best, one line per trial (bounded rate)
     <storage>/<sweep>/driver.json            the driver's state: attempt, heartbeat, how it ended (trainer/driver/lock.py)
     <storage>/<sweep>/driver/attempt-NNNNNN.json  one per driver start, created only if absent: the lock's fencing token
+    <storage>/<sweep>/cancel.json            a cancel through the service: the driver records "cancelled"
     <storage>/<sweep>/logs/driver/...        the driver's progress log, in segments (SegmentedLog)
     <storage>/<sweep>/<trial>/trial.json     one trial's record: config, history, checkpoints, error
     <storage>/<sweep>/<trial>/logs/...       the trial's stdout/stderr and traceback, per attempt and rank
@@ -43,6 +44,7 @@ LEGACY_SUMMARY = "summary.json"
 DRIVER_LOCK = "driver.json"
 DRIVER_ATTEMPTS = "driver"
 SPACE_RESERVE = ".space-reserve"
+CANCEL_REQUEST = "cancel.json"
 LEGACY_DRIVER_LOG = "driver.log"
 REPORT_DIR = "report"
 TRIAL_RECORD = "trial.json"
@@ -268,6 +270,24 @@ class SweepStore:
     @property
     def lock_uri(self) -> str:
         return self.path(DRIVER_LOCK)
+
+    @property
+    def cancel_request_uri(self) -> str:
+        return self.path(CANCEL_REQUEST)
+
+    def request_cancel(self, by: str) -> None:
+        """The service's cancel, written before it stops the driver (SIGTERM, or the RayJob
+        deleted): the driver then records the sweep as cancelled, not interrupted. A resume
+        withdraws it."""
+        storage.write_json_atomic(self.cancel_request_uri, {"requested_at": now_iso(), "by": by})
+
+    def mark_cancelled(self, by: str) -> None:
+        """For a sweep whose driver is already gone (it cannot record the cancel itself)."""
+        index = self.read_index()
+        if index is not None and index.status in ("running", "interrupted", "failed"):
+            index.status, index.stopped_at = "cancelled", now_iso()
+            index.stop_reason = f"cancelled by {by} (its driver had already stopped)"
+            storage.write_text_atomic(self.index_uri, index.model_dump_json())
 
     @property
     def space_reserve_uri(self) -> str:

@@ -309,6 +309,23 @@ def list_files(uri: str) -> list[str]:
     return sorted(names)
 
 
+def delete_file(uri: str) -> None:
+    """Delete one file/object (nothing there: nothing to do)."""
+    if not is_s3(uri):
+        try:
+            local_path(uri).unlink(missing_ok=True)
+        except OSError as err:
+            raise StorageError(f"cannot delete {uri}: {err}") from err
+        return
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = split_s3(uri)
+    try:
+        s3_client().delete_object(Bucket=bucket, Key=key)
+    except (ClientError, BotoCoreError) as err:
+        raise _s3_error(err, uri) from err
+
+
 def delete_tree(uri: str) -> None:
     """Delete the directory/prefix ``uri`` and everything under it (nothing there: nothing to do)."""
     uri = normalize(uri)

@@ -39,7 +39,7 @@ def _wait_for(predicate, what: str, timeout: float = 420):
 
 @pytest.mark.slow
 def test_a_sweep_runs_to_completion_through_the_service_and_another_is_cancelled(tmp_path):
-    backend = LocalBackend(tmp_path / "service", grace_seconds=15)
+    backend = LocalBackend(tmp_path / "service", grace_seconds=45)
     with serve(create_app(backend, token=TOKEN)) as url:
         def cli(*args):
             return sweepctl(*args, server=url, token=TOKEN, home=tmp_path)
@@ -91,4 +91,15 @@ def test_a_sweep_runs_to_completion_through_the_service_and_another_is_cancelled
         again = cli("cancel", "svc-cancel")
         assert again.returncode == 2 and "already cancelled" in again.stderr
         final = SweepStore(str(tmp_path / "runs"), "svc-cancel").read_index()
-        assert final.status == "interrupted"  # the driver was stopped, not allowed to finish, and said so
+        # The driver was stopped, not allowed to finish, and the record says it was a cancel.
+        assert final.status == "cancelled" and final.stop_reason.startswith("cancelled by the sweep service")
+        assert "running" not in final.trial_states
+
+        # A cancelled sweep is not stuck: resubmitting its spec resumes it.
+        assert cli("submit", _spec_file(tmp_path, "svc-cancel", train=long_train)).returncode == 0
+        resumed = SweepStore(str(tmp_path / "runs"), "svc-cancel")
+        _wait_for(lambda: cli("status", "svc-cancel").stdout.startswith("svc-cancel: running")
+                  and resumed.read_index().driver_attempt == 2, "svc-cancel to resume as attempt 2")
+        assert cli("cancel", "svc-cancel").returncode == 0
+        _wait_for(exit_code.exists, "the resumed sweep's process to end", timeout=60)
+        assert resumed.read_index().status == "cancelled"

@@ -272,7 +272,7 @@ def test_rayjob_status_to_state(status, state):
     assert rayjob_state(status)[0] == state
 
 
-def test_list_selects_the_services_rayjobs_and_cancel_deletes_one(api_server, client):
+def test_list_selects_the_services_rayjobs_and_cancel_deletes_one(api_server, client, bucket):
     assert _submit(client).status_code == 201
     # A RayJob somebody else made in the namespace is not the service's.
     api_server.objects[(NAMESPACE, "other")] = {"metadata": {"name": "other", "labels": {}}}
@@ -285,6 +285,9 @@ def test_list_selects_the_services_rayjobs_and_cancel_deletes_one(api_server, cl
     assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
     assert [r["path"] for r in api_server.calls("DELETE")] == [f"{RAYJOBS}/k8s-sweep"]
     assert (NAMESPACE, "k8s-sweep") not in api_server.objects
+    # Before deleting, the service told the driver (through storage) that this stop is a cancel.
+    request = storage.read_json(SweepStore(f"s3://{bucket}/runs", "k8s-sweep").cancel_request_uri)
+    assert request["by"] == "the sweep service" and request["requested_at"]
     assert client.get("/sweeps/k8s-sweep", headers=AUTH).status_code == 404
 
 

@@ -110,7 +110,9 @@ def run_sweep(
         stop.attempt = lock.attempt
         events = None
         try:
-            if not resume:
+            if resume:  # continuing a cancelled sweep withdraws its cancel
+                storage.delete_file(store.cancel_request_uri)
+            else:
                 storage.write_text_atomic(store.spec_uri, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
             events = _events(spec, store, lock, echo, resume=resume, exporter=exporter, metrics=metrics, stop=stop)
             trainable = tune.with_resources(
@@ -193,6 +195,8 @@ class StopRequest:
     Tune's loop runs, stops at once. Either way the record and driver.json say ``interrupted``,
     and sweepctl exits 130 (SIGINT) or 143 (SIGTERM) with the resume command."""
 
+    GRACE_SECONDS = 30.0  # for Tune to save its state and stop the trials after a signal
+
     def __init__(self, spec: SweepSpec, echo: Callable[[str], None]):
         self.spec, self.echo = spec, echo
         self.signal: int | None = None
@@ -227,6 +231,11 @@ class StopRequest:
             self.echo(f"{signal.Signals(signum).name}: stopping the trials and saving the sweep's state "
                       f"(again to stop at once)")
             tune_handler(signum, frame)
+            # Should Tune's wind-down hang (e.g. Ray's own processes were signalled too and died
+            # under it), the second signal comes by itself: stop at once, and record it.
+            watchdog = threading.Timer(self.GRACE_SECONDS, os.kill, (os.getpid(), signum))
+            watchdog.daemon = True
+            watchdog.start()
         else:
             raise KeyboardInterrupt
 
@@ -270,9 +279,16 @@ class StopRequest:
                        f"space, {resume} continues the others")
         elif isinstance(err, KeyboardInterrupt) or self.signal is not None:
             sig = self.signal or signal.SIGINT
-            reason = f"{signal.Signals(sig).name} received"
-            status, exit_code = "interrupted", 128 + sig
-            message = f"sweep {name} interrupted ({reason}); finished trials are kept.\n  Continue it: {resume}"
+            cancel = _read_quietly(SweepStore(uri, name).cancel_request_uri)
+            if cancel:  # the service asked for it before signalling
+                reason = f"cancelled by {cancel.get('by', 'the sweep service')} at {cancel.get('requested_at')}"
+                status = "cancelled"
+                message = f"sweep {name} {reason}; finished trials are kept.\n  Continue it anyway: {resume}"
+            else:
+                reason = f"{signal.Signals(sig).name} received"
+                status = "interrupted"
+                message = f"sweep {name} interrupted ({reason}); finished trials are kept.\n  Continue it: {resume}"
+            exit_code = 128 + sig
         else:
             reason = f"{type(err).__name__}: {err}"[:500]
             status, exit_code = "failed", 1
@@ -283,6 +299,13 @@ class StopRequest:
         if message is None:
             return err
         return SweepStopped(message, status=status, exit_code=exit_code)
+
+
+def _read_quietly(uri: str) -> dict | None:
+    try:
+        return storage.read_json_if_exists(uri)
+    except (storage.StorageError, ValueError):
+        return None
 
 
 @contextmanager
