@@ -21,8 +21,9 @@ from collections import Counter
 from typing import Any
 
 ADDRESSING_STYLE_ENV = "SWEEP_S3_ADDRESSING_STYLE"
-# Forwarded from the driver to every Ray worker (workers keep the environment of `ray.init`).
-FORWARDED_ENV_PREFIXES = ("AWS_", "SWEEP_")
+# Every process reads the S3 settings (AWS_*, SWEEP_S3_ADDRESSING_STYLE) from its own environment.
+# Ray workers have the driver's: a Ray the driver starts passes its environment down to them, never
+# through a runtime env, which Ray logs in plain text (trainer/driver/sweep.py).
 
 
 # Every object this process wrote through write_bytes_atomic: "writes" (count) and "bytes". The
@@ -377,11 +378,3 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-# ============================================================================ Ray workers
-def forwarded_env() -> dict[str, str]:
-    """AWS_* and SWEEP_* settings of this process, for the workers of a Ray we start ourselves.
-    Not the spec a RayJob hands its driver, nor the service's own settings (its API token)."""
-    return {k: v for k, v in os.environ.items()
-            if k.startswith(FORWARDED_ENV_PREFIXES) and k != "SWEEP_SPEC" and not k.startswith("SWEEP_SERVICE_")}

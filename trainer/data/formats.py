@@ -16,9 +16,7 @@ Plus two that need no files: scikit-learn's bundled digits and seeded synthetic 
 from __future__ import annotations
 
 import gzip
-import io
 import logging
-import pickle
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from service.core import safe_pickle
 from service.core.errors import DataFormatError
 from service.core.fetch import exclusive_lock, fetch_to_cache
 # Which files each dataset's path holds is the torch-free pre-flight's knowledge (one owner): the
@@ -272,16 +271,18 @@ def read_cifar(path: str | Path, variant: Literal["cifar10", "cifar100"]) -> Raw
     directory containing that folder or the official ``.tar.gz``, or the ``.tar.gz`` itself (read
     directly, nothing is extracted). CIFAR-100 uses the fine (100-class) labels.
 
-    The files are pickles, as published; only point this at datasets you trust.
+    The files are pickles, as published, read as data: only numpy arrays in builtin containers
+    load (service/core/safe_pickle.py); a pickle naming anything else is a ``DataFormatError`` naming
+    the file, and nothing in it runs.
     """
     if variant not in _CIFAR:
         raise ValueError(f"unknown CIFAR variant {variant!r}; expected 'cifar10' or 'cifar100'")
     layout = _CIFAR[variant]
     read = _cifar_reader(Path(path), layout, _EXPECTED[variant])
 
-    train = [_cifar_batch(read(name), layout["label_key"], name) for name in layout["train"]]
-    test_x, test_y = _cifar_batch(read(layout["test"]), layout["label_key"], layout["test"])
-    meta = _unpickle(read(layout["meta"]))
+    train = [_cifar_batch(read(name), layout["label_key"], name, path) for name in layout["train"]]
+    test_x, test_y = _cifar_batch(read(layout["test"]), layout["label_key"], layout["test"], path)
+    meta = _unpickle(read(layout["meta"]), layout["meta"], path)
     names = [n.decode() if isinstance(n, bytes) else str(n) for n in _get(meta, layout["names_key"])]
     return RawData(
         train_x=torch.cat([x for x, _ in train]),
@@ -330,9 +331,19 @@ def _tar_reader(archive: Path, folder: str, names: list[str]) -> Callable[[str],
     return read
 
 
-def _unpickle(data: bytes) -> dict:
-    # encoding="bytes": the official files were pickled by Python 2, so their str keys load as bytes.
-    return pickle.load(io.BytesIO(data), encoding="bytes")
+def _unpickle(data: bytes, name: str, path: str | Path) -> dict:
+    """One CIFAR file's dict, through the restricted unpickler: a crafted file fails, naming itself
+    (``path``: the dataset's folder or archive), before anything it names is called."""
+    try:
+        # encoding="bytes": the official files were pickled by Python 2, so their str keys load as bytes.
+        obj = safe_pickle.loads_arrays(data, encoding="bytes")
+    except MemoryError:
+        raise
+    except Exception as err:  # a refused global, or not a pickle at all (truncated, garbage)
+        raise DataFormatError(f"CIFAR file {name} in {path} is not a CIFAR data pickle: {err}") from None
+    if not isinstance(obj, dict):
+        raise DataFormatError(f"CIFAR file {name} in {path}: expected a dict, got {type(obj).__name__}")
+    return obj
 
 
 def _get(d: dict, key: str):
@@ -344,9 +355,9 @@ def _get(d: dict, key: str):
     raise DataFormatError(f"CIFAR file lacks the key {key!r}; has {sorted(map(repr, d))}")
 
 
-def _cifar_batch(data: bytes, label_key: str, name: str) -> tuple[Tensor, Tensor]:
+def _cifar_batch(data: bytes, label_key: str, name: str, path: str | Path) -> tuple[Tensor, Tensor]:
     """One batch file: rows of 3072 bytes (1024 red, then green, then blue, each row-major 32x32)."""
-    batch = _unpickle(data)
+    batch = _unpickle(data, name, path)
     pixels = np.asarray(_get(batch, "data"), dtype=np.uint8)
     if pixels.ndim != 2 or pixels.shape[1] != 3 * 32 * 32:
         raise DataFormatError(f"CIFAR file {name}: expected data of shape (N, 3072), got {pixels.shape}")

@@ -86,13 +86,23 @@ def run_sweep(
         if not ray.is_initialized():
             # Trial stdout stays in the trial logs; errors reach the terminal as one line each
             # (trainer/driver/events.py), their tracebacks the trial's log in storage (sweepctl logs --trial).
-            # A Ray we start here: its workers would keep the environment of its start, so hand them
-            # the S3 endpoint and credentials. On a cluster (RAY_ADDRESS, e.g. a RayJob) every pod has
-            # them from the Secret already, and a job's runtime env is visible to anyone with the
-            # dashboard: nothing is forwarded.
+            # Nothing is forwarded through a runtime env: Ray logs a job's runtime env in plain text
+            # (runtime_env_agent.log, 0644) and shows it on the dashboard, so credentials never go
+            # there. A Ray we start here (address="local": never a stray `ray start` instance found
+            # on this host) runs its raylet as our child with a copy of os.environ, and the raylet
+            # starts every worker with its own environment: the workers get the S3 endpoint, the
+            # credentials and SWEEP_* as this process has them now (tests/e2e/test_secrets.py checks
+            # that the secret reaches no file of Ray's session and no object in storage). On a
+            # cluster (RAY_ADDRESS, e.g. a RayJob) every pod has them from the Secret already. Tune
+            # itself would copy the driver's AWS_ACCESS_KEY_ID/SECRET_ACCESS_KEY/SESSION_TOKEN into
+            # every trial actor's runtime env (ray/tune/execution/class_cache.py): not with ours.
             joining = bool(os.environ.get("RAY_ADDRESS"))
-            ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False,
-                     runtime_env=None if joining else {"env_vars": storage.forwarded_env()})
+            ray.init(address=None if joining else "local", include_dashboard=False,
+                     logging_level="WARNING", log_to_driver=False)
+            from ray.tune.execution import class_cache
+
+            class_cache.ENV_VARS_TO_PROPAGATE.difference_update(
+                {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN"})
             stop.install()  # ray.init replaced our SIGTERM handler with its own (sys.exit)
         if not wait_for_resources:
             check_trial_fits(spec, ray.cluster_resources())
@@ -128,6 +138,12 @@ def run_sweep(
                           and ExperimentState(fs, experiment_path).landed_at() is not None)
             if resume and restorable:
                 echo(f"resuming sweep {spec.name} (driver attempt {lock.attempt}) from {sweep_uri}")
+                # Tune unpickles its state from storage here: tuner.pkl, the trials cloudpickled in
+                # experiment_state-*.json, the searcher's state. The storage is trusted as the sweep's
+                # own write area (README, "Storage on S3"): whoever can write it can rewrite all of
+                # these, and a checkpoint together with its sha256 manifest, so a digest of tuner.pkl
+                # alone would prove nothing. What we read back ourselves is JSON, or checkpoints loaded
+                # with torch.load(weights_only=True) after their manifest is checked.
                 tuner = tune.Tuner.restore(
                     experiment_path, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=fs
                 )
