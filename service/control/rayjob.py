@@ -11,9 +11,9 @@ What the RayJob does, and why it is built this way:
   ``runtimeEnvYAML``, although its env_vars do reach the entrypoint (Ray's JobSupervisor runs with
   the job's runtime env and the entrypoint inherits its environment): (1) in K8sJobMode KubeRay
   passes the runtime env to ``ray job submit`` inside a double-quoted bash string, so a ``$`` or a
-  backtick in the spec would be expanded by the submitter's shell; (2) the driver forwards its
-  ``SWEEP_*``/``AWS_*`` variables to the workers through ``ray.init(runtime_env=...)``, and Ray
-  refuses to merge a driver's runtime env whose env_vars repeat a key of the job's. The head
+  backtick in the spec would be expanded by the submitter's shell; (2) Ray writes a runtime env in
+  plain text to its logs and shows it on the dashboard, so nothing of a sweep's environment (its
+  credentials least of all) goes through one: the driver passes none either. The head
   container's environment reaches the driver instead: with no entrypoint resources Ray pins the
   job's supervisor to the head node, and Ray processes inherit the raylet's environment. The
   image carries the code and every dependency, so the job needs no runtime env at all.
