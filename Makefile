@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: quickstart test test-fast install clean prometheus report-screenshot helm-files deploy-manifests bench
+.PHONY: quickstart test test-fast install clean prometheus report-screenshot helm-files deploy-manifests bench fuzz
 
 # Helm's engine for tests/helm: helm-sdkpy (pinned in tests/helm/requirements.txt) needs Python >= 3.12,
 # so it gets a venv of its own. Python 3.12: python3.12 on PATH, else pyenv's; or HELM_PYTHON=/path.
@@ -41,6 +41,15 @@ test-fast: $(STAMP) $(HELM_STAMP)
 BENCHMARKS := train_throughput mfu sweep_overhead scheduler_efficiency sweep_scale
 bench: $(STAMP)
 	for name in $(BENCHMARKS); do echo "== bench/$$name.py"; $(BIN)/python bench/$$name.py || exit 1; done
+
+# The fuzzers, one recipe line each (a failing one stops make): hostile specs through what
+# `sweepctl validate` calls, 13,000 of them, ~10 minutes on 2 cores; exits 1 on any uncaught
+# exception, hang (> 10 s) or case over 1 s (docs/RELIABILITY.md, "Fuzzing the spec path").
+# Then schemathesis over the API's OpenAPI document, every operation and phase, ~1,700 calls,
+# ~1.5 minutes; exits 1 on any 5xx or conformance failure (docs/RELIABILITY.md, "Fuzzing the API").
+fuzz: $(STAMP)
+	$(BIN)/python bench/fuzz_specs.py --cases 13000
+	$(BIN)/python bench/fuzz_api.py --examples 100
 
 # A screenshot of a sweep's report.html (writes the report first if there is none), with Debian's
 # headless Chromium (apt-get install -y chromium):

@@ -28,12 +28,65 @@ def main(argv: list[str] | None = None) -> int:
     except (SpecError, UserError, RecordError) as err:  # RecordError: a bad trial id, an unreadable record
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except storage.StorageError as err:  # unreachable, refusing or full: the message names the URI
+    except storage.StorageFull as err:  # a full disk stops with exit 1 (docs/RELIABILITY.md's fault matrix)
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except storage.StorageError as err:  # unreachable, refusing, no such bucket: the message names the URI
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted: finished trials are in the sweep record (sweepctl trials NAME); sweepctl resume NAME continues", file=sys.stderr)
         return 130
+    except Exception as err:  # noqa: BLE001 - the last resort: one line, the traceback in a log
+        return _user_error_or_crash(err)
+
+
+def _user_error_or_crash(err: Exception) -> int:
+    """What no verb turned into a UserError. Errors a user can fix (a report option, a file that
+    cannot be read or written, text that is not UTF-8, S3 refusing) print one line and exit 2;
+    anything else is a bug: one line naming it and the log file that holds its traceback, exit 1."""
+    report = sys.modules.get("service.analysis.report")
+    if report is not None and isinstance(err, report.ReportError):
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    if isinstance(err, UnicodeDecodeError):
+        print(f"error: not UTF-8 text: byte 0x{err.object[err.start]:02x} at byte offset {err.start} cannot be "
+              "decoded (save the file as UTF-8)", file=sys.stderr)
+        return EXIT_USER_ERROR
+    if isinstance(err, OSError) and err.filename is not None:
+        print(f"error: {err.filename}: {err.strerror or err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    if type(err).__module__.startswith(("botocore", "boto3", "s3transfer")):
+        print(f"error: S3: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    log = _crash_log(err)
+    where = f"the traceback is in {log}" if log else "no log could be written"
+    summary = str(err).splitlines()[0][:200] if str(err) else ""
+    print(f"error: unexpected {type(err).__name__}{': ' + summary if summary else ''} ({where}; "
+          "please report it with that file)", file=sys.stderr)
+    return 1
+
+
+def _crash_log(err: Exception) -> str | None:
+    """Write ``err``'s traceback to $XDG_CACHE_HOME/sweep-service/ (default ~/.cache/sweep-service/),
+    else to the temp directory ($TMPDIR, /tmp): the file's path, or None when neither is writable."""
+    import tempfile
+    import time
+    import traceback
+
+    text = f"sweepctl {' '.join(sys.argv[1:])}\n" + "".join(traceback.format_exception(err))
+    name = f"sweepctl-crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    for folder in (os.path.join(cache, "sweep-service"), tempfile.gettempdir()):
+        try:
+            os.makedirs(folder, exist_ok=True)
+            path = os.path.join(folder, name)
+            with open(path, "w") as f:
+                f.write(text)
+            return path
+        except OSError:
+            continue
+    return None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -374,7 +427,8 @@ def cmd_submit(args) -> int:
     parse_spec(text, source=source, overrides=args.overrides)  # errors with this file's name and lines
     client = _client(args)
     created = _service_call(lambda: client.submit(text, args.overrides))
-    print(f"submitted {created['name']}: {created['state']} ({created['trials']} trials) on {client.server}")
+    owner = f" as {created['owner']}" if created.get("owner") else ""
+    print(f"submitted {created['name']}: {created['state']} ({created['trials']} trials) on {client.server}{owner}")
     print(f"  follow it: sweepctl status {created['name']}   logs: sweepctl logs {created['name']}")
     return 0
 
@@ -382,7 +436,8 @@ def cmd_submit(args) -> int:
 def cmd_status(args) -> int:
     client = _client(args)
     sweep = _service_call(lambda: client.status(args.name))
-    print(f"{sweep['name']}: {sweep['state']} (created {sweep['created']})")
+    owner = f" by {sweep['owner']}" if sweep.get("owner") else ""
+    print(f"{sweep['name']}: {sweep['state']} (created {sweep['created']}{owner})")
     if sweep.get("message"):
         print(f"  {sweep['message']}")
     progress = sweep.get("progress")
@@ -412,9 +467,11 @@ def cmd_list(args) -> int:
         print(f"no sweeps on {client.server}")
         return 0
     width = max(len(s["name"]) for s in sweeps)
-    print(f"{'NAME':<{width}}  {'STATE':<10} CREATED")
-    for s in sweeps:
-        print(f"{s['name']:<{width}}  {s['state']:<10} {s['created']}")
+    owners = [s.get("owner") or "-" for s in sweeps]  # "-": submitted before the service had users
+    owner_width = max(len("OWNER"), *map(len, owners))
+    print(f"{'NAME':<{width}}  {'STATE':<10} {'OWNER':<{owner_width}} CREATED")
+    for s, owner in zip(sweeps, owners):
+        print(f"{s['name']:<{width}}  {s['state']:<10} {owner:<{owner_width}} {s['created']}")
     return 0
 
 

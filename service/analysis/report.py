@@ -26,7 +26,7 @@ import yaml
 
 from service.analysis import analyses, figures, page
 from service.core import storage
-from service.core.record import RecordError, SweepIndex, SweepStore, now_iso
+from service.core.record import RecordError, SweepIndex, SweepStore, now_iso, ranked
 from service.core.spec import SweepSpec
 
 REPORT_HTML = "report.html"
@@ -134,6 +134,11 @@ def generate_report(
     store = SweepStore(storage_uri, name)
     index = read_index(store)
     trials = store.read_trials(index)
+    if not ranked(trials, index.objective):  # every figure and analysis needs a score to show
+        raise ReportError(
+            f"sweep '{name}' has no scored trial yet ({len(trials)} trial{'s' if len(trials) != 1 else ''}, none "
+            f"has reported a {index.objective.metric} yet): run sweepctl report again once one has "
+            f"(sweepctl trials {name} --storage {storage_uri} shows where they are)")
     spec = read_spec(store)
     publish = out is None if publish is None else publish  # an explicit -o DIR stays local
     out = Path(out) if out else default_report_dir(storage_uri, name)

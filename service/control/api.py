@@ -11,40 +11,52 @@
     GET    /sweeps/{name}/trials/{id}/logs     the trial's stdout/stderr and traceback, every attempt (text)
     GET    /healthz, /metrics   open: probes and Prometheus
 
-Everything else needs ``Authorization: Bearer $SWEEP_SERVICE_TOKEN``. Specs are validated by the
-same loader as ``sweepctl validate``, so a bad spec gets the CLI's messages. Errors always come
-back as JSON ``{"detail": ...}`` saying what failed; a Kubernetes API error keeps the API
-server's own message.
+Everything else needs ``Authorization: Bearer <token>``: a user's token from the tokens file
+($SWEEP_SERVICE_TOKENS_FILE, see ``Users``) or the single admin token $SWEEP_SERVICE_TOKEN. Roles:
+viewer reads everything; submitter also submits and cancels (or resumes) its own sweeps; admin
+does everything. Sweep names from a URL are the spec's DNS-1123 labels (else 422) before they
+reach a backend. Specs are validated by the same loader as ``sweepctl validate``, so a bad spec
+gets the CLI's messages. Errors always come back as JSON ``{"detail": ...}`` saying what failed;
+a Kubernetes API error keeps the API server's own message. ``/openapi.json`` declares every
+status each route answers with, and its body.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import hmac
 import json
 import logging
 import os
 import sys
+import threading
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request, Security
+from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from service.core import storage
-from service.control.backends import Backend, BackendError, SweepInfo
+from service.control.backends import Backend, BackendError, SweepInfo, name_rule
 from service.core.errors import UserError
 from service.core.loading import SpecError, parse_spec
 from service.core.record import (
-    TRIAL_STATES, Objective, RecordError, SweepIndex, SweepStore, TrialRecord, TrialSummary, trials_body,
+    SORT_KEYS, TRIAL_STATES, Objective, RecordError, SweepIndex, SweepStore, TrialRecord, TrialSummary, trials_body,
 )
-from service.core.spec import num_trials
+from service.core.spec import SweepSpec, num_trials
 
 log = logging.getLogger("sweep-service")
 
 TOKEN_ENV = "SWEEP_SERVICE_TOKEN"
+TOKENS_FILE_ENV = "SWEEP_SERVICE_TOKENS_FILE"
 BACKEND_ENV = "SWEEP_SERVICE_BACKEND"
 NAMESPACE_ENV = "SWEEP_SERVICE_NAMESPACE"
 CONFIG_ENV = "SWEEP_SERVICE_CONFIG"
@@ -55,6 +67,10 @@ SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/names
 OPEN_PATHS = frozenset({"/healthz", "/metrics", "/docs", "/openapi.json"})
 MAX_SPEC_BYTES = 1 << 20
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml", "text/plain", "")
+# Prometheus' text format 0.0.4, which every Prometheus reads (our series names need no escaping).
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+ROLES = ("viewer", "submitter", "admin")  # each may do what the ones before it may
+SORTS = ("objective", "val_acc", "val_loss", "train_acc", "train_loss", *SORT_KEYS)
 
 
 class ServiceConfigError(UserError):
@@ -82,6 +98,7 @@ class SweepStatus(BaseModel):
     created: str
     storage_uri: str
     message: str = ""
+    owner: str | None = None  # the user who submitted it (None: before the service had users)
     progress: Progress | None = None
     storage_error: str | None = None
 
@@ -92,6 +109,7 @@ class SweepCreated(BaseModel):
     created: str
     storage_uri: str
     message: str = ""
+    owner: str | None = None
     trials: int
 
 
@@ -99,6 +117,7 @@ class SweepLine(BaseModel):
     name: str
     state: str
     created: str
+    owner: str | None = None
 
 
 class SweepList(BaseModel):
@@ -124,9 +143,181 @@ class TrialDetail(TrialRecord):
     log_url: str  # this API's route for the trial's log
 
 
+class Problem(BaseModel):
+    """Every refusal but a spec's problems and a request's validation: what failed, in words."""
+
+    detail: str
+
+
+class SpecProblemLine(BaseModel):
+    path: str  # dotted path in the spec ("" for the whole document)
+    line: int | None  # its line in the YAML/JSON sent
+    message: str
+    text: str  # the CLI's line: "path (line N): message"
+
+
+class SpecProblemDetail(BaseModel):
+    message: str  # every problem, as `sweepctl validate` prints them
+    errors: list[SpecProblemLine | str]
+
+
+class SpecProblems(BaseModel):
+    """422 of POST /sweeps: the spec's problems, all at once."""
+
+    detail: SpecProblemDetail
+
+
 class HTTPProblem(Exception):
     def __init__(self, status: int, detail, headers: dict | None = None):
         self.status, self.detail, self.headers = status, detail, headers
+
+
+# What each refusal means; the routes' ``responses=`` declare these in /openapi.json.
+PROBLEMS = {
+    400: "the spec is not UTF-8 text",
+    401: "no bearer token, or one the service does not know",
+    403: "the user's role does not allow this, or the sweep is another user's",
+    404: "no such sweep (or trial, or nothing written there yet)",
+    409: "the sweep exists already (or has results in storage), or is finished and cannot be cancelled",
+    413: "the spec is larger than the service accepts",
+    415: "a Content-Type other than YAML or JSON",
+    502: "the Kubernetes API refused the call (its message is kept)",
+    503: "storage or the Kubernetes API server cannot be reached",
+}
+
+
+def problems(*codes: int) -> dict:
+    declared = {code: {"model": Problem, "description": PROBLEMS[code]} for code in codes}
+    if 401 in declared:
+        declared[401]["headers"] = {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}}
+    return declared
+
+
+_NAME = name_rule()
+SweepName = Annotated[str, PathParam(
+    pattern=_NAME["pattern"], max_length=_NAME["maxLength"],
+    description=f"the sweep's name: a DNS-1123 label of at most {_NAME['maxLength']} characters, the spec's rule "
+                "(anything else is a 422 before any backend or file is touched)",
+)]
+
+# A trial id as service/core/record.py's _safe_id takes it (1-128 of [A-Za-z0-9_.-], not "." or
+# ".."), written without a lookahead, which not every JSON Schema engine or generator supports.
+TRIAL_ID_PATTERN = r"^([A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}|\.[A-Za-z0-9_-][A-Za-z0-9_.-]{0,126}|\.\.[A-Za-z0-9_.-]{1,126})$"
+TrialId = Annotated[str, PathParam(pattern=TRIAL_ID_PATTERN, description="a trial id, as GET /sweeps/{name}/trials lists them")]
+
+
+# ============================================================================ users and roles
+@dataclass(frozen=True)
+class User:
+    name: str
+    role: str  # viewer | submitter | admin
+
+    def may(self, role: str) -> bool:
+        return ROLES.index(self.role) >= ROLES.index(role)
+
+
+class TokenEntry(BaseModel, extra="forbid"):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")]
+    role: Literal["viewer", "submitter", "admin"]
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$", description="sha256 hex of the token")]
+
+    @field_validator("sha256")
+    @classmethod
+    def _lower(cls, value: str) -> str:
+        return value.lower()
+
+
+class TokensFile(BaseModel, extra="forbid"):
+    users: list[TokenEntry]
+
+
+class Users:
+    """Who a bearer token belongs to: the tokens file (re-read when it changes, e.g. when Kubernetes
+    updates the mounted Secret) plus, if set, the single token of old as the user ``admin``.
+
+    The file (YAML or JSON) holds no token, only its sha256::
+
+        users:
+          - {name: alice, role: submitter, sha256: <sha256 hex of alice's token>}
+          - {name: grafana, role: viewer, sha256: ...}
+
+    Why a plain sha256 and not a salted slow hash (scrypt, pbkdf2): tokens are random (e.g. 32
+    bytes from ``secrets.token_urlsafe``), so there is nothing to guess from a dictionary and a
+    2^256 preimage search is out of reach; slow hashes exist to protect low-entropy passwords and
+    would cost every request milliseconds. Lookup hashes the token presented and compares it with
+    every entry with ``hmac.compare_digest``, never stopping at the first match.
+    """
+
+    def __init__(self, path: str | Path | None = None, admin_token: str | None = None):
+        self.path = Path(path) if path else None
+        self._admin = hashlib.sha256(admin_token.encode()).digest() if admin_token else None
+        self._lock = threading.Lock()
+        self._signature = None
+        self._entries: list[tuple[bytes, User]] = []
+        if self.path is not None:
+            self._signature, self._entries = self._load()  # a bad file stops the service at start
+
+    def _load(self) -> tuple[tuple, list[tuple[bytes, User]]]:
+        path = self.path
+        try:
+            stat = path.stat()
+            text = path.read_text()
+        except OSError as err:
+            raise ServiceConfigError(f"cannot read the tokens file {path} (${TOKENS_FILE_ENV}): {err.strerror}") from None
+        import yaml
+
+        try:
+            parsed = TokensFile.model_validate(yaml.safe_load(text))
+        except yaml.YAMLError as err:
+            raise ServiceConfigError(f"the tokens file {path} is not valid YAML: {err}") from None
+        except ValidationError as err:
+            lines = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<file>'}: {e['msg']}" for e in err.errors())
+            raise ServiceConfigError(f"the tokens file {path} is not 'users: [{{name, role, sha256}}, ...]': {lines}") from None
+        entries, roles, digests = [], {}, set()
+        if self._admin is not None:
+            roles["admin"] = "admin"
+            digests.add(self._admin.hex())
+        for entry in parsed.users:
+            if entry.sha256 in digests:
+                raise ServiceConfigError(f"the tokens file {path}: the token of user {entry.name!r} is listed twice "
+                                         "(or is $SWEEP_SERVICE_TOKEN's): each token names one user")
+            if roles.setdefault(entry.name, entry.role) != entry.role:
+                raise ServiceConfigError(f"the tokens file {path}: user {entry.name!r} has two roles "
+                                         f"({roles[entry.name]}, {entry.role}); a user's tokens share one role")
+            digests.add(entry.sha256)
+            entries.append((bytes.fromhex(entry.sha256), User(entry.name, entry.role)))
+        return (stat.st_mtime_ns, stat.st_ino, stat.st_size), entries
+
+    def _current(self) -> list[tuple[bytes, User]]:
+        if self.path is None:
+            return self._entries
+        with self._lock:
+            try:
+                stat = self.path.stat()
+                signature = (stat.st_mtime_ns, stat.st_ino, stat.st_size)
+            except OSError:
+                signature = self._signature  # briefly missing mid-update: keep the users we have
+            if signature != self._signature:
+                try:
+                    self._signature, self._entries = self._load()
+                    log.info("tokens file %s re-read: %d users", self.path, len({u for _, u in self._entries}))
+                except ServiceConfigError as err:
+                    self._signature = signature  # said once; the users we had stay until it is fixed
+                    log.error("%s; keeping the %d tokens read before", err, len(self._entries))
+            return self._entries
+
+    def find(self, token: str) -> User | None:
+        digest = hashlib.sha256(token.encode()).digest()
+        found = None
+        if self._admin is not None and hmac.compare_digest(digest, self._admin):
+            found = User("admin", "admin")
+        for expected, user in self._current():
+            if hmac.compare_digest(digest, expected):  # every entry compared: no early exit
+                found = found or user
+        return found
+
+    def __bool__(self) -> bool:
+        return self._admin is not None or self.path is not None
 
 
 # ============================================================================ metrics
@@ -155,29 +346,49 @@ class ServiceMetrics:
 
 
 # ============================================================================ the app
-def create_app(backend: Backend | None = None, token: str | None = None) -> FastAPI:
-    """The API over ``backend`` (default: from the environment), guarded by ``token``
-    (default: $SWEEP_SERVICE_TOKEN). Raises ServiceConfigError when there is no token."""
+def create_app(backend: Backend | None = None, token: str | None = None,
+               tokens_file: str | Path | None = None) -> FastAPI:
+    """The API over ``backend`` (default: from the environment). Its users come from
+    ``tokens_file`` (default: $SWEEP_SERVICE_TOKENS_FILE; see ``Users``) and ``token`` (default:
+    $SWEEP_SERVICE_TOKEN), the single token of old, which is the user ``admin``. Raises
+    ServiceConfigError when there is neither, or the tokens file is unreadable or malformed."""
     token = token if token is not None else os.environ.get(TOKEN_ENV, "")
-    if not token.strip():
+    tokens_file = tokens_file if tokens_file is not None else os.environ.get(TOKENS_FILE_ENV, "")
+    users = Users(str(tokens_file).strip() or None, token.strip() or None)
+    if not users:
         raise ServiceConfigError(
-            f"no API token: set {TOKEN_ENV} (the Helm chart takes it from a Secret). "
+            f"no API token: set {TOKENS_FILE_ENV} to a tokens file (users, roles and token hashes) and/or "
+            f"{TOKEN_ENV} to an admin token (the Helm chart takes them from Secrets). "
             "The service refuses to run unauthenticated."
         )
     backend = backend if backend is not None else backend_from_env()
     metrics = ServiceMetrics()
-    app = FastAPI(title="sweep-service", version="0.1.0", redoc_url=None, swagger_ui_oauth2_redirect_url=None)
-    app.state.backend, app.state.metrics = backend, metrics
-    expected = token.encode()
+    # No redirect of "/sweeps/" (or "/sweeps/%2F") to "/sweeps": a path that names no route is a 404.
+    app = FastAPI(title="sweep-service", version="0.1.0", redoc_url=None, swagger_ui_oauth2_redirect_url=None,
+                  redirect_slashes=False)
+    app.state.backend, app.state.metrics, app.state.users = backend, metrics, users
+    bearer = HTTPBearer(auto_error=False, description="a user's token (the tokens file) or the admin token")
 
-    def require_token(request: Request) -> None:
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+    def authenticated(credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> User:
+        user = users.find(credentials.credentials.strip()) if credentials is not None else None
+        if user is None:
             raise HTTPProblem(
                 401, "missing or wrong bearer token: send 'Authorization: Bearer <token>' "
                 "(sweepctl reads it from SWEEPCTL_TOKEN or ~/.config/sweepctl/config.yaml)",
                 {"WWW-Authenticate": "Bearer"},
             )
+        return user
+
+    def role(minimum: str, doing: str):
+        def allowed(user: User = Depends(authenticated)) -> User:
+            if not user.may(minimum):
+                needs = " or ".join(ROLES[ROLES.index(minimum):])
+                raise HTTPProblem(403, f"user '{user.name}' ({user.role}) may not {doing}: that needs the {needs} role")
+            return user
+        return allowed
+
+    viewer = role("viewer", "read sweeps")
+    submitter = role("submitter", "submit or cancel sweeps")
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next):
@@ -189,6 +400,16 @@ def create_app(backend: Backend | None = None, token: str | None = None) -> Fast
     @app.exception_handler(HTTPProblem)
     async def problem(_request, err: HTTPProblem):
         return JSONResponse({"detail": err.detail}, err.status, headers=err.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException):
+        # Starlette's 405 names only the first route of the path that matched; Allow lists them all.
+        headers = dict(err.headers or {})
+        if err.status_code == 405:
+            headers["Allow"] = ", ".join(_allowed_methods(app, request.scope["path"]))
+        if err.status_code in (204, 304):
+            return Response(status_code=err.status_code, headers=headers)
+        return JSONResponse({"detail": err.detail}, err.status_code, headers=headers)
 
     @app.exception_handler(BackendError)
     async def backend_error(_request, err: BackendError):
@@ -210,34 +431,61 @@ def create_app(backend: Backend | None = None, token: str | None = None) -> Fast
         log.exception("unexpected error")  # the traceback goes to the service log, not the client
         return JSONResponse({"detail": f"internal error: {type(err).__name__}: {err}"}, 500)
 
-    guarded = [Depends(require_token)]
+    guarded = [Depends(viewer)]  # every user may read
+    # What every route behind a token may answer besides its own; a backend call may fail (502/503).
+    reads = problems(401, 502, 503)
+    reads_sweep = problems(401, 404, 502, 503)  # + FastAPI's own 422 (a bad name, a bad query value)
 
     @app.get("/healthz")
     def healthz():
         return {"status": "ok"}
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=Response, responses={200: {
+        "description": "The service's own series, Prometheus text format 0.0.4 (charset=utf-8)",
+        "content": {"text/plain; version=0.0.4": {"schema": {"type": "string"}}}}})
     def prometheus_metrics():
-        from prometheus_client import CONTENT_TYPE_LATEST
+        return Response(metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
 
-        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+    spec_body = {"$ref": "#/components/schemas/SweepSpec"}
 
-    @app.post("/sweeps", status_code=201, dependencies=guarded, response_model=SweepCreated)
+    @app.post(
+        "/sweeps", status_code=201, response_model=SweepCreated,
+        responses={201: {"description": "Submitted (or resumed): the sweep's state, its owner and its trial count",
+                         "links": {  # what a just-created sweep answers at once (its results come later: 404 till then)
+                             "status": {"operationRef": "#/paths/~1sweeps~1{name}/get",
+                                        "parameters": {"name": "$response.body#/name"}},
+                             "cancel": {"operationRef": "#/paths/~1sweeps~1{name}/delete",
+                                        "parameters": {"name": "$response.body#/name"}}}},
+                   **problems(400, 401, 403, 409, 413, 415, 502, 503),
+                   422: {"model": SpecProblems, "description": "the spec's problems (the CLI's messages), all at "
+                         "once; the JSON Schema cannot say everything the loader checks (cross-field rules)"}},
+        openapi_extra={"requestBody": {
+            "required": True,
+            "description": "the sweep spec, as `sweepctl validate` reads it: YAML (application/yaml, text/yaml; "
+                           "also application/x-yaml, text/x-yaml, text/plain) or JSON (application/json). "
+                           "Resubmitting a failed or cancelled sweep's spec resumes it (its owner or an admin only).",
+            "content": {"application/yaml": {"schema": spec_body}, "text/yaml": {"schema": spec_body},
+                        "application/json": {"schema": spec_body}},
+        }},
+    )
     async def submit(
         request: Request,
         overrides: list[str] = Query(default=[], alias="set", description="key.path=value, like --set"),
+        user: User = Depends(submitter),
     ):
         text = await _spec_text(request)
-        info, spec = await run_in_threadpool(_submit, backend, text, overrides)
+        info, spec = await run_in_threadpool(_submit, backend, text, overrides, user)
         metrics.submitted.inc()
+        log.info("user %s (%s) submitted sweep %s", user.name, user.role, info.name)
         return {**info.to_dict(), "trials": num_trials(spec)}
 
-    @app.get("/sweeps", dependencies=guarded, response_model=SweepList)
+    @app.get("/sweeps", dependencies=guarded, response_model=SweepList, responses=reads)
     def list_sweeps():
-        return {"sweeps": [{"name": s.name, "state": s.state, "created": s.created} for s in backend.list()]}
+        return {"sweeps": [{"name": s.name, "state": s.state, "created": s.created, "owner": s.owner}
+                           for s in backend.list()]}
 
-    @app.get("/sweeps/{name}", dependencies=guarded, response_model=SweepStatus)
-    def status(name: str):
+    @app.get("/sweeps/{name}", dependencies=guarded, response_model=SweepStatus, responses=reads_sweep)
+    def status(name: SweepName):
         info = backend.get(name)
         body = info.to_dict()
         try:
@@ -248,14 +496,16 @@ def create_app(backend: Backend | None = None, token: str | None = None) -> Fast
             body["progress"], body["storage_error"] = None, str(err)
         return body
 
-    @app.delete("/sweeps/{name}", dependencies=guarded, response_model=SweepStatus)
-    def cancel(name: str):
+    @app.delete("/sweeps/{name}", response_model=SweepStatus, responses=problems(401, 403, 404, 409, 502, 503))
+    def cancel(name: SweepName, user: User = Depends(submitter)):
+        _may_change(user, backend.get(name), "cancel")
         info = backend.cancel(name)
         metrics.cancelled.inc()
+        log.info("user %s (%s) cancelled sweep %s", user.name, user.role, name)
         return info.to_dict()
 
-    @app.get("/sweeps/{name}/best", dependencies=guarded, response_model=BestTrial)
-    def best(name: str):
+    @app.get("/sweeps/{name}/best", dependencies=guarded, response_model=BestTrial, responses=reads_sweep)
+    def best(name: SweepName):
         info, index = _index(backend, name)
         if index is None or index.best is None:
             raise HTTPProblem(
@@ -264,27 +514,30 @@ def create_app(backend: Backend | None = None, token: str | None = None) -> Fast
             )
         return {"name": name, "state": info.state, "objective": index.objective, **index.best.model_dump()}
 
-    @app.get("/sweeps/{name}/logs", dependencies=guarded, response_class=PlainTextResponse)
-    def logs(name: str, tail: int = Query(default=0, ge=0, description="last N lines only (0: all)")):
+    text_200 = {200: {"description": "text", "content": {"text/plain": {"schema": {"type": "string"}}}}}
+
+    # response_class=Response: FastAPI would otherwise declare the errors' JSON as text/plain too.
+    @app.get("/sweeps/{name}/logs", dependencies=guarded, response_class=Response,
+             responses={**text_200, **reads_sweep})
+    def logs(name: SweepName, tail: int = Query(default=0, ge=0, description="last N lines only (0: all)")):
         return PlainTextResponse(_tail(backend.logs(name), tail))
 
-    @app.get("/sweeps/{name}/trials", dependencies=guarded, response_model=TrialList)
+    @app.get("/sweeps/{name}/trials", dependencies=guarded, response_model=TrialList, responses=reads_sweep)
     def trials(
-        name: str,
-        sort: str = Query(default="objective", description="objective (best first), val_acc, val_loss, train_acc, "
-                          "train_loss, epochs, seconds or trial"),
-        status: str | None = Query(default=None, description="only trials in this state: " + ", ".join(TRIAL_STATES)),
+        name: SweepName,
+        sort: Literal[SORTS] = Query(default="objective", description="objective (best first), val_acc, val_loss, "
+                                     "train_acc, train_loss, epochs, seconds or trial"),
+        status: Literal[TRIAL_STATES] = Query(default=None, description="only trials in this state (default: all)"),
     ):
-        if status is not None and status not in TRIAL_STATES:
-            raise HTTPProblem(422, f"status must be one of {', '.join(TRIAL_STATES)}, got {status!r}")
         info, index = _index(backend, name)
         if index is None:
             raise HTTPProblem(404, f"sweep '{name}' has no trials yet (state: {info.state}); its driver writes "
                               "the record once it starts")
         return trials_body(index, sort=sort, status=status)
 
-    @app.get("/sweeps/{name}/trials/{trial_id}", dependencies=guarded, response_model=TrialDetail)
-    def trial(name: str, trial_id: str):
+    @app.get("/sweeps/{name}/trials/{trial_id}", dependencies=guarded, response_model=TrialDetail,
+             responses=reads_sweep)
+    def trial(name: SweepName, trial_id: TrialId):
         info, store = backend.get(name), None
         store = SweepStore(info.storage_uri, name)
         record = _read(lambda: store.read_trial(trial_id))
@@ -292,8 +545,10 @@ def create_app(backend: Backend | None = None, token: str | None = None) -> Fast
             raise HTTPProblem(404, f"no trial {trial_id!r} in sweep '{name}'; GET /sweeps/{name}/trials lists them")
         return {**record.model_dump(), "log_url": f"/sweeps/{name}/trials/{trial_id}/logs"}
 
-    @app.get("/sweeps/{name}/trials/{trial_id}/logs", dependencies=guarded, response_class=PlainTextResponse)
-    def trial_logs(name: str, trial_id: str, tail: int = Query(default=0, ge=0, description="last N lines only (0: all)")):
+    @app.get("/sweeps/{name}/trials/{trial_id}/logs", dependencies=guarded, response_class=Response,
+             responses={**text_200, **reads_sweep})
+    def trial_logs(name: SweepName, trial_id: TrialId,
+                   tail: int = Query(default=0, ge=0, description="last N lines only (0: all)")):
         info = backend.get(name)
         store = SweepStore(info.storage_uri, name)
         text = _read(lambda: store.read_trial_log(trial_id))
@@ -302,7 +557,41 @@ def create_app(backend: Backend | None = None, token: str | None = None) -> Fast
                               f"{store.trial_log_uri(trial_id)}): a trial writes it once it starts")
         return PlainTextResponse(_tail(text, tail))
 
+    def openapi() -> dict:
+        """FastAPI's document, plus the spec's JSON Schema that POST /sweeps' body refers to."""
+        if app.openapi_schema is None:
+            _add_spec_schema(FastAPI.openapi(app))
+        return app.openapi_schema
+
+    app.openapi = openapi
     return app
+
+
+def _may_change(user: User, sweep: SweepInfo, doing: str) -> None:
+    """A submitter changes (cancels, resumes) only its own sweeps; an admin any."""
+    if user.may("admin") or (sweep.owner is not None and sweep.owner == user.name):
+        return
+    whose = f"user '{sweep.owner}'" if sweep.owner else "no user (it predates the service's users)"
+    raise HTTPProblem(403, f"user '{user.name}' ({user.role}) may not {doing} sweep '{sweep.name}': it was "
+                           f"submitted by {whose}; only its submitter or an admin may")
+
+
+def _allowed_methods(app: FastAPI, path: str) -> list[str]:
+    methods = set()
+    for route in app.router.routes:
+        regex, route_methods = getattr(route, "path_regex", None), getattr(route, "methods", None)
+        if regex is not None and route_methods and regex.match(path):
+            methods |= set(route_methods)
+    return sorted(methods)
+
+
+def _add_spec_schema(document: dict) -> None:
+    schema = SweepSpec.model_json_schema(ref_template="#/components/schemas/{model}")
+    components = document.setdefault("components", {}).setdefault("schemas", {})
+    for name, part in {**schema.pop("$defs", {}), "SweepSpec": schema}.items():
+        if name in components and components[name] != part:
+            raise RuntimeError(f"OpenAPI component {name!r} is both a response model and part of the spec")
+        components[name] = part
 
 
 def _tail(text: str, lines: int) -> str:
@@ -310,11 +599,14 @@ def _tail(text: str, lines: int) -> str:
 
 
 def _read(call):
-    """A record read; an unreadable record or a bad trial id is the client's 4xx, not a 500."""
+    """A record read; a bad trial id is the client's 422 (shaped as a request validation error,
+    as /openapi.json declares), an unreadable record the service's 500."""
     try:
         return call()
     except RecordError as err:
-        raise HTTPProblem(422 if "not a trial id" in str(err) else 500, str(err)) from None
+        if "not a trial id" in str(err):
+            raise HTTPProblem(422, [{"loc": ["path", "trial_id"], "msg": str(err), "type": "value_error"}]) from None
+        raise HTTPProblem(500, str(err)) from None
 
 
 def _index(backend: Backend, name: str) -> tuple[SweepInfo, SweepIndex | None]:
@@ -323,19 +615,33 @@ def _index(backend: Backend, name: str) -> tuple[SweepInfo, SweepIndex | None]:
 
 
 async def _spec_text(request: Request) -> str:
-    body = await request.body()
-    if len(body) > MAX_SPEC_BYTES:
-        raise HTTPProblem(413, f"spec too large: {len(body)} bytes (at most {MAX_SPEC_BYTES})")
+    # The same limits as a spec file (service/core/loading.py): at most MAX_SPEC_BYTES, refused
+    # from the Content-Length before anything is read, and never buffered past the limit when the
+    # client sends no length (chunked) or a false one; parse_spec then bounds depth, nodes, aliases.
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and (len(declared) > 12 or int(declared) > MAX_SPEC_BYTES):
+        raise HTTPProblem(413, f"spec too large: {declared} bytes (at most {MAX_SPEC_BYTES})")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_SPEC_BYTES:
+            raise HTTPProblem(413, f"spec too large: more than {MAX_SPEC_BYTES} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
     try:
         text = body.decode()
-    except UnicodeDecodeError:
-        raise HTTPProblem(400, "the spec must be UTF-8 text") from None
+    except UnicodeDecodeError as err:
+        line = body.count(b"\n", 0, err.start) + 1
+        raise HTTPProblem(400, f"the spec must be UTF-8 text: byte 0x{body[err.start]:02x} at byte offset "
+                               f"{err.start} (line {line}) is not") from None
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json":
         try:
             json.loads(text)
         except json.JSONDecodeError as err:
             raise HTTPProblem(422, _spec_problem(f"<request>: not valid JSON: {err.msg} (line {err.lineno})")) from None
+        except (RecursionError, ValueError):
+            pass  # nested too deep or a number too long: the loader's limits say so, with the line
         # JSON is YAML, so the same loader reports lines; tabs (only ever whitespace outside JSON
         # strings) are the one thing YAML refuses there.
         return text.replace("\t", " ")
@@ -348,7 +654,7 @@ def _spec_problem(message: str, errors: list | None = None) -> dict:
     return {"message": message, "errors": errors if errors is not None else [message]}
 
 
-def _submit(backend: Backend, text: str, overrides: list[str]):
+def _submit(backend: Backend, text: str, overrides: list[str], user: User):
     try:
         spec = parse_spec(text, source="<request>", overrides=overrides)
     except SpecError as err:
@@ -362,7 +668,9 @@ def _submit(backend: Backend, text: str, overrides: list[str]):
         existing = None
     resumable = ("failed", "cancelled") if getattr(backend, "RESUMES_ON_RESUBMIT", False) else ()
     if existing is not None and existing.state in resumable:
-        return backend.submit(spec, text), spec  # the backend resumes it (same spec) or refuses (409)
+        _may_change(user, existing, "resume")
+        # the backend resumes it (same spec) or refuses (409); it stays its first submitter's
+        return backend.submit(spec, text, owner=existing.owner or user.name), spec
     if existing is not None:
         again = " (resubmitting a failed or cancelled sweep resumes it)" if resumable else ""
         raise HTTPProblem(
@@ -375,7 +683,7 @@ def _submit(backend: Backend, text: str, overrides: list[str]):
             409, f"sweep '{spec.name}' already has results in {store.uri}; "
             "nothing was changed. Submit it under another name (--set name=NEW-NAME)",
         )
-    return backend.submit(spec, text), spec
+    return backend.submit(spec, text, owner=user.name), spec
 
 
 def progress(index: SweepIndex | None) -> dict | None:
@@ -425,7 +733,8 @@ def current_namespace() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="sweep-service",
-        description=f"The sweep service API. Token from ${TOKEN_ENV}; backend from ${BACKEND_ENV} "
+        description=f"The sweep service API. Users from the tokens file ${TOKENS_FILE_ENV} and/or the admin "
+        f"token ${TOKEN_ENV}; backend from ${BACKEND_ENV} "
         f"(kubernetes | local); Kubernetes settings from ${CONFIG_ENV} (default {DEFAULT_CONFIG}).",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")

@@ -16,8 +16,10 @@ puts them back into a concrete spec. This module imports neither torch nor ray.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
+import typing
 from dataclasses import dataclass
 from typing import Annotated, Any, Generic, Literal, TypeVar, Union
 
@@ -27,6 +29,9 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -34,6 +39,13 @@ from pydantic import (
 T = TypeVar("T")
 
 PRIMITIVES = ("grid", "choice", "uniform", "loguniform", "randint", "quniform")
+
+# ----------------------------------------------------------------------------- limits
+# What a spec may hold, so that checking any spec costs bounded time and memory (the loader's own
+# limits on bytes, nesting, nodes and integers are in service/core/loading.py).
+MAX_LIST_ITEMS = 10_000  # values of one grid/choice (and items of any YAML list: the loader's check)
+MAX_MUTATIONS = 64  # PBT mutations (each is checked by validating the spec with its values)
+MAX_PATH_BYTES = 4096  # data.path (the OS's PATH_MAX), each of its names at most 255 bytes
 
 
 class _Strict(BaseModel):
@@ -49,6 +61,9 @@ class At:
     path: tuple
     message: str
     related: tuple = ()
+    # other places (paths below the validated model) the check read: when the loader had to set
+    # one of them aside (it held an error of its own), the problem is not reported as found
+    involves: tuple[tuple, ...] = ()
 
     def __str__(self) -> str:
         return f"{'.'.join(map(str, self.path)) or '(spec)'}: {self.message}"
@@ -65,16 +80,32 @@ class SpecProblems(ValueError):
 
 # ----------------------------------------------------------------------------- search primitives
 class Grid(_Strict, Generic[T]):
-    grid: list[T] = Field(min_length=1)
+    grid: list[T] = Field(min_length=1, max_length=MAX_LIST_ITEMS)
 
 
 class Choice(_Strict, Generic[T]):
-    choice: list[T] = Field(min_length=1)
+    choice: list[T] = Field(min_length=1, max_length=MAX_LIST_ITEMS)
+
+
+def _check_numbers(what: str, *values: Any) -> None:
+    """Range bounds must be finite numbers (a PBT mutation's values are typed Any)."""
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{what}: the bounds must be numbers, got {short_repr(value)}")
+        if not math.isfinite(value):
+            raise ValueError(f"{what}: the bounds must be finite numbers, got {value}")
 
 
 def _check_range(lo: float, hi: float, what: str) -> None:
+    _check_numbers(what, lo, hi)
     if not lo < hi:
         raise ValueError(f"{what}: lo must be < hi, got lo={lo}, hi={hi}")
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters for messages (a value may be 1 MiB long)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 5] + "...(" + f"{len(text):,} chars)"
 
 
 class Uniform(_Strict, Generic[T]):
@@ -114,6 +145,7 @@ class QUniform(_Strict, Generic[T]):
     def _ordered(self):
         lo, hi, q = self.quniform
         _check_range(lo, hi, "quniform")
+        _check_numbers("quniform", q)
         if q <= 0:
             raise ValueError(f"quniform: q must be > 0, got {q}")
         return self
@@ -217,17 +249,38 @@ class DataSpec(_Strict):
     channels: PositiveInt = 3
     num_classes: Annotated[int, Field(ge=2)] = 10
 
+    @field_validator("path")
+    @classmethod
+    def _a_usable_path(cls, path: str | None) -> str | None:
+        """What the OS can look up: no NUL, valid Unicode, at most PATH_MAX bytes and NAME_MAX per name."""
+        if path is None:
+            return path
+        if "\x00" in path:
+            raise ValueError("data.path must not contain a NUL character")
+        try:
+            size = len(path.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise ValueError("data.path is not valid Unicode (a lone surrogate escape)") from None
+        if size > MAX_PATH_BYTES:
+            raise ValueError(f"data.path is {size:,} bytes long: at most {MAX_PATH_BYTES}")
+        if any(len(name.encode("utf-8")) > 255 for name in path.split("/")):
+            raise ValueError("data.path has a name longer than 255 bytes (the most a file name may have)")
+        return path
+
     @model_validator(mode="after")
     def _path_where_needed(self):
+        found = []
         if self.name in ON_DISK and not self.path:
-            raise ValueError(
+            found.append(At(("path",), (
                 f"data.path is required for {self.name}: a local directory/file or s3:// URI with the "
                 "official files (set data.download: true to fetch them into a local data.path)"
-            )
+            ), involves=(("name",),)))
         if self.download and self.path and "://" in self.path and not self.path.startswith("file://"):
-            raise ValueError("data.download needs a local data.path to download into")
+            found.append(At(("download",), "data.download needs a local data.path to download into", involves=(("path",),)))
         if self.sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", self.sha256):
-            raise ValueError("data.sha256 must be 64 lowercase hex digits")
+            found.append(At(("sha256",), "data.sha256 must be 64 lowercase hex digits"))
+        if found:
+            raise SpecProblems(found)
         return self
 
 
@@ -252,7 +305,8 @@ class MLPSpec(_Strict):
     @model_validator(mode="after")
     def _one_width_rule(self):
         if self.hidden_sizes is not None and self.width_schedule is not None:
-            raise ValueError("give either hidden_sizes or width_schedule, not both")
+            raise SpecProblems([At(("width_schedule",), "give either hidden_sizes or width_schedule, not both",
+                                   involves=(("hidden_sizes",),))])
         return self
 
 
@@ -314,7 +368,8 @@ class ResNetSpec(_Strict):
     def _one_weight_source(self):
         # (frozen with neither is allowed: a random-features baseline, and a download-free smoke test)
         if self.pretrained == "imagenet" and self.weights_uri:
-            raise ValueError("give either pretrained: imagenet or weights_uri, not both")
+            raise SpecProblems([At(("weights_uri",), "give either pretrained: imagenet or weights_uri, not both",
+                                   involves=(("pretrained",),))])
         return self
 
 
@@ -378,7 +433,7 @@ class SchedulerSpec(_Strict):
     # optimizer state of a top-quantile trial and continue with mutated hyperparameters.
     perturbation_interval: PositiveInt = 2  # epochs
     quantile: Annotated[float, Field(gt=0, le=0.5)] = 0.25  # fraction of the population
-    mutations: dict[str, Tunable[Any]] = {}  # dotted spec path -> choice/uniform/loguniform/...
+    mutations: Annotated[dict[str, Tunable[Any]], Field(max_length=MAX_MUTATIONS)] = {}  # dotted spec path -> choice/uniform/...
     # synchronous: every trial reaches the perturbation epoch before any exploit, so which trial
     # copies which does not depend on timing (and trials need not run side by side).
     synchronous: bool = True
@@ -386,6 +441,9 @@ class SchedulerSpec(_Strict):
     @field_validator("mutations")
     @classmethod
     def _sampled(cls, mutations: dict) -> dict:
+        odd = [short_repr(path) for path in mutations if not _MUTATION_PATH.fullmatch(path)]
+        if odd:
+            raise ValueError(f"mutations {', '.join(odd)}: a mutation is named by a dotted spec path, e.g. train.optimizer.lr")
         fixed = [path for path, value in mutations.items() if _primitive_tag(value) in ("value", "grid")]
         if fixed:
             raise ValueError(
@@ -394,6 +452,8 @@ class SchedulerSpec(_Strict):
             )
         return mutations
 
+
+_MUTATION_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}(\.[A-Za-z_][A-Za-z0-9_]{0,63}){0,15}")
 
 METRICS = {"val_acc": "max", "val_loss": "min", "train_acc": "max", "train_loss": "min"}
 
@@ -408,7 +468,8 @@ class ObjectiveSpec(_Strict):
         if self.mode is None:
             object.__setattr__(self, "mode", natural)
         elif self.mode != natural:
-            raise ValueError(f"{self.metric} should be {natural}imized, not {self.mode}imized")
+            raise SpecProblems([At(("mode",), f"{self.metric} should be {natural}imized, not {self.mode}imized",
+                                   involves=(("metric",),))])
         return self
 
 
@@ -470,68 +531,90 @@ class SweepSpec(_Strict):
     metrics: MetricsSpec = MetricsSpec()
 
     @model_validator(mode="after")
-    def _runs_as_written(self):
-        """Everything that would fail or mislead only once trials run, reported together: the
-        search/scheduler checks below (at the spec) and the PBT mutation rules (at each mutation)."""
-        found = pbt_mutation_problems(self)
-        try:
-            self._search_fits_space()
-        except ValueError as err:
-            found.insert(0, At((), str(err)))
+    def _runs_as_written(self, info: ValidationInfo):
+        """Everything that would fail or mislead only once trials run, reported together, each at
+        the key it is about (see ``spec_wide_problems``). The trial cap comes in the validation
+        context (``{"max_trials": N}``, what service/core/loading.py passes); without it, no cap."""
+        max_trials = (info.context or {}).get("max_trials") if info is not None else None
+        found = spec_wide_problems(self, max_trials)
         if found:
             raise SpecProblems(found)
         return self
 
-    def _search_fits_space(self) -> None:
-        space = search_space(self)
-        if isinstance(self.model, (Grid, Choice)):
-            nested = [i for i, m in enumerate(primitive_values(self.model)) if search_space(m)]
-            if nested:
-                raise ValueError(
-                    f"model: the models listed at positions {nested} contain search primitives; a "
-                    "primitive over whole models lists plain models (one trial each)"
-                )
-        sampled = [path for path, p in space.items() if not isinstance(p, Grid)]
-        grids = [path for path, p in space.items() if isinstance(p, Grid)]
-        algorithm, scheduler = self.search.algorithm, self.scheduler
-        if algorithm == "grid" and sampled:
-            raise ValueError(
-                f"search.algorithm 'grid' needs {{grid: [...]}} everywhere, but {sampled} are "
-                "sampled: use search.algorithm: random, or list the values with grid"
-            )
-        if algorithm in ("optuna", "hyperopt") and grids:
-            raise ValueError(
-                f"search.algorithm {algorithm!r} samples every value, it cannot walk a grid: "
-                f"write {grids} as {{choice: [...]}}"
-            )
-        if scheduler.name in ("asha", "median") and scheduler.grace_period > max_epochs(self):
-            raise ValueError(
-                f"scheduler.grace_period ({scheduler.grace_period}) exceeds train.epochs "
-                f"({max_epochs(self)}): no trial could ever be stopped early"
-            )
-        if scheduler.name == "pbt":
-            if algorithm in ("optuna", "hyperopt"):
-                raise ValueError("scheduler 'pbt' changes configs during training: use search grid or random")
-            if not scheduler.mutations:
-                raise ValueError("scheduler 'pbt' needs scheduler.mutations (dotted path -> distribution)")
-            if scheduler.perturbation_interval % self.checkpoint.every:
-                raise ValueError(
-                    f"scheduler.perturbation_interval ({scheduler.perturbation_interval}) must be a multiple "
-                    f"of checkpoint.every ({self.checkpoint.every}): PBT copies weights from checkpoints"
-                )
-            if self.checkpoint.keep is not None and self.checkpoint.keep < 3:
-                raise ValueError(
-                    f"scheduler 'pbt' with checkpoint.keep={self.checkpoint.keep}: a donor's checkpoint "
-                    "could be deleted before another trial copies it; keep at least 3 (or null: all)"
-                )
-            population, cap = num_trials(self), self.resources.max_concurrent_trials
-            if scheduler.synchronous and cap and cap < population:
-                raise ValueError(
-                    f"synchronous PBT waits for all {population} trials at every perturbation, but "
-                    f"resources.max_concurrent_trials={cap} never starts them all: raise it to "
-                    f"{population}, remove it, or set scheduler.synchronous: false"
-                )
-            _check_mutation_paths(self)
+
+def _at(dotted: str) -> tuple:
+    return tuple(dotted.split("."))
+
+
+def spec_wide_problems(spec: SweepSpec, max_trials: int | None = None) -> list[At]:
+    """Every check that spans sections (search vs space, scheduler vs epochs, PBT rules, the trial
+    count), all of them, each at its most relevant key, with the other keys it read in ``involves``."""
+    found: list[At] = []
+    space = search_space(spec)
+    sampled = [path for path, p in space.items() if not isinstance(p, Grid)]
+    grids = [path for path, p in space.items() if isinstance(p, Grid)]
+    if isinstance(spec.model, (Grid, Choice)):
+        nested = [i for i, m in enumerate(primitive_values(spec.model)) if search_space(m)]
+        if nested:
+            found.append(At(("model",), (
+                f"model: the models listed at positions {nested} contain search primitives; a "
+                "primitive over whole models lists plain models (one trial each)"
+            )))
+    algorithm, scheduler = spec.search.algorithm, spec.scheduler
+    if algorithm == "grid" and sampled:
+        found.append(At(("search", "algorithm"), (
+            f"search.algorithm 'grid' needs {{grid: [...]}} everywhere, but {sampled} are "
+            "sampled: use search.algorithm: random, or list the values with grid"
+        ), involves=tuple(_at(p) for p in sampled)))
+    if algorithm in ("optuna", "hyperopt") and grids:
+        found.append(At(("search", "algorithm"), (
+            f"search.algorithm {algorithm!r} samples every value, it cannot walk a grid: "
+            f"write {grids} as {{choice: [...]}}"
+        ), involves=tuple(_at(p) for p in grids)))
+    if scheduler.name in ("asha", "median") and scheduler.grace_period > max_epochs(spec):
+        found.append(At(("scheduler", "grace_period"), (
+            f"scheduler.grace_period ({scheduler.grace_period}) exceeds train.epochs "
+            f"({max_epochs(spec)}): no trial could ever be stopped early"
+        ), involves=(("scheduler", "name"), ("train", "epochs"))))
+    if scheduler.name == "pbt":
+        found += _pbt_problems(spec, grids)
+    if max_trials is not None:
+        too_many = trial_count_problem(spec, max_trials)
+        if too_many is not None:
+            found.append(too_many)
+    return found
+
+
+def _pbt_problems(spec: SweepSpec, grids: list[str]) -> list[At]:
+    scheduler, found = spec.scheduler, []
+    if spec.search.algorithm in ("optuna", "hyperopt"):
+        found.append(At(("scheduler", "name"), "scheduler 'pbt' changes configs during training: use search grid or random",
+                        involves=(("search", "algorithm"),)))
+    if not scheduler.mutations:
+        found.append(At(("scheduler", "mutations"), "scheduler 'pbt' needs scheduler.mutations (dotted path -> distribution)",
+                        involves=(("scheduler", "name"),)))
+    if scheduler.perturbation_interval % spec.checkpoint.every:
+        found.append(At(("scheduler", "perturbation_interval"), (
+            f"scheduler.perturbation_interval ({scheduler.perturbation_interval}) must be a multiple "
+            f"of checkpoint.every ({spec.checkpoint.every}): PBT copies weights from checkpoints"
+        ), involves=(("checkpoint", "every"), ("scheduler", "name"))))
+    if spec.checkpoint.keep is not None and spec.checkpoint.keep < 3:
+        found.append(At(("checkpoint", "keep"), (
+            f"scheduler 'pbt' with checkpoint.keep={spec.checkpoint.keep}: a donor's checkpoint "
+            "could be deleted before another trial copies it; keep at least 3 (or null: all)"
+        ), involves=(("scheduler", "name"),)))
+    population, cap = num_trials(spec), spec.resources.max_concurrent_trials
+    if scheduler.synchronous and cap and cap < population:
+        found.append(At(("resources", "max_concurrent_trials"), (
+            f"synchronous PBT waits for all {population} trials at every perturbation, but "
+            f"resources.max_concurrent_trials={cap} never starts them all: raise it to "
+            f"{population}, remove it, or set scheduler.synchronous: false"
+        ), involves=(("scheduler", "name"), ("scheduler", "synchronous"), ("search", "num_samples"),
+                     *(_at(p) for p in grids))))
+    found += pbt_mutation_problems(spec)
+    reshaping = {at.path for at in found}
+    found += [at for at in _mutation_value_problems(spec) if at.path not in reshaping]
+    return found
 
 
 # ----------------------------------------------------------------------------- PBT mutations
@@ -630,30 +713,123 @@ def trial_count_problem(spec: SweepSpec, max_trials: int = MAX_TRIALS) -> At | N
     return At(tuple(largest.split(".")), (
         f"{shown} = {total:,} trials > {max_trials:,}, the cap: shrink the grid (or search.num_samples), "
         f"or raise the cap with --max-trials {total}"
-    ))
+    ), involves=tuple(_at(path) for path, _ in factors))
 
 
 # ----------------------------------------------------------------------------- helpers
-def _check_mutation_paths(spec: SweepSpec) -> None:
-    """Each PBT mutation must name a real spec leaf and its values must fit that leaf's type:
-    checked by putting the distribution's values into a copy of the spec and validating it."""
-    base = spec.model_dump(mode="json", exclude={"scheduler"})
-    problems = []
+_FULLY_CHECKED = 3  # values per mutation validated inside a whole spec; the rest by the leaf's type
+
+
+def _mutation_value_problems(spec: SweepSpec) -> list[At]:
+    """Each PBT mutation must name a real spec leaf and its values must fit that leaf's type, one
+    problem per mutation at scheduler.mutations.PATH: the first values (a range's bounds) are put
+    into a copy of the spec and validated; the rest of a choice list by the leaf's type alone (one
+    validation for the whole list, so a long list costs milliseconds, not a spec per value)."""
+    found, base = [], None
     for path, primitive in spec.scheduler.mutations.items():
-        values = primitive_values(primitive)
-        candidates = values if isinstance(primitive, Choice) else values[:2]
-        for value in candidates:
-            try:
-                trial = SweepSpec.model_validate(apply_overrides(base, {path: value}))
-            except Exception as err:  # a pydantic ValidationError: report its first line per error
-                detail = "; ".join(e["msg"] for e in getattr(err, "errors", lambda: [])()) or str(err)
-                problems.append(f"{path}={value!r}: {detail}")
-                break
-            if _lookup(trial.model_dump(mode="json"), path) is None:
-                problems.append(f"{path}: not a value in this spec")
-                break
-    if problems:
-        raise ValueError("scheduler.mutations: " + " | ".join(problems))
+        if base is None:
+            base = spec.model_dump(mode="json", exclude={"scheduler"})
+        problem = _mutation_value_problem(base, path, primitive)
+        if problem:
+            found.append(At(("scheduler", "mutations", path), problem, involves=(_at(path),)))
+    return found
+
+
+def _mutation_value_problem(base: dict, path: str, primitive: BaseModel) -> str | None:
+    values = primitive_values(primitive)
+    candidates = _distinct(values if isinstance(primitive, Choice) else values[:2])
+    for value in candidates[:_FULLY_CHECKED]:
+        try:
+            trial = SweepSpec.model_validate(_put(base, path, value))
+        except ValidationError as err:
+            # the spec's own cross-section problems are reported at their keys, not here
+            errors = [e for e in err.errors() if e["loc"] or not isinstance(e.get("ctx", {}).get("error"), SpecProblems)]
+            if errors:
+                return f"{path}={short_repr(value)}: " + "; ".join(e["msg"] for e in errors[:3])
+            continue
+        if _lookup(trial.model_dump(mode="json"), path) is None:
+            return f"{path}: not a value in this spec"
+    rest = candidates[_FULLY_CHECKED:]
+    adapter = _leaf_adapter(base, path) if rest else None
+    if adapter is not None:
+        try:
+            adapter.validate_python(rest)
+        except ValidationError as err:
+            first = err.errors()[0]
+            value = rest[first["loc"][0]] if first["loc"] and isinstance(first["loc"][0], int) else "?"
+            return f"{path}={short_repr(value)}: {first['msg']}"
+    return None
+
+
+def _distinct(values: list) -> list:
+    seen, out = set(), []
+    for value in values:
+        key = (type(value).__name__, repr(value))
+        if key not in seen:
+            seen.add(key)
+            out.append(value)
+    return out
+
+
+def _put(data: dict, dotted: str, value: Any) -> dict:
+    """``apply_overrides(data, {dotted: value})`` copying only the dicts along the path."""
+    *parents, leaf = dotted.split(".")
+    result = dict(data)
+    node = result
+    for key in parents:
+        child = node.get(key)
+        child = dict(child) if isinstance(child, dict) else {}
+        node[key] = child
+        node = child
+    node[leaf] = value
+    return result
+
+
+_PRIMITIVE_CLASSES = (Grid, Choice, Uniform, LogUniform, RandInt, QUniform)
+
+
+def _leaf_adapter(data: dict, dotted: str) -> TypeAdapter | None:
+    """A validator for a list of values of the spec field at ``dotted`` (None if not one)."""
+    cls, node = SweepSpec, data
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        field = cls.model_fields.get(key)
+        if field is None:
+            return None
+        node = node.get(key) if isinstance(node, dict) else None
+        cls = _section_class(field.annotation, node)
+        if cls is None:
+            return None
+    return _field_list_adapter(cls, leaf) if leaf in cls.model_fields else None
+
+
+@functools.lru_cache(maxsize=256)
+def _field_list_adapter(cls: type[BaseModel], name: str) -> TypeAdapter:
+    field = cls.model_fields[name]
+    annotation = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+    return TypeAdapter(list[annotation])
+
+
+def _section_class(annotation: Any, node: Any) -> type[BaseModel] | None:
+    """The spec class a field holds, picking a union member by the node's ``name``."""
+    classes = [c for c in _classes_in(annotation) if not issubclass(c, _PRIMITIVE_CLASSES)]
+    if len(classes) == 1:
+        return classes[0]
+    name = node.get("name") if isinstance(node, dict) else None
+    for c in classes:
+        literal = c.model_fields.get("name")
+        if literal is not None and name in typing.get_args(literal.annotation):
+            return c
+    return None
+
+
+def _classes_in(annotation: Any) -> list[type]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    found = []
+    for arg in typing.get_args(annotation):
+        found += _classes_in(arg)
+    return found
 
 
 def _lookup(data: dict, path: str) -> Any:

@@ -179,6 +179,58 @@ def test_a_chart_made_token_secret_holds_the_token_the_api_reads():
     assert base64.b64decode(secret["data"][token_ref["key"]]).decode() == "test-token"
 
 
+# The users file (service/control/api.py's Users) from a Secret the user brings: mounted, never created.
+USERS = {"auth": {"tokensSecret": "sweep-api-users"}}
+TOKENS_FILE = "/etc/sweep-service-auth/tokens.yaml"
+
+
+def _auth_volume(values: dict) -> tuple[dict | None, dict | None]:
+    pod = one(values, "Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    mount = next((m for m in container["volumeMounts"] if m["name"] == "auth"), None)
+    volume = next((v for v in pod["volumes"] if v["name"] == "auth"), None)
+    return mount, volume
+
+
+def test_a_tokens_secret_alone_is_mounted_read_only_and_named_by_the_env_var():
+    from service.control.api import TOKEN_ENV, TOKENS_FILE_ENV
+
+    env = env_of(api_container(USERS))
+    assert env[TOKENS_FILE_ENV] == {"name": TOKENS_FILE_ENV, "value": TOKENS_FILE}
+    assert TOKEN_ENV not in env  # no admin token was given: none is invented
+    mount, volume = _auth_volume(USERS)
+    # A directory mount (no subPath): Kubernetes then updates the file when the Secret changes.
+    assert mount == {"name": "auth", "mountPath": TOKENS_FILE.rsplit("/", 1)[0], "readOnly": True}
+    assert volume["secret"] == {"secretName": "sweep-api-users", "items": [{"key": "tokens.yaml", "path": "tokens.yaml"}]}
+    assert "Secret" not in kinds(USERS)  # the user's Secret is referenced, the chart creates none
+    notes = install(USERS)["notes"]
+    assert "Users and roles come from Secret sweep-api-users" in notes and "SWEEPCTL_TOKEN=<your token>" in notes
+
+
+def test_a_tokens_secret_and_the_admin_token_together_and_a_custom_key():
+    values = {"auth": {"tokensSecret": "team-users", "tokensSecretKey": "users.yaml", "token": "test-token"}}
+    env = env_of(api_container(values))
+    assert env["SWEEP_SERVICE_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == f"{RELEASE}-sweep-service-token"
+    assert env["SWEEP_SERVICE_TOKENS_FILE"]["value"] == TOKENS_FILE
+    assert _auth_volume(values)[1]["secret"]["items"] == [{"key": "users.yaml", "path": "tokens.yaml"}]
+
+
+def test_without_a_tokens_secret_nothing_is_mounted():
+    assert "SWEEP_SERVICE_TOKENS_FILE" not in env_of(api_container(TOKEN))
+    assert _auth_volume(TOKEN) == (None, None)
+    assert "Users and roles" not in install(TOKEN)["notes"]
+
+
+def test_without_any_token_the_failure_names_the_tokens_secret_too():
+    with pytest.raises(HelmFailed, match="--set auth.tokensSecret="):
+        install({})
+
+
+@pytest.mark.parametrize("kubernetes_version", ["1.25", kubernetes_validate.latest_version()])
+def test_the_deployment_with_a_tokens_secret_validates_against_the_kubernetes_schemas(kubernetes_version):
+    kubernetes_validate.validate(one(USERS, "Deployment"), kubernetes_version, strict=True)
+
+
 # ---- RBAC ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("values", [TOKEN, ALL_FEATURES], ids=["defaults", "all-features"])

@@ -23,7 +23,7 @@ from live_service import free_port
 from conftest import BASE_SPEC, point_aws_at
 from service.core import storage
 from service.control.api import create_app
-from service.control.backends import KubernetesBackend, rayjob_state
+from service.control.backends import OWNER_ANNOTATION, KubernetesBackend, rayjob_state
 from service.core.loading import parse_spec
 from service.core.record import EpochResult, Objective, SegmentedLog, SweepStore, TrialSummary, new_index
 from service.control.rayjob import RenderOptions, render_rayjob
@@ -164,7 +164,11 @@ def test_submit_creates_exactly_the_rendered_rayjob_in_the_namespace(api_server,
     assert posts[0]["path"] == RAYJOBS
     assert posts[0]["authorization"] == f"Bearer {SA_TOKEN}"
     spec = parse_spec(SPEC_TEXT, overrides=["train.epochs=1"])
-    assert posts[0]["body"] == render_rayjob(spec, options, source_yaml=SPEC_TEXT)
+    expected = render_rayjob(spec, options, source_yaml=SPEC_TEXT)
+    # The rendered RayJob, plus who submitted it (TOKEN is the single admin token: the user "admin").
+    expected["metadata"]["annotations"][OWNER_ANNOTATION] = "admin"
+    assert posts[0]["body"] == expected
+    assert response.json()["owner"] == "admin"
     assert api_server.calls("DELETE") == []
     # Every call went to this namespace only.
     assert all(r["path"].startswith(RAYJOBS) for r in api_server.requests)
@@ -317,3 +321,36 @@ def test_a_local_storage_path_is_refused_before_anything_is_created(api_server, 
     assert response.status_code == 422
     assert "do not share" in response.json()["detail"]["message"]
     assert api_server.calls("POST") == []
+
+
+def test_the_owner_rides_on_the_rayjob_and_only_the_owner_or_an_admin_cancels(api_server, options, tmp_path):
+    import hashlib
+
+    tokens = {"alice": "alice-token-0123456789", "bob": "bob-token-0123456789"}
+    users_file = tmp_path / "tokens.yaml"
+    users_file.write_text(yaml.safe_dump({"users": [
+        {"name": name, "role": "submitter", "sha256": hashlib.sha256(token.encode()).hexdigest()}
+        for name, token in tokens.items()]}))
+    client = TestClient(create_app(_backend(api_server.url, options), token=TOKEN, tokens_file=users_file))
+
+    def as_(user):
+        return {"Authorization": f"Bearer {tokens[user]}"}
+
+    created = client.post("/sweeps", content=SPEC_TEXT, headers={**as_("alice"), "Content-Type": "application/yaml"})
+    assert created.status_code == 201 and created.json()["owner"] == "alice"
+    rayjob = api_server.objects[(NAMESPACE, "k8s-sweep")]
+    assert rayjob["metadata"]["annotations"][OWNER_ANNOTATION] == "alice"
+    assert client.get("/sweeps/k8s-sweep", headers=as_("bob")).json()["owner"] == "alice"
+    assert client.get("/sweeps", headers=as_("bob")).json()["sweeps"][0]["owner"] == "alice"
+
+    refused = client.delete("/sweeps/k8s-sweep", headers=as_("bob"))
+    assert refused.status_code == 403 and "submitted by user 'alice'" in refused.json()["detail"]
+    assert api_server.calls("DELETE") == []
+    # A RayJob made before the service had users (no annotation) is the admin's to cancel.
+    del rayjob["metadata"]["annotations"][OWNER_ANNOTATION]
+    assert client.delete("/sweeps/k8s-sweep", headers=as_("alice")).status_code == 403
+    assert client.delete("/sweeps/k8s-sweep", headers=AUTH).status_code == 200
+    # A name no sweep can have never reaches the API server.
+    before = len(api_server.requests)
+    assert client.get("/sweeps/..%2F..%2Fsecrets", headers=AUTH).status_code in (404, 422)
+    assert len(api_server.requests) == before

@@ -52,15 +52,16 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
 {{/*
-The Secret holding the API token: the user's (auth.existingSecret) or the chart's (from auth.token).
-An API without a token would refuse every request, so rendering stops here and says how to fix it.
+The Secret holding the single admin token: the user's (auth.existingSecret) or the chart's (from
+auth.token); "" when there is none, which is fine only with a tokens file (auth.tokensSecret).
+An API without any token would refuse every request, so rendering stops here and says how to fix it.
 */}}
 {{- define "sweep-service.tokenSecretName" -}}
 {{- if .Values.auth.existingSecret }}
 {{- .Values.auth.existingSecret }}
 {{- else if .Values.auth.token }}
 {{- printf "%s-token" (include "sweep-service.fullname" .) }}
-{{- else }}
-{{- fail "\n\nsweep-service: the API needs a bearer token. Either\n  kubectl create secret generic sweep-api-token --from-literal=token=$(openssl rand -hex 32)\n  and install with --set auth.existingSecret=sweep-api-token\nor install with --set auth.token=<token> (the chart then creates the Secret).\n" }}
+{{- else if not .Values.auth.tokensSecret }}
+{{- fail "\n\nsweep-service: the API needs a bearer token. Either\n  kubectl create secret generic sweep-api-token --from-literal=token=$(openssl rand -hex 32)\n  and install with --set auth.existingSecret=sweep-api-token\nor install with --set auth.token=<token> (the chart then creates the Secret),\nor give it users and roles: a tokens file in a Secret, --set auth.tokensSecret=sweep-api-users\n(see auth.tokensSecret in values.yaml).\n" }}
 {{- end }}
 {{- end }}
