@@ -338,3 +338,28 @@ def test_the_api_refuses_an_oversized_body_before_reading_it(client):
     deep = "[" * 100_000 + "]" * 100_000
     response = client.post("/sweeps", content=deep, headers={**AUTH, "Content-Type": "application/json"})
     assert response.status_code == 422
+
+
+def test_the_live_service_refuses_the_504_byte_alias_bomb_in_under_a_second_and_stays_up(tmp_path):
+    """The same bomb over HTTP to the real service (uvicorn serving the app), as the tester sent it."""
+    import http.client
+    from urllib.parse import urlparse
+
+    from live_service import serve
+    from service.control.api import create_app
+    from service.control.backends import LocalBackend
+
+    def call(url: str, method: str, path: str, body: str | None = None) -> int:
+        parsed = urlparse(url)
+        connection = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=30)
+        connection.request(method, path, body=body, headers={**AUTH, "Content-Type": "application/yaml"})
+        status = connection.getresponse().status
+        connection.close()
+        return status
+
+    with serve(create_app(LocalBackend(tmp_path / "live"), token=TOKEN)) as url:
+        start = time.perf_counter()
+        status = call(url, "POST", "/sweeps", billion_laughs(504))
+        took = time.perf_counter() - start
+        assert 400 <= status < 500 and took < 1.0, (status, took)
+        assert call(url, "GET", "/sweeps") == 200  # still up
