@@ -122,7 +122,7 @@ def test_a_driver_killed_at_five_points_resumes_every_trial_with_every_epoch_onc
 # ============================================================================ Ctrl-C, SIGTERM
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_an_interrupt_records_interrupted_prints_the_resume_command_and_resume_loses_nothing(sig, tmp_path):
-    uri, name, epochs = str(tmp_path / "runs"), f"interrupted-{sig.name.lower()}", 4
+    uri, name, epochs = str(tmp_path / "runs"), f"interrupted-{sig.name.lower()}", 8  # still running after the waits
     spec = write_spec(tmp_path, uri, name, train={"epochs": epochs, **lr_grid(2)}, resources={"max_concurrent_trials": 1})
     store = SweepStore(uri, name)
     log = tmp_path / "driver.log"
@@ -130,8 +130,8 @@ def test_an_interrupt_records_interrupted_prints_the_resume_command_and_resume_l
     # SIGTERM as Kubernetes sends it: to the driver process.
     driver = start_driver("run", str(spec), log=log, new_session=True)
     try:
-        before = wait_for(lambda: (i := index_of(uri, name)) and any(t.status == "running" and t.checkpoint for t in i.trials) and i,
-                          "a running trial with a checkpoint", proc=driver, log=log)
+        wait_for(lambda: (i := index_of(uri, name)) and any(t.status == "running" and t.checkpoint for t in i.trials),
+                 "a running trial with a checkpoint", proc=driver, log=log)
         time.sleep(2.5)  # Tune's 2 s snapshot records that checkpoint
         if sig == signal.SIGINT:
             os.killpg(driver.pid, signal.SIGINT)
@@ -150,14 +150,17 @@ def test_an_interrupt_records_interrupted_prints_the_resume_command_and_resume_l
     assert index.status == "interrupted" and index.stopped_at and sig.name in index.stop_reason
     assert "running" not in index.trial_states  # no trial claims to run after the driver stopped
     assert storage.read_json(store.lock_uri)["state"] == "interrupted"
+    # The trials the signal stopped are paused, each with the checkpoint a resume continues from.
+    stopped = [t for t in index.trials if t.status == "paused" and t.checkpoint]
+    assert stopped, index.trials
 
     resumed = sweepctl("resume", name, "--storage", uri)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert store.read_index().status == "finished"
     trials = assert_every_epoch_exactly_once(store, epochs)
-    interrupted = next(t for t in trials if t.trial_id == next(t.trial_id for t in before.trials if t.status == "running"))
-    first_resumed = next(h for h in interrupted.history if h.attempt == 2)
-    assert first_resumed.resumed_from_epoch >= 1  # continued from its checkpoint, not from scratch
+    for trial in (t for t in trials if t.trial_id in {s.trial_id for s in stopped}):
+        first_resumed = next(h for h in trial.history if h.attempt == 2)
+        assert first_resumed.resumed_from_epoch >= 1  # continued from its checkpoint, not from scratch
 
 
 # ============================================================================ fencing
