@@ -182,6 +182,25 @@ def read_json_if_exists(uri: str) -> Any | None:
         return None
 
 
+def file_exists(uri: str) -> bool:
+    """Whether one file/object is there: a single HEAD on S3 (``exists`` also counts a prefix as a
+    directory, which costs a LIST when the object is absent)."""
+    if not is_s3(uri):
+        return local_path(uri).is_file()
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = split_s3(uri)
+    try:
+        s3_client().head_object(Bucket=bucket, Key=key)
+        return True
+    except ClientError as err:
+        if _is_missing(err):
+            return False
+        raise _s3_error(err, uri) from err
+    except BotoCoreError as err:
+        raise _s3_error(err, uri) from err
+
+
 def exists(uri: str) -> bool:
     if not is_s3(uri):
         return local_path(uri).exists()

@@ -142,7 +142,7 @@ class DriverLock:
         if self.lost:
             return True
         try:
-            newer = storage.exists(self.store.attempt_claim_uri(self.attempt + 1))
+            newer = storage.file_exists(self.store.attempt_claim_uri(self.attempt + 1))  # one HEAD a second
         except Exception as err:  # storage outage: look again at the next tick
             log.warning("driver lock check at %s failed: %s", self.store.attempt_claims_uri, err)
             return False
