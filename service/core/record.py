@@ -49,6 +49,10 @@ LEGACY_DRIVER_LOG = "driver.log"
 REPORT_DIR = "report"
 TRIAL_RECORD = "trial.json"
 LOGS = "logs"
+# The record's objects at the sweep's top level that Tune's restore would take for its own: it
+# copies every top-level *.json of the experiment directory into its staging directory and uploads
+# that directory back at each snapshot, which would put stale copies over the live ones.
+TOP_LEVEL_JSON = (INDEX, LEGACY_SUMMARY, DRIVER_LOCK, CANCEL_REQUEST)
 
 TrialStatus = Literal["pending", "running", "paused", "terminated", "stopped_early", "error"]
 TRIAL_STATES: tuple[str, ...] = TrialStatus.__args__

@@ -154,8 +154,19 @@ def test_an_interrupt_records_interrupted_prints_the_resume_command_and_resume_l
     stopped = [t for t in index.trials if t.status == "paused" and t.checkpoint]
     assert stopped, index.trials
 
-    resumed = sweepctl("resume", name, "--storage", uri)
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    # While the resume runs, every read of the index and of driver.json is whole and this attempt's:
+    # Tune's restore copies the sweep's top-level *.json and would upload stale copies at each snapshot.
+    resume_log = tmp_path / "resume.log"
+    resumed = start_driver("resume", name, "--storage", uri, log=resume_log)
+    attempts_seen = {store.index_uri: [], store.lock_uri: []}
+    while resumed.poll() is None:
+        for uri_, seen in attempts_seen.items():
+            record = json.loads(storage.read_bytes(uri_))  # raises on a half-written object
+            seen.append(record["driver_attempt" if uri_ == store.index_uri else "attempt"])
+            assert seen[-1] == max(seen), f"{uri_} went back to an earlier attempt: {seen}"
+        time.sleep(0.05)
+    assert resumed.returncode == 0, resume_log.read_text()
+    assert all(seen[-1] == 2 for seen in attempts_seen.values()), attempts_seen
     assert store.read_index().status == "finished"
     trials = assert_every_epoch_exactly_once(store, epochs)
     for trial in (t for t in trials if t.trial_id in {s.trial_id for s in stopped}):

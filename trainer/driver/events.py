@@ -25,7 +25,7 @@ from ray.tune import Callback
 
 from service.core import storage
 from service.core.record import (
-    FINISHED_STATES, RESULT_KEYS, CheckpointRef, EpochResult, Exploit, Objective, RecordWriter, SegmentedLog, SkippedCheckpoint,
+    TOP_LEVEL_JSON, FINISHED_STATES, RESULT_KEYS, CheckpointRef, EpochResult, Exploit, Objective, RecordWriter, SegmentedLog, SkippedCheckpoint,
     SweepIndex, TrialError, now_iso,
 )
 from service.core.spec import SweepSpec, search_space
@@ -62,6 +62,7 @@ class SweepEvents(Callback):
 
     # ---------------------------------------------------------------------- setup
     def setup(self, **info):
+        drop_record_copies_from_tune_staging(self.spec.name)
         if self.on_setup is not None:
             self.on_setup()
 
@@ -426,3 +427,22 @@ def progress_line(index: SweepIndex) -> str:
                  if best is not None else "no result yet")
     elapsed = int(index.wall_seconds)
     return f"[{elapsed // 60:02d}:{elapsed % 60:02d}] {index.num_trials} trials: {counts or 'none created yet'} | {best_text}"
+
+
+def drop_record_copies_from_tune_staging(experiment_name: str) -> list[Path]:
+    """On a resume, Tune copies every top-level *.json of the experiment directory (ours too: the
+    index, driver.json, cancel.json) into its driver staging directory, then uploads that directory
+    back at each snapshot: a stale copy of the index from the previous attempt, written by pyarrow
+    in place (not atomically), over the live one. Tune's setup of the callbacks comes after that
+    copy and before the first snapshot, so removing the copies here keeps the record this driver's.
+    The staging directory is under this driver's own Ray session (ray.init(address="local"))."""
+    from ray.train.constants import _get_ray_train_session_dir  # the root Tune stages under
+
+    removed = []
+    for staging in Path(_get_ray_train_session_dir()).glob(f"*/{experiment_name}/driver_artifacts"):
+        for name in TOP_LEVEL_JSON:
+            copy = staging / name
+            if copy.is_file():
+                copy.unlink()
+                removed.append(copy)
+    return removed
