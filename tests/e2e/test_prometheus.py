@@ -118,12 +118,58 @@ def test_dashboard_is_wired_to_the_exporter_and_the_sweep_variable():
     for panel in panels:
         assert panel["datasource"]["uid"] == "${datasource}"
         for target in panel["targets"]:
-            assert 'sweep="$sweep"' in target["expr"], (panel["title"], target["expr"])
+            # every series selector filters by the (multi-value) sweep variable
+            names = re.findall(r"\b((?:sweep|ray)_[a-z_]+)\b(?!\()", target["expr"])
+            selectors = re.findall(r"\b((?:sweep|ray)_[a-z_]+)\{([^}]*)\}", target["expr"])
+            assert names and len(selectors) == len(names), (panel["title"], target["expr"])
+            assert all('sweep=~"$sweep"' in labels for _, labels in selectors), (panel["title"], target["expr"])
             for metric in re.findall(r"\b(sweep_[a-z_]+)\{", target["expr"]):
                 base = re.sub(r"_(bucket|count|sum|total)$", "", metric)
                 assert base in exported, f"{panel['title']}: {metric} is not exported by trainer/driver/metrics.py"
                 used.add(base)
     assert len(used) >= 15  # the regex above really looks at the queries
+
+
+def test_dashboard_is_what_grafana_imports_and_where_users_look():
+    """The panels users trip on, as Grafana 10/11 reads their JSON."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    # Import asks for a Prometheus data source (__inputs); it becomes the `datasource` variable's
+    # starting value, and the panels follow the variable (Helm's ConfigMap fills in "default").
+    (ds_input,) = dashboard["__inputs"]
+    assert ds_input == {**ds_input, "name": "DS_PROMETHEUS", "type": "datasource", "pluginId": "prometheus"}
+    requires = {(r["type"], r["id"]) for r in dashboard["__requires"]}
+    used_panels = {("panel", p["type"]) for p in dashboard["panels"] if p["type"] != "row"}
+    assert requires == {("grafana", "grafana"), ("datasource", "prometheus")} | used_panels
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    assert variables["datasource"]["current"]["value"] == "${DS_PROMETHEUS}"
+    assert variables["sweep"]["datasource"]["uid"] == "${datasource}"
+    # Two sweeps can be compared.
+    assert variables["sweep"]["multi"] is True and variables["sweep"]["includeAll"] is True
+
+    panels = {p["title"]: p for p in dashboard["panels"]}
+    # "Best trial" shows the trial's name (its legend), not the info series' value 1.
+    best = panels["Best trial"]
+    assert best["type"] == "stat" and best["options"]["textMode"] == "name"
+    (target,) = best["targets"]
+    assert target["legendFormat"].startswith("{{trial}}") and target["instant"] is True
+    assert best["options"]["reduceOptions"]["calcs"] == ["lastNotNull"]
+    # "Driver up" says up / down / no driver, coloured.
+    up = panels["Driver up"]["fieldConfig"]["defaults"]
+    values = {k: (v["text"], v["color"]) for m in up["mappings"] if m["type"] == "value" for k, v in m["options"].items()}
+    assert values == {"1": ("up", "green"), "0": ("down", "red")}
+    special = [m["options"] for m in up["mappings"] if m["type"] == "special"]
+    assert special and special[0]["match"] == "null+nan" and special[0]["result"]["text"] == "no driver"
+    assert up["noValue"] == "no driver"  # no series at all (the driver is gone)
+    # Per-trial panels name each curve by its config: joined with sweep_trial_info, legend {{config}}.
+    from trainer.driver.metrics import PER_TRIAL
+
+    per_trial = [(p["title"], t) for p in dashboard["panels"] for t in p.get("targets", [])
+                 if set(re.findall(r"\b(sweep_[a-z_]+)\{", t["expr"])) & (set(PER_TRIAL) - {"sweep_trial_info"})]
+    assert len(per_trial) >= 6
+    for title, t in per_trial:
+        assert "group_left(config) sweep_trial_info{" in t["expr"], title
+        assert "{{trial}}" in t["legendFormat"] and "{{config}}" in t["legendFormat"], title
 
 
 # ------------------------------------------------------------------------------- the live test
@@ -252,6 +298,8 @@ def panel_queries() -> list[tuple[str, str]]:
 
 def substitute(expr: str, sweep: str) -> str:
     # $__rate_interval: Grafana uses max(4 × scrape interval, step + scrape interval); scrapes are 1 s here.
+    # $sweep: a multi-value variable, as Grafana's Prometheus data source writes two selected sweeps.
+    sweep = f"({sweep}|no-such-sweep)"
     expr = expr.replace("$__rate_interval", "4s").replace("${sweep}", sweep).replace("$sweep", sweep)
     assert "$" not in expr, f"unsubstituted variable in {expr}"
     return expr
@@ -296,6 +344,13 @@ def test_every_dashboard_panel_returns_series_that_agree_with_the_record(ray_loc
     expected_empty = set() if torch.cuda.is_available() else GPU_PANELS
     assert empty == expected_empty, f"panels without data: {sorted(empty)}"
 
+    # The per-trial panels' joins with sweep_trial_info: every series carries the trial's config.
+    joined = [(title, expr) for title, expr in panel_queries() if "group_left(config)" in expr]
+    assert len(joined) >= 6
+    for title, expr in joined:
+        series = prometheus.query_range(substitute(expr, spec.name), start - 5, end)
+        assert series and all(s["metric"].get("config", "").startswith("lr=") for s in series), (title, series[:2])
+
     # The values Prometheus holds agree with the record.
     sel = '{sweep="prom-e2e"}'
     last = lambda expr: prometheus.last(expr, start, end)  # noqa: E731
@@ -318,6 +373,28 @@ def test_every_dashboard_panel_returns_series_that_agree_with_the_record(ray_loc
     assert objective == {t.trial_id: t.history[-1].val_acc for t in trials}  # 4 trials < the cap of 10
     completed = {json.loads(k)["trial"]: v for k, v in last(f"sweep_trial_epochs_completed{sel}").items()}
     assert completed == {t.trial_id: t.epochs for t in trials}
+
+    # sweep_trial_info: one series per exposed trial, value 1, its searched value as a label of its
+    # own and in the compact config string; a bounded label set, bounded values.
+    from trainer.driver.metrics import CONFIG_MAX, CONFIG_VALUE_MAX, MAX_CONFIG_LABELS, compact_value
+
+    info = {json.loads(k)["trial"]: (json.loads(k), v) for k, v in last(f"sweep_trial_info{sel}").items()}
+    assert set(info) == {t.trial_id for t in trials}  # 4 trials < the cap of 10: all still in the legend
+    scrape_labels = {"__name__", "sweep", "trial", "config", "job", "instance"}
+    for t in trials:
+        labels, v = info[t.trial_id]
+        lr = compact_value(t.config["train.optimizer.lr"])
+        assert v == 1 and labels["train_optimizer_lr"] == lr and labels["config"] == f"lr={lr}"
+        assert len(set(labels) - scrape_labels) <= MAX_CONFIG_LABELS
+        assert len(labels["config"]) <= CONFIG_MAX
+        assert all(len(value) <= CONFIG_VALUE_MAX for name, value in labels.items() if name not in scrape_labels)
+    assert {info[t.trial_id][0]["config"] for t in trials} == {"lr=0.003", "lr=0.001", "lr=1e-6", "lr=5e-7"}
+    # The legends' join: each trial's objective, now carrying its config label.
+    joined = last(f"sweep_trial_objective{sel} * on(sweep, trial, instance) group_left(config) sweep_trial_info{sel}")
+    assert {(json.loads(k)["trial"], json.loads(k)["config"]): v for k, v in joined.items()} == {
+        (t.trial_id, info[t.trial_id][0]["config"]): t.history[-1].val_acc for t in trials}
+    (best_named,) = last(substitute(next(e for title, e in panel_queries() if title == "Best trial"), spec.name))
+    assert json.loads(best_named)["trial"] == index.best_trial and json.loads(best_named)["config"]
     up = prometheus.query_range(f"sweep_up{sel}", start, end)
     assert max(finite_values(up)) == 1 and float(up[0]["values"][-1][1]) == 0  # the final state was scraped
 

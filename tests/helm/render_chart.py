@@ -34,6 +34,7 @@ CORE_RESOURCES = {
     ("", "v1"): [("configmaps", "ConfigMap"), ("secrets", "Secret"), ("services", "Service"),
                  ("serviceaccounts", "ServiceAccount")],
     ("apps", "v1"): [("deployments", "Deployment")],
+    ("networking.k8s.io", "v1"): [("ingresses", "Ingress"), ("ingressclasses", "IngressClass")],
     ("rbac.authorization.k8s.io", "v1"): [("roles", "Role"), ("rolebindings", "RoleBinding"),
                                           ("clusterroles", "ClusterRole"),
                                           ("clusterrolebindings", "ClusterRoleBinding")],
@@ -41,7 +42,7 @@ CORE_RESOURCES = {
                                       ("prometheusrules", "PrometheusRule")],
 }
 KUBERAY_RESOURCES = {("ray.io", "v1"): [("rayjobs", "RayJob"), ("rayclusters", "RayCluster")]}
-CLUSTER_SCOPED = {"clusterroles", "clusterrolebindings"}
+CLUSTER_SCOPED = {"clusterroles", "clusterrolebindings", "ingressclasses"}
 
 
 def group_version(group: str, version: str) -> str:

@@ -449,8 +449,17 @@ def test_the_service_monitor_scrapes_the_api_service():
 def test_the_dashboard_configmap_holds_the_dashboard_for_grafanas_sidecar():
     dashboard = one(ALL_FEATURES, "ConfigMap", f"{RELEASE}-sweep-service-dashboard")
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
-    assert json.loads(dashboard["data"]["sweeps.json"]) == json.loads(
-        (REPO / "deploy/grafana/sweeps.json").read_text())
+    shipped = (REPO / "deploy/grafana/sweeps.json").read_text()
+    assert "${DS_PROMETHEUS}" in shipped  # what Grafana's import replaces with the data source picked
+    # The sidecar provisions the file with no import step: the chart fills in "default" (Grafana's
+    # default data source) as the `datasource` variable's starting value; nothing else differs.
+    provisioned = json.loads(dashboard["data"]["sweeps.json"])
+    assert "${DS_" not in dashboard["data"]["sweeps.json"]
+    assert provisioned == json.loads(shipped.replace("${DS_PROMETHEUS}", "default"))
+    variables = {v["name"]: v for v in provisioned["templating"]["list"]}
+    assert variables["datasource"]["current"] == {"selected": False, "text": "default", "value": "default"}
+    panels = [p for p in provisioned["panels"] if p["type"] != "row"]
+    assert {p["datasource"]["uid"] for p in panels} == {"${datasource}"}  # every panel follows the variable
 
 
 # ---- NOTES ---------------------------------------------------------------------------------------
@@ -460,6 +469,122 @@ def test_notes_warn_when_the_cluster_has_no_kuberay():
     notes = install(TOKEN)["notes"]
     assert "install the KubeRay operator" not in notes
     assert f"port-forward svc/{RELEASE}-sweep-service" in notes
+
+
+# ---- the web UI: Service, Ingress, NOTES, secure cookies ------------------------------------------
+
+UI_HOST = "sweeps.example.com"
+INGRESS_TLS = {**TOKEN, "ingress": {
+    "enabled": True, "className": "nginx", "annotations": {"cert-manager.io/cluster-issuer": "letsencrypt"},
+    "hosts": [{"host": UI_HOST, "paths": [{"path": "/", "pathType": "Prefix"}]}],
+    "tls": [{"secretName": "sweeps-tls", "hosts": [UI_HOST]}],
+}}
+INGRESS_PLAIN = {**TOKEN, "ingress": {"enabled": True, "hosts": [{"host": "sweeps.internal"}]}}
+SECURE_COOKIES_ENV = "SWEEP_SERVICE_SECURE_COOKIES"  # the app reads it: Secure session cookies
+FULLNAME = f"{RELEASE}-sweep-service"
+
+
+def ingress_backends(values: dict) -> list[dict]:
+    return [path["backend"] for rule in one(values, "Ingress")["spec"]["rules"] for path in rule["http"]["paths"]]
+
+
+def test_there_is_no_ingress_by_default():
+    assert "Ingress" not in kinds(TOKEN)
+    assert not [obj for obj in install(TOKEN)["objects"] if obj["kind"] == "Ingress"]
+    assert "Ingress" not in kinds({**TOKEN, "ingress": {"tls": [{"secretName": "x", "hosts": [UI_HOST]}]}})
+
+
+@pytest.mark.parametrize("kubernetes_version", ["1.25", kubernetes_validate.latest_version()])
+def test_an_ingress_with_tls_validates_and_sends_every_path_to_the_services_port(kubernetes_version):
+    rendered = install(INGRESS_TLS)
+    ingress, service = one(INGRESS_TLS, "Ingress"), one(INGRESS_TLS, "Service")
+    for doc in (ingress, service, one(INGRESS_TLS, "Deployment")):
+        kubernetes_validate.validate(doc, kubernetes_version, strict=True)
+    assert ingress["apiVersion"] == "networking.k8s.io/v1"
+    assert ingress["metadata"]["name"] == FULLNAME and ingress["metadata"]["namespace"] == NAMESPACE
+    assert ingress["metadata"]["annotations"] == {"cert-manager.io/cluster-issuer": "letsencrypt"}
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    assert ingress["spec"]["tls"] == [{"hosts": [UI_HOST], "secretName": "sweeps-tls"}]
+    assert ingress["spec"]["rules"] == [{"host": UI_HOST, "http": {"paths": [{
+        "path": "/", "pathType": "Prefix",
+        "backend": {"service": {"name": service["metadata"]["name"],
+                                "port": {"number": service["spec"]["ports"][0]["port"]}}},
+    }]}}]
+    assert ("Ingress", FULLNAME) in [(obj["kind"], obj["metadata"]["name"]) for obj in rendered["objects"]]
+
+
+def test_an_ingress_defaults_its_path_and_path_type_and_may_omit_the_host_and_class():
+    values = {**TOKEN, "ingress": {"enabled": True, "hosts": [{"host": "sweeps.internal"}, {}],
+                                   "tls": [{"secretName": "wildcard-tls"}]}}
+    ingress = one(values, "Ingress")
+    kubernetes_validate.validate(ingress, kubernetes_validate.latest_version(), strict=True)
+    assert "ingressClassName" not in ingress["spec"] and "annotations" not in ingress["metadata"]
+    assert ingress["spec"]["tls"] == [{"secretName": "wildcard-tls"}]
+    assert [rule.get("host") for rule in ingress["spec"]["rules"]] == ["sweeps.internal", None]
+    assert [(path["path"], path["pathType"]) for rule in ingress["spec"]["rules"] for path in rule["http"]["paths"]] \
+        == [("/", "Prefix"), ("/", "Prefix")]
+
+
+def test_an_ingress_without_hosts_fails_saying_so():
+    with pytest.raises(HelmFailed, match="ingress.hosts: give the Ingress at least one host"):
+        install({**TOKEN, "ingress": {"enabled": True, "hosts": []}})
+
+
+def test_the_service_honours_its_values_and_the_ingress_follows_its_port():
+    assert "annotations" not in one(TOKEN, "Service")["metadata"]
+    annotations = {"service.beta.kubernetes.io/aws-load-balancer-internal": "true"}
+    values = {**INGRESS_PLAIN, "service": {"type": "LoadBalancer", "port": 9000, "annotations": annotations}}
+    service = one(values, "Service")
+    kubernetes_validate.validate(service, kubernetes_validate.latest_version(), strict=True)
+    assert service["spec"]["type"] == "LoadBalancer"
+    assert service["metadata"]["annotations"] == annotations
+    assert service["spec"]["ports"] == [{"name": "http", "port": 9000, "targetPort": "http", "protocol": "TCP"}]
+    assert ingress_backends(values) == [{"service": {"name": FULLNAME, "port": {"number": 9000}}}]
+
+
+def test_notes_say_to_port_forward_and_log_in_with_the_token_secret_by_default():
+    notes = install(TOKEN)["notes"]
+    assert f"kubectl -n {NAMESPACE} port-forward svc/{FULLNAME} 8080:80" in notes
+    assert "open http://127.0.0.1:8080/" in notes
+    assert f"get secret {FULLNAME}-token -o jsonpath='{{.data.token}}' | base64 -d" in notes
+    assert "export SWEEPCTL_SERVER=http://127.0.0.1:8080" in notes
+    assert "https://" not in notes
+    assert "8080:9000" in install({**TOKEN, "service": {"port": 9000}})["notes"]
+    # An existing token Secret, a key with a dot (escaped for jsonpath).
+    notes = install({"auth": {"existingSecret": "my-token", "secretKey": "api.token"}})["notes"]
+    assert "get secret my-token -o jsonpath='{.data.api\\.token}'" in notes
+
+
+def test_notes_send_a_tokens_file_user_to_their_own_token():
+    notes = install(USERS)["notes"]
+    assert "get secret" not in notes  # the users' Secret holds hashes, not tokens
+    assert "your own user's token: Secret sweep-api-users (key tokens.yaml)" in notes
+
+
+def test_notes_give_the_ingress_urls_https_with_tls():
+    notes = install(INGRESS_TLS)["notes"]
+    assert f"https://{UI_HOST}/" in notes and "port-forward" not in notes
+    assert f"export SWEEPCTL_SERVER=https://{UI_HOST}\n" in notes
+    notes = install(INGRESS_PLAIN)["notes"]
+    assert "http://sweeps.internal/" in notes and "https://" not in notes and "port-forward" not in notes
+
+
+@pytest.mark.parametrize("values, secure", [
+    (TOKEN, False),
+    (INGRESS_TLS, True),
+    (INGRESS_PLAIN, False),
+    ({**TOKEN, "ingress": {"enabled": False, "tls": [{"secretName": "x", "hosts": [UI_HOST]}]}}, False),
+    ({**TOKEN, "ui": {"secureCookies": True}}, True),  # e.g. TLS ends at a load balancer in front
+    ({**INGRESS_TLS, "ui": {"secureCookies": False}}, False),
+], ids=["defaults", "ingress-tls", "ingress-plain", "tls-but-no-ingress", "forced-on", "forced-off"])
+def test_session_cookies_are_secure_when_the_ui_is_served_over_tls(values, secure):
+    env = env_of(api_container(values))
+    assert env.get(SECURE_COOKIES_ENV) == ({"name": SECURE_COOKIES_ENV, "value": "1"} if secure else None)
+
+
+def test_a_bad_secure_cookies_value_fails_saying_which_are_allowed():
+    with pytest.raises(HelmFailed, match="ui.secureCookies: auto, true or false"):
+        install({**TOKEN, "ui": {"secureCookies": "yes"}})
 
 
 # ---- values.yaml ---------------------------------------------------------------------------------

@@ -22,6 +22,18 @@ Grafana still draws the removed trials' history (Prometheus keeps what it scrape
 ``sweep_trial_last_progress_timestamp_seconds`` (what the stalled-trial alert watches) exists only
 for running trials.
 
+Trial info: ``sweep_trial_info{sweep, trial, config, <hyperparameter>...}`` (always 1) says what a
+trial is, for dashboard legends: ``sweep_trial_objective * on(sweep, trial, instance)
+group_left(config) sweep_trial_info`` gives each curve a ``config`` label, e.g. ``lr=0.001 filters=32`` (Grafana:
+``{{trial}} {{config}}``). Its labels are bounded: ``config`` holds every searched or mutated value
+under its shortest unambiguous name (``train.optimizer.lr`` → ``lr``), at most CONFIG_MAX characters;
+besides it, one label per searched hyperparameter, named after its dotted path (``train_optimizer_lr``),
+for the first MAX_CONFIG_LABELS of them (the label set is fixed when the exporter is built, from the
+spec); every value is formatted compactly (``0.001``, ``1e-6``, ``[32,64]``) and cut at
+CONFIG_VALUE_MAX characters. It is a per-trial series like the others: set when the trial starts
+(again after a PBT exploit changes its config: the old label values go), kept while the trial's
+other series are, removed with them.
+
 Local Prometheus: the exporter also writes Prometheus file-based service discovery files,
 ``<dir>/<sweep>.driver.json`` (this exporter) and ``<dir>/<sweep>.ray.json`` (the Ray nodes'
 metrics agents, labelled with the sweep), dir = $SWEEP_PROMETHEUS_TARGETS or
@@ -42,7 +54,9 @@ from __future__ import annotations
 import atexit
 import logging
 import math
+import numbers
 import os
+import re
 import statistics
 import threading
 import time
@@ -63,6 +77,10 @@ ADDR_ENV = "SWEEP_METRICS_ADDR"  # interface the exporter binds; default all (a 
 TARGETS_ENV = "SWEEP_PROMETHEUS_TARGETS"
 DEFAULT_TARGETS_DIR = "/tmp/sweep-service/targets"
 FINAL_SCRAPE_WAIT_MAX = 30.0  # seconds the driver waits, at the end, for Prometheus to scrape the final state
+MAX_CONFIG_LABELS = 8  # sweep_trial_info: labels of their own for at most this many hyperparameters
+CONFIG_VALUE_MAX = 40  # characters of one hyperparameter's value (labels and the config string)
+CONFIG_MAX = 120  # characters of sweep_trial_info's config label
+_RESERVED_LABELS = frozenset({"sweep", "trial", "config", "job", "instance", "le", "quantile"})
 
 # name: (type, labels beyond `sweep`, help). The README's table is this list.
 METRICS = {
@@ -73,6 +91,10 @@ METRICS = {
     "sweep_trials": ("gauge", ("state",), "Trials by state: " + ", ".join(STATES)),
     "sweep_best_objective": ("gauge", (), "Best objective value any trial reported so far"),
     "sweep_best_trial_info": ("gauge", ("trial",), "Always 1, for the trial holding the best objective"),
+    "sweep_trial_info": (
+        "gauge", ("trial", "config"),
+        "Always 1, per trial with per-trial series: its hyperparameters, as a compact config string and one "
+        "label per searched hyperparameter (at most 8), for legends"),
     "sweep_trial_objective": ("gauge", ("trial",), "Latest objective value of a trial (its learning curve)"),
     "sweep_trial_loss": ("gauge", ("trial", "split"), "Latest mean cross-entropy loss (split: train or val)"),
     "sweep_trial_accuracy_ratio": ("gauge", ("trial", "split"), "Latest accuracy, 0..1 (split: train or val)"),
@@ -103,8 +125,56 @@ _BUCKETS = {
 PER_TRIAL = tuple(name for name, (_, labels, _) in METRICS.items() if "trial" in labels and name != "sweep_best_trial_info")
 
 
+def compact_value(value) -> str:
+    """A hyperparameter value, short: ``0.001``, ``1e-6``, ``32``, ``true``, ``[32,64]``, ``adam``;
+    at most CONFIG_VALUE_MAX characters."""
+    def fmt(v) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, numbers.Integral):
+            return str(int(v))
+        if isinstance(v, numbers.Real):
+            text = format(float(v), ".4g")
+            if "e" in text:  # 1e-06 -> 1e-6, 1e+10 -> 1e10
+                mantissa, exponent = text.split("e")
+                text = f"{mantissa}e{int(exponent)}"
+            return text
+        if v is None:
+            return "none"
+        if isinstance(v, (list, tuple)):
+            return "[" + ",".join(fmt(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{" + ",".join(f"{k}:{fmt(x)}" for k, x in v.items()) + "}"
+        return " ".join(str(v).split())  # no newlines or runs of blanks in a label
+
+    text = fmt(value)
+    return text if len(text) <= CONFIG_VALUE_MAX else text[:CONFIG_VALUE_MAX - 1] + "…"
+
+
+def config_label_name(key: str) -> str:
+    """A dotted hyperparameter path as a Prometheus label name: ``train.optimizer.lr`` → ``train_optimizer_lr``."""
+    name = re.sub(r"[^a-zA-Z0-9_]", "_", key).lstrip("_") or "param"
+    if name[0].isdigit() or name in _RESERVED_LABELS:
+        name = f"param_{name}"
+    return name
+
+
+def short_names(keys) -> dict[str, str]:
+    """Each dotted key's shortest suffix that no other key ends with: lr, optimizer.lr, ..."""
+    keys = list(dict.fromkeys(keys))
+    parts = {k: k.split(".") for k in keys}
+    out = {}
+    for key in keys:
+        for n in range(1, len(parts[key]) + 1):
+            suffix = parts[key][-n:]
+            if not any(other != key and parts[other][-n:] == suffix for other in keys):
+                break
+        out[key] = ".".join(suffix)
+    return out
+
+
 class _Trial:
-    __slots__ = ("state", "epochs", "best", "finished_order", "series")
+    __slots__ = ("state", "epochs", "best", "finished_order", "series", "config", "info")
 
     def __init__(self):
         self.state = "pending"
@@ -112,6 +182,8 @@ class _Trial:
         self.best: float | None = None  # best objective this trial reported
         self.finished_order = 0
         self.series: set[tuple[str, tuple[str, ...]]] = set()  # (metric, label values) exposed
+        self.config: dict = {}  # the searched and mutated values, by dotted path (the latest start's)
+        self.info: tuple[str, ...] | None = None  # label values of its sweep_trial_info series
 
 
 class SweepMetrics:
@@ -127,7 +199,10 @@ class SweepMetrics:
         scheduler: str = "fifo",
         keep_finished: int = KEEP_FINISHED,
         registry: CollectorRegistry | None = None,
+        config_keys=(),
     ):
+        """``config_keys``: the sweep's searched (and mutated) hyperparameters, by dotted path: the
+        first MAX_CONFIG_LABELS get labels of their own on ``sweep_trial_info``."""
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
         if keep_finished < 0:
@@ -135,8 +210,16 @@ class SweepMetrics:
         self.sweep, self.objective, self.mode = sweep, objective, mode
         self.keep_finished = keep_finished
         self.registry = registry if registry is not None else CollectorRegistry()
+        self.config_keys = list(dict.fromkeys(config_keys))
+        self.config_labels: dict[str, str] = {}  # dotted key -> label name, the first MAX_CONFIG_LABELS
+        for key in self.config_keys:
+            name = config_label_name(key)
+            if len(self.config_labels) < MAX_CONFIG_LABELS and name not in self.config_labels.values():
+                self.config_labels[key] = name
         self._m = {}
         for name, (kind, labels, doc) in METRICS.items():
+            if name == "sweep_trial_info":
+                labels = (*labels, *self.config_labels.values())
             kwargs = {"buckets": _BUCKETS[name]} if kind == "histogram" else {}
             # prometheus_client appends _total to counters itself
             metric_name = name.removesuffix("_total") if kind == "counter" else name
@@ -167,10 +250,15 @@ class SweepMetrics:
             self._counts["pending"] += 1
             self._update_states()
 
-    def trial_started(self, trial_id: str) -> None:
+    def trial_started(self, trial_id: str, config: dict | None = None) -> None:
+        """The trial (re)starts; ``config``: its searched and mutated values by dotted path (PBT
+        changes them at an exploit, and the trial starts again), for ``sweep_trial_info``."""
         trial = self._trial(trial_id)
         self._set_state(trial_id, "running")
         self._inc("sweep_trial_starts_total")
+        if config is not None:
+            trial.config = dict(config)
+        self._set_info(trial, trial_id)
         self._trial_gauge(trial, "sweep_trial_last_progress_timestamp_seconds", trial_id, time.time())
 
     def trial_paused(self, trial_id: str) -> None:
@@ -292,14 +380,37 @@ class SweepMetrics:
             self._m["sweep_trials"].labels(self.sweep, state).set(count)
 
     def _trial_gauge(self, trial: _Trial, name: str, trial_id: str, value, *extra: str) -> None:
+        if trial.info is None:  # every exposed trial has its info series: dashboard joins never drop one
+            self._set_info(trial, trial_id)
         labels = (self.sweep, trial_id, *extra)
         self._m[name].labels(*labels).set(value)
         trial.series.add((name, labels))
+
+    def info_labels(self, config: dict) -> dict[str, str]:
+        """sweep_trial_info's labels beyond sweep and trial, for a trial's config."""
+        names = short_names([*self.config_keys, *config])
+        items = " ".join(f"{names[k]}={compact_value(v)}" for k, v in config.items())
+        labels = {"config": items if len(items) <= CONFIG_MAX else items[:CONFIG_MAX - 1] + "…"}
+        for key, name in self.config_labels.items():
+            labels[name] = compact_value(config[key]) if key in config else ""
+        return labels
+
+    def _set_info(self, trial: _Trial, trial_id: str) -> None:
+        values = (self.sweep, trial_id, *self.info_labels(trial.config).values())
+        if values == trial.info:
+            return
+        if trial.info is not None:
+            self._remove(trial, "sweep_trial_info", trial.info)
+        trial.info = values
+        self._m["sweep_trial_info"].labels(*values).set(1)
+        trial.series.add(("sweep_trial_info", values))
 
     def _remove(self, trial: _Trial, name: str, labels: tuple[str, ...]) -> None:
         if (name, labels) in trial.series:
             self._m[name].remove(*labels)
             trial.series.discard((name, labels))
+            if name == "sweep_trial_info":
+                trial.info = None
 
     def _finish(self, trial_id: str, state: str) -> None:
         trial = self._trial(trial_id)
@@ -442,7 +553,7 @@ class SweepExporter:
     Binds the port in the constructor, so a busy port fails before anything else happens."""
 
     def __init__(self, spec, *, addr: str | None = None, targets_dir=None, keep_finished: int = KEEP_FINISHED):
-        from service.core.spec import num_trials
+        from service.core.spec import num_trials, search_space
 
         self.metrics = SweepMetrics(
             spec.name,
@@ -451,6 +562,7 @@ class SweepExporter:
             planned_trials=num_trials(spec),
             scheduler=spec.scheduler.name,
             keep_finished=keep_finished,
+            config_keys=[*search_space(spec), *spec.scheduler.mutations],  # what a trial's config holds
         )
         addr = addr or os.environ.get(ADDR_ENV, "0.0.0.0")
         self.server = MetricsServer(self.metrics.registry, spec.metrics.port, addr)
