@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: quickstart test test-fast install clean prometheus report-screenshot helm-files deploy-manifests bench fuzz
+.PHONY: quickstart test test-fast install clean prometheus report-screenshot ui-screenshots helm-files deploy-manifests bench fuzz
 
 # Helm's engine for tests/helm: helm-sdkpy (pinned in tests/helm/requirements.txt) needs Python >= 3.12,
 # so it gets a venv of its own. Python 3.12: python3.12 on PATH, else pyenv's; or HELM_PYTHON=/path.
@@ -66,6 +66,12 @@ report-screenshot: $(STAMP)
 	  --user-data-dir=$$profile --window-size=1400,3000 --screenshot=$(abspath $(REPORT_PNG)) \
 	  file://$(abspath $(REPORT_HTML)) 2>/dev/null; status=$$?; rm -rf $$profile; exit $$status
 	@echo "screenshot: $(REPORT_PNG)"
+
+# docs/ui-sweep.png and docs/ui-trial.png: the web pages, shot by the real-browser tests' own browser
+# (Playwright + Debian's chromium) on the sweeps those tests run.
+ui-screenshots: $(STAMP)
+	UI_SCREENSHOTS_DIR=$(abspath docs) $(BIN)/python -m pytest -q tests/web/test_browser.py \
+	  -k "sorting or failed"
 
 install: $(STAMP)
 

@@ -177,6 +177,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
     _service_verbs(verbs)
     _record_verbs(verbs)
+    _ui_verb(verbs)
     _render_verbs(verbs)
     return parser
 
@@ -285,6 +286,8 @@ def _drive(spec: SweepSpec, *, resume: bool, top: int, wait_for_resources: bool,
     print(f"\nresults: {store.index_uri}  (sweepctl trials {spec.name} --storage {spec.storage.uri})")
     if index.best is not None:
         print(f"best checkpoint: {index.best.checkpoint}")
+    print(f"open it in a browser: sweepctl ui --storage {spec.storage.uri}  → "
+          f"http://127.0.0.1:{UI_PORT}/ui/sweeps/{spec.name}")
     errors = index.trial_states.get("error", 0)
     if errors:
         print(f"{errors} trial(s) failed: sweepctl trials {spec.name} --status error, then "
@@ -505,6 +508,54 @@ def _record_verbs(verbs) -> None:
     p.add_argument("-f", "--follow", action="store_true", help="keep printing as the log grows, until the trial "
                                                               "(or, without --trial, the sweep) has finished")
     p.set_defaults(func=cmd_logs)
+
+
+# ============================================================================ the web pages over storage
+UI_PORT = 8765
+
+
+def _ui_verb(verbs) -> None:
+    help = "Serve the web pages over a storage root (local or S3), read-only: no service, Ray or Kubernetes needed."
+    p = verbs.add_parser("ui", help=help, description=help + " On 127.0.0.1 no token is needed; any other "
+                         "--host needs one ($SWEEP_SERVICE_TOKEN, or $SWEEP_SERVICE_TOKENS_FILE, as the service).")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, metavar="URI",
+                   help=f"the storage root holding the sweeps: s3://bucket/prefix or a path (default $SWEEP_STORAGE or {DEFAULT_STORAGE})")
+    p.add_argument("--port", type=int, default=UI_PORT, metavar="N", help=f"port (default {UI_PORT})")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.set_defaults(func=cmd_ui)
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def cmd_ui(args) -> int:
+    import uvicorn
+
+    from service.control.api import TOKEN_ENV, TOKENS_FILE_ENV, User, create_app
+    from service.control.backends import StorageBackend
+
+    token, tokens_file = os.environ.get(TOKEN_ENV, "").strip(), os.environ.get(TOKENS_FILE_ENV, "").strip()
+    loopback = _loopback(args.host)
+    if not loopback and not (token or tokens_file):
+        raise UserError(f"refusing to serve {args.storage} on {args.host} without a token: anyone who can reach "
+                        f"that address could read every sweep. Set {TOKEN_ENV} (or {TOKENS_FILE_ENV}), or keep "
+                        "the default --host 127.0.0.1")
+    if not 0 < args.port < 65536:
+        raise UserError(f"--port {args.port}: use a port between 1 and 65535")
+    app = create_app(StorageBackend(args.storage), token=token, tokens_file=tokens_file,
+                     anonymous=User("local", "viewer") if loopback else None)
+    where = f"http://{'127.0.0.1' if args.host == 'localhost' else args.host}:{args.port}/ui/"
+    print(f"serving the sweeps in {args.storage} read-only at {where}  (Ctrl-C stops)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
 
 
 def _use_service(args) -> bool:

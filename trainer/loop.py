@@ -37,13 +37,16 @@ from service.core.record import SweepStore
 from service.core.spec import SweepSpec, concrete
 from trainer.data import SplitData, augment_batch, epoch_batches, load_dataset
 from trainer.models import build_model, preferred_memory_format
+from trainer.tensorboard import trial_board
 
 
 
-def fit(spec: SweepSpec, session) -> None:
+def fit(spec: SweepSpec, session, hparams: dict | None = None) -> None:
     """Train ``spec`` (concrete: no search primitives) and report once per epoch through
     ``session``: ``ray.tune`` in a 1-worker trial, ``_TrainSession`` on DDP workers (both offer
-    report(), get_checkpoint() and Checkpoint)."""
+    report(), get_checkpoint() and Checkpoint). ``hparams``: the trial's searched values by dotted
+    path (Tune's trial config): rank 0 then writes the trial's TensorBoard run
+    (trainer/tensorboard.py); None writes none (callers outside a sweep: bench, tests)."""
     rank, world_size = _rank_and_world()
     device = _device(spec)
     torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
@@ -100,6 +103,8 @@ def fit(spec: SweepSpec, session) -> None:
         import ray.train.torch
 
         model = ray.train.torch.prepare_model(model)  # DDP wrapper (gloo on CPU, nccl on GPU)
+    board = (trial_board(spec, _trial_id(session), hparams, first_epoch=first_epoch, say=_say)
+             if rank == 0 and hparams is not None else None)
 
     for epoch in range(first_epoch, spec.train.epochs + 1):
         epoch_start = time.perf_counter()
@@ -170,6 +175,8 @@ def fit(spec: SweepSpec, session) -> None:
                 metrics["checkpoint_seconds"] = time.perf_counter() - write_start  # serialize + local write
                 metrics["checkpoint_bytes"] = sum(f.stat().st_size for f in Path(ckpt_dir).iterdir())
                 checkpoint = session.Checkpoint.from_directory(ckpt_dir)
+            if board is not None:  # before the report: a trial Tune stops may never return from it
+                board.epoch(metrics)
             session.report(metrics, checkpoint=checkpoint)
 
 
@@ -508,12 +515,12 @@ def tune_trial(trial_config: dict, *, spec_json: str, log_attempt: int = 1) -> N
 
     spec = concrete(SweepSpec.model_validate_json(spec_json), trial_config)
     if spec.resources.workers_per_trial == 1:
-        fit(spec, ray.tune)
+        fit(spec, ray.tune, hparams=trial_config)
     else:
-        _fit_distributed(spec, log_attempt)
+        _fit_distributed(spec, log_attempt, hparams=trial_config)
 
 
-def _fit_distributed(spec: SweepSpec, log_attempt: int = 1) -> None:
+def _fit_distributed(spec: SweepSpec, log_attempt: int = 1, hparams: dict | None = None) -> None:
     """N workers: a TorchTrainer runs ``fit`` under DDP; every report is passed on to Tune *with*
     its checkpoint, so Tune holds the trial's checkpoints as it does for 1-worker trials (crash
     restarts and PBT exploits then work the same way), and a restarted or exploited trial hands
@@ -544,6 +551,7 @@ def _fit_distributed(spec: SweepSpec, log_attempt: int = 1) -> None:
             # Each rank's output goes to the trial's log (rank 0 always, the others when they fail).
             "trial_id": context.get_trial_id(),
             "log_attempt": log_attempt,
+            "hparams": hparams,  # rank 0 writes the trial's TensorBoard run
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=r.workers_per_trial,
@@ -603,7 +611,7 @@ def _train_worker(loop_config: dict) -> None:
     rank = ray.train.get_context().get_world_rank()
     with captured_output(SweepStore(spec.storage.uri, spec.name), loop_config["trial_id"],
                          loop_config["log_attempt"], rank=rank):
-        fit(spec, _TrainSession(loop_config["start_from"], loop_config["trial_id"]))
+        fit(spec, _TrainSession(loop_config["start_from"], loop_config["trial_id"]), hparams=loop_config.get("hparams"))
 
 
 class _TrainSession:

@@ -61,6 +61,7 @@ BACKEND_ENV = "SWEEP_SERVICE_BACKEND"
 NAMESPACE_ENV = "SWEEP_SERVICE_NAMESPACE"
 CONFIG_ENV = "SWEEP_SERVICE_CONFIG"
 WORKDIR_ENV = "SWEEP_SERVICE_WORKDIR"
+SECURE_COOKIES_ENV = "SWEEP_SERVICE_SECURE_COOKIES"  # 1: the session cookie is Secure (the UI behind HTTPS)
 DEFAULT_CONFIG = "/etc/sweep-service/config.yaml"
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 # Routes anyone may call: probes, Prometheus, and the API's own description.
@@ -307,7 +308,10 @@ class Users:
             return self._entries
 
     def find(self, token: str) -> User | None:
-        digest = hashlib.sha256(token.encode()).digest()
+        return self.find_digest(hashlib.sha256(token.encode()).digest())
+
+    def find_digest(self, digest: bytes) -> User | None:
+        """The user whose token has this sha256 (a browser session keeps the digest, not the token)."""
         found = None
         if self._admin is not None and hmac.compare_digest(digest, self._admin):
             found = User("admin", "admin")
@@ -347,15 +351,25 @@ class ServiceMetrics:
 
 # ============================================================================ the app
 def create_app(backend: Backend | None = None, token: str | None = None,
-               tokens_file: str | Path | None = None) -> FastAPI:
-    """The API over ``backend`` (default: from the environment). Its users come from
-    ``tokens_file`` (default: $SWEEP_SERVICE_TOKENS_FILE; see ``Users``) and ``token`` (default:
-    $SWEEP_SERVICE_TOKEN), the single token of old, which is the user ``admin``. Raises
-    ServiceConfigError when there is neither, or the tokens file is unreadable or malformed."""
+               tokens_file: str | Path | None = None, *, anonymous: User | None = None,
+               secure_cookies: bool | None = None) -> FastAPI:
+    """The API and the web pages (service/web/) over ``backend`` (default: from the environment).
+    Its users come from ``tokens_file`` (default: $SWEEP_SERVICE_TOKENS_FILE; see ``Users``) and
+    ``token`` (default: $SWEEP_SERVICE_TOKEN), the single token of old, which is the user ``admin``.
+    Raises ServiceConfigError when there is neither, or the tokens file is unreadable or malformed.
+    ``anonymous``: who a request without credentials is (``sweepctl ui`` on 127.0.0.1: a viewer);
+    by default nobody, so every route but the open ones needs a token or a browser session.
+    ``secure_cookies``: mark the session cookie Secure (served over HTTPS; default
+    $SWEEP_SERVICE_SECURE_COOKIES=1)."""
+    from service.web.auth import Sessions
+    from service.web.pages import add_pages
+
     token = token if token is not None else os.environ.get(TOKEN_ENV, "")
     tokens_file = tokens_file if tokens_file is not None else os.environ.get(TOKENS_FILE_ENV, "")
+    if secure_cookies is None:
+        secure_cookies = os.environ.get(SECURE_COOKIES_ENV, "") == "1"
     users = Users(str(tokens_file).strip() or None, token.strip() or None)
-    if not users:
+    if not users and anonymous is None:
         raise ServiceConfigError(
             f"no API token: set {TOKENS_FILE_ENV} to a tokens file (users, roles and token hashes) and/or "
             f"{TOKEN_ENV} to an admin token (the Helm chart takes them from Secrets). "
@@ -366,11 +380,23 @@ def create_app(backend: Backend | None = None, token: str | None = None,
     # No redirect of "/sweeps/" (or "/sweeps/%2F") to "/sweeps": a path that names no route is a 404.
     app = FastAPI(title="sweep-service", version="0.1.0", redoc_url=None, swagger_ui_oauth2_redirect_url=None,
                   redirect_slashes=False)
-    app.state.backend, app.state.metrics, app.state.users = backend, metrics, users
+    sessions = Sessions(users)
+    app.state.backend, app.state.metrics, app.state.users, app.state.sessions = backend, metrics, users, sessions
     bearer = HTTPBearer(auto_error=False, description="a user's token (the tokens file) or the admin token")
 
-    def authenticated(credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> User:
+    def authenticated(request: Request, credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> User:
+        """A bearer token, else the browser's session cookie (a state-changing request with the
+        cookie must also carry the session's CSRF token: X-CSRF-Token), else ``anonymous``."""
         user = users.find(credentials.credentials.strip()) if credentials is not None else None
+        if user is None and credentials is None:
+            session = sessions.from_request(request)
+            if session is not None:
+                if request.method not in ("GET", "HEAD") and not session.csrf_ok(request.headers.get("x-csrf-token")):
+                    raise HTTPProblem(403, "a request that changes something from a browser session needs the "
+                                           "page's CSRF token in the X-CSRF-Token header (reload the page)")
+                user = session.user
+            elif anonymous is not None:
+                user = anonymous
         if user is None:
             raise HTTPProblem(
                 401, "missing or wrong bearer token: send 'Authorization: Bearer <token>' "
@@ -564,6 +590,7 @@ def create_app(backend: Backend | None = None, token: str | None = None,
         return app.openapi_schema
 
     app.openapi = openapi
+    add_pages(app, backend=backend, sessions=sessions, anonymous=anonymous, secure_cookies=secure_cookies)
     return app
 
 

@@ -25,7 +25,7 @@ from typing import Protocol
 
 import yaml
 
-from service.core.record import SweepStore
+from service.core.record import SweepStore, list_sweeps
 from service.core import storage
 from service.core.spec import SweepSpec
 
@@ -541,6 +541,53 @@ class KubernetesBackend:
         owner = (metadata.get("annotations") or {}).get(OWNER_ANNOTATION)
         return SweepInfo(metadata.get("name", ""), state, metadata.get("creationTimestamp", ""), storage_uri, message,
                          owner if isinstance(owner, str) else None)
+
+
+class StorageBackend:
+    """The sweeps in one storage root, read-only: what ``sweepctl ui`` serves over local or S3
+    storage with no service, Ray or Kubernetes running. States come from each sweep's index
+    (running | finished | interrupted | failed | cancelled, as the driver recorded them)."""
+
+    read_only = True
+
+    def __init__(self, storage_uri: str):
+        self.storage_uri_root = storage.normalize(storage_uri)
+
+    def storage_uri(self, spec: SweepSpec) -> str:
+        return self.storage_uri_root
+
+    def submit(self, spec: SweepSpec, source_yaml: str, owner: str | None = None) -> SweepInfo:
+        raise BackendError(405, "this server only shows the sweeps in storage (sweepctl ui): submit with "
+                                "`sweepctl run SPEC` or `sweepctl submit SPEC --server URL`")
+
+    def get(self, name: str) -> SweepInfo:
+        if not valid_name(name):
+            raise not_found(name, f"in {self.storage_uri_root}")
+        index = SweepStore(self.storage_uri_root, name).read_index()
+        if index is None:
+            raise not_found(name, f"in {self.storage_uri_root}")
+        return SweepInfo(name, index.status, index.started_at, self.storage_uri_root, index.stop_reason or "")
+
+    def list(self) -> list[SweepInfo]:
+        found = []
+        for name in list_sweeps(self.storage_uri_root):
+            try:
+                found.append(self.get(name))
+            except BackendError:
+                continue  # removed between the listing and the read
+        return found
+
+    def cancel(self, name: str) -> SweepInfo:
+        self.get(name)
+        raise BackendError(405, f"this server only shows the sweeps in storage (sweepctl ui): stop sweep '{name}' "
+                                "where its driver runs (Ctrl-C, or `sweepctl cancel NAME --server URL`)")
+
+    def logs(self, name: str) -> str:
+        self.get(name)
+        text = SweepStore(self.storage_uri_root, name).read_driver_log()
+        if not text:
+            raise BackendError(404, f"no driver log for sweep '{name}' in {self.storage_uri_root}")
+        return text
 
 
 def rayjob_state(status: dict) -> tuple[str, str]:

@@ -11,6 +11,7 @@ that reads or writes a sweep (the driver, sweepctl, the API, the report, pull) g
     <storage>/<sweep>/logs/driver/...        the driver's progress log, in segments (SegmentedLog)
     <storage>/<sweep>/<trial>/trial.json     one trial's record: config, history, checkpoints, error
     <storage>/<sweep>/<trial>/logs/...       the trial's stdout/stderr and traceback, per attempt and rank
+    <storage>/<sweep>/<trial>/tensorboard/   the trial's TensorBoard run: per-epoch scalars + hparams (trainer/tensorboard.py)
     <storage>/<sweep>/<trial>/checkpoint_*   Ray Tune's checkpoints (format: service/core/checkpoint.py)
     <storage>/<sweep>/report/                sweepctl report / evaluate output
 
@@ -49,6 +50,9 @@ LEGACY_DRIVER_LOG = "driver.log"
 REPORT_DIR = "report"
 TRIAL_RECORD = "trial.json"
 LOGS = "logs"
+# The trial's TensorBoard event files, written by the trial: `tensorboard --logdir <storage>/<sweep>`
+# shows one run (and one HParams row) per trial.
+TENSORBOARD = "tensorboard"
 # The record's objects at the sweep's top level that Tune's restore would take for its own: it
 # copies every top-level *.json of the experiment directory into its staging directory and uploads
 # that directory back at each snapshot, which would put stale copies over the live ones.
@@ -317,6 +321,10 @@ class SweepStore:
     def trial_log_uri(self, trial_id: str) -> str:
         return self.path(_safe_id(trial_id), LOGS)
 
+    def tensorboard_uri(self, trial_id: str) -> str:
+        """The trial's TensorBoard run: its event files, one (or a few) per trial attempt."""
+        return self.path(_safe_id(trial_id), TENSORBOARD)
+
     def checkpoint_uri(self, path: str) -> str:
         """Ray reports checkpoint paths inside its storage filesystem ("bucket/prefix/..." on S3)."""
         if storage.is_s3(self.storage_uri) and not path.startswith("s3://"):
@@ -386,6 +394,18 @@ class SweepStore:
         text = read_segmented_log(uri, header=lambda attempt, stream: f"===== trial {trial_id}: attempt {attempt}"
                                                                       f"{'' if stream == 'trial' else ', ' + stream} =====\n")
         return text or None
+
+
+def list_sweeps(storage_uri: str) -> list[str]:
+    """Names of the sweeps stored under ``storage_uri``: the directories holding an index (or an
+    old-format summary), one listing plus one existence check per directory."""
+    names = []
+    for name in storage.list_dirs(storage_uri):
+        if not name.startswith(".") and _ID.match(name):
+            store = SweepStore(storage_uri, name)
+            if storage.file_exists(store.index_uri) or storage.file_exists(store.path(LEGACY_SUMMARY)):
+                names.append(name)
+    return names
 
 
 _ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")

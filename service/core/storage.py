@@ -329,6 +329,31 @@ def list_files(uri: str) -> list[str]:
     return sorted(names)
 
 
+def list_dirs(uri: str) -> list[str]:
+    """Names of the directories (S3: common prefixes) right under ``uri``, sorted: one listing,
+    not a walk of everything below (a storage root holds every sweep's checkpoints)."""
+    uri = normalize(uri)
+    if not is_s3(uri):
+        root = local_path(uri)
+        try:
+            return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.is_symlink())
+        except FileNotFoundError:
+            return []
+        except OSError as err:
+            raise StorageError(f"cannot list {uri}: {err}") from err
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = split_s3(uri)
+    prefix = key + "/" if key else ""
+    names = []
+    try:
+        for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+            names += [p["Prefix"][len(prefix):].rstrip("/") for p in page.get("CommonPrefixes", [])]
+    except (ClientError, BotoCoreError) as err:
+        raise _s3_error(err, uri) from err
+    return sorted(names)
+
+
 def delete_file(uri: str) -> None:
     """Delete one file/object (nothing there: nothing to do)."""
     if not is_s3(uri):

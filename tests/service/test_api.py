@@ -18,6 +18,7 @@ from live_service import REPO, serve, sweepctl
 from conftest import BASE_SPEC
 from service.control.api import OPEN_PATHS, ServiceConfigError, create_app
 from service.control.backends import LocalBackend
+from service.web.pages import OPEN_PAGES
 
 TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -44,8 +45,24 @@ def client(app):
 
 
 def _protected_routes(app) -> list[tuple[str, str]]:
+    """The API's routes behind a token (the web pages: tests/web/test_pages.py)."""
     routes = [(m, r.path) for r in app.routes if isinstance(r, APIRoute) for m in sorted(r.methods - {"HEAD"})]
-    return [(method, path) for method, path in routes if path not in OPEN_PATHS]
+    return [(method, path) for method, path in routes if path not in OPEN_PATHS and not _is_page(path)]
+
+
+def _is_page(path: str) -> bool:
+    return path == "/" or path.startswith("/ui/")
+
+
+def test_every_page_but_the_login_and_the_assets_redirects_to_the_login(app, client):
+    pages = [(m, r.path) for r in app.routes if isinstance(r, APIRoute) and _is_page(r.path)
+             for m in sorted(r.methods - {"HEAD"})]
+    closed = [(m, p) for m, p in pages if p not in OPEN_PAGES]
+    assert ("GET", "/ui/sweeps/{name}") in closed and ("GET", "/ui/data/sweeps/{name}") in closed
+    for method, path in closed:
+        url = path.replace("{name}", "some-sweep").replace("{trial_id}", "t1")
+        response = client.request(method, url, headers={"Authorization": "Bearer not-the-token"}, follow_redirects=False)
+        assert response.status_code == 303 and response.headers["location"].startswith("/ui/login?next="), (path, response)
 
 
 def test_every_protected_route_refuses_a_missing_or_wrong_token(app, client):
@@ -70,7 +87,8 @@ def test_every_protected_route_refuses_a_missing_or_wrong_token(app, client):
 def test_the_open_routes_are_exactly_health_metrics_and_the_api_description(app, client):
     open_routes = {r.path for r in app.routes if getattr(r, "path", None) in OPEN_PATHS}
     every_route = {r.path for r in app.routes}
-    assert every_route - {p for _, p in _protected_routes(app)} == open_routes == set(OPEN_PATHS)
+    pages = {r.path for r in app.routes if _is_page(getattr(r, "path", ""))}
+    assert every_route - pages - {p for _, p in _protected_routes(app)} == open_routes == set(OPEN_PATHS)
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/openapi.json").status_code == 200
 

@@ -158,6 +158,18 @@ EXPECTED = {  # route: status per column of WHO
     ("GET", "/sweeps/{name}/trials"):                  (401, 401, 200, 200, 200, 200, 200),
     ("GET", "/sweeps/{name}/trials/{trial_id}"):       (401, 401, 200, 200, 200, 200, 200),
     ("GET", "/sweeps/{name}/trials/{trial_id}/logs"):  (401, 401, 200, 200, 200, 200, 200),
+    # The web pages (service/web/pages.py): without a session or a right token, to the login (303).
+    ("GET", "/"):                                      (303, 303, 303, 303, 303, 303, 303),
+    ("GET", "/ui/login"):                              (200, 200, 200, 200, 200, 200, 200),
+    ("POST", "/ui/login"):                             (401, 401, 401, 401, 401, 401, 401),  # no token in the form
+    ("POST", "/ui/logout"):                            (303, 303, 303, 303, 303, 303, 303),
+    ("GET", "/ui/static/{asset}"):                     (200, 200, 200, 200, 200, 200, 200),
+    ("GET", "/ui/"):                                   (303, 303, 200, 200, 200, 200, 200),
+    ("GET", "/ui/sweeps/{name}"):                      (303, 303, 200, 200, 200, 200, 200),
+    ("GET", "/ui/data/sweeps/{name}"):                 (303, 303, 200, 200, 200, 200, 200),
+    ("GET", "/ui/sweeps/{name}/trials/{trial_id}"):    (303, 303, 200, 200, 200, 200, 200),
+    ("GET", "/ui/data/sweeps/{name}/trials/{trial_id}"): (303, 303, 200, 200, 200, 200, 200),
+    ("GET", "/ui/sweeps/{name}/report"):               (303, 303, 404, 404, 404, 404, 404),  # none written
 }
 MUTATING = {("POST", "/sweeps"), ("DELETE", "/sweeps/{name}")}
 
@@ -178,15 +190,15 @@ def test_every_route_answers_each_kind_of_caller_as_the_table_says(make_world):
         for who, want in zip(WHO, expected):
             world = make_world() if (method, template) in MUTATING else shared
             token, sweep, submitted = CALLERS[who]
-            path = template.replace("{name}", sweep).replace("{trial_id}", TRIAL)
+            path = template.replace("{name}", sweep).replace("{trial_id}", TRIAL).replace("{asset}", "ui.css")
             if method == "POST":
-                response = world.client.post(path, content=world.spec(submitted),
+                response = world.client.post(path, content=world.spec(submitted), follow_redirects=False,
                                              headers={**bearer(token), "Content-Type": "application/yaml"})
             else:
-                response = world.client.request(method, path, headers=bearer(token))
+                response = world.client.request(method, path, headers=bearer(token), follow_redirects=False)
             if response.status_code != want:
                 wrong.append((method, template, who, want, response.status_code, response.text[:200]))
-            elif want == 401:
+            elif want == 401 and not template.startswith("/ui/"):  # the login page's 401 is a page
                 assert response.headers["www-authenticate"] == "Bearer"
             elif want == 403:
                 assert "may not" in response.json()["detail"]
@@ -343,6 +355,8 @@ ROUTES_WITH_A_NAME = [
     ("GET", "/sweeps/{name}"), ("DELETE", "/sweeps/{name}"), ("GET", "/sweeps/{name}/best"),
     ("GET", "/sweeps/{name}/logs"), ("GET", "/sweeps/{name}/trials"),
     ("GET", "/sweeps/{name}/trials/" + TRIAL), ("GET", "/sweeps/{name}/trials/" + TRIAL + "/logs"),
+    ("GET", "/ui/sweeps/{name}"), ("GET", "/ui/data/sweeps/{name}"), ("GET", "/ui/sweeps/{name}/report"),
+    ("GET", "/ui/sweeps/{name}/trials/" + TRIAL), ("GET", "/ui/data/sweeps/{name}/trials/" + TRIAL),
 ]
 
 
@@ -363,7 +377,9 @@ def test_hostile_names_on_every_route_are_404_or_422_and_nothing_outside_is_touc
             # trial ids that try to leave the sweep's directory
             for trial in ("..", "%2e%2e", "..%2F..%2F..", "%2Fetc%2Fpasswd", "a" * 300, "."):
                 requests += [("GET", f"/sweeps/sams-sweep/trials/{trial}", None),
-                             ("GET", f"/sweeps/sams-sweep/trials/{trial}/logs", None)]
+                             ("GET", f"/sweeps/sams-sweep/trials/{trial}/logs", None),
+                             ("GET", f"/ui/sweeps/sams-sweep/trials/{trial}", None),
+                             ("GET", f"/ui/data/sweeps/sams-sweep/trials/{trial}", None)]
             # a spec naming a path, and an override doing the same
             for name in ("..", "../outside/victim", "/etc/passwd", "a" * 300, "evil/../..", "victim\n"):
                 requests.append(("POST", "/sweeps", yaml.safe_dump({**BASE_SPEC, "name": name})))

@@ -3,6 +3,7 @@
 
     service/core       torch-free core: imports no torch, ray or trainer code, nor the layers above it
     service/analysis   reads the record: no torch, ray or trainer code
+    service/web        the web pages: no torch, ray or trainer code, nor the service that mounts them
     service/control    the service: no torch, ray or trainer code
     trainer/           data plane and driver: never the CLI, the service or the analyses' page
     service/cli.py     on top: may import anything
@@ -49,19 +50,24 @@ def test_the_torch_free_core_imports_no_torch_ray_trainer_or_upper_layer():
     assert _offending("service/core", HEAVY + ("service.control", "service.analysis", "service.cli")) == {}
 
 
-@pytest.mark.parametrize("layer", ["service/analysis", "service/control"])
+@pytest.mark.parametrize("layer", ["service/analysis", "service/web", "service/control"])
 def test_analysis_and_control_planes_never_import_torch_ray_or_trainer(layer):
     assert _offending(layer, HEAVY + ("service.cli",)) == {}
 
 
 def test_the_data_plane_never_imports_the_cli_or_the_service():
-    assert _offending("trainer", ("service.cli", "service.control")) == {}
+    assert _offending("trainer", ("service.cli", "service.control", "service.web")) == {}
+
+
+def test_the_pages_never_import_the_service_that_mounts_them():
+    assert modules("service/web"), "no modules found: the layout moved?"
+    assert _offending("service/web", ("service.control", "service.cli")) == {}
 
 
 def test_importing_the_core_loads_no_torch_or_ray():
     code = ("import sys; import service.core.record, service.core.spec, service.core.loading, service.core.storage, "
             "service.core.checkpoint, service.core.fetch, service.analysis.tables, service.analysis.pull, "
-            "service.control.api; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'ray', 'trainer')))")
+            "service.control.api, service.web.pages; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'ray', 'trainer')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

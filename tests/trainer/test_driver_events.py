@@ -12,7 +12,8 @@ from conftest import BASE_SPEC, deep_update
 from service.core import storage
 from service.core.record import Objective, RecordWriter, SweepStore, new_index
 from service.core.spec import SweepSpec
-from trainer.driver.events import Progress, SweepEvents, trial_error
+from trainer.driver.events import SweepEvents, trial_error
+from trainer.driver.progress import Progress
 from trainer.driver.metrics import SweepMetrics
 
 
@@ -187,7 +188,7 @@ def test_retention_keeps_the_best_k_and_the_latest_and_deletes_the_rest_once_the
 
 
 def test_the_progress_line_counts_states_and_names_the_best_trial(tmp_path):
-    from trainer.driver.events import progress_line
+    from trainer.driver.progress import progress_line
 
     events, _, _ = _events(tmp_path, 2)
     assert progress_line(events.writer.snapshot()).endswith("2 trials: none created yet | no result yet")

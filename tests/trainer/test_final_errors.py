@@ -159,7 +159,8 @@ def test_the_record_keeps_the_original_type_and_message_and_says_it_was_not_retr
 
 def test_the_driver_says_in_one_line_that_it_was_not_retried(tmp_path):
     from service.core.record import Objective, RecordWriter, SweepStore, new_index
-    from trainer.driver.events import Progress, SweepEvents
+    from trainer.driver.events import SweepEvents
+    from trainer.driver.progress import Progress
 
     spec = SweepSpec.model_validate(deep_update(BASE_SPEC, {"name": "fe", "storage": {"uri": str(tmp_path)}}))
     writer = RecordWriter(SweepStore(str(tmp_path), "fe"),

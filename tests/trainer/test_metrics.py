@@ -292,7 +292,8 @@ def test_the_tune_callback_pickles_without_its_live_metrics(tmp_path):
     from conftest import BASE_SPEC, deep_update
     from service.core.record import Objective, RecordWriter, SegmentedLog, SweepStore, new_index
     from service.core.spec import SweepSpec
-    from trainer.driver.events import Progress, SweepEvents
+    from trainer.driver.events import SweepEvents
+    from trainer.driver.progress import Progress
 
     spec = SweepSpec.model_validate(deep_update(BASE_SPEC, {"name": "pickled", "storage": {"uri": str(tmp_path)}}))
     store = SweepStore(str(tmp_path), "pickled")
@@ -321,3 +322,92 @@ def test_the_readme_lists_every_metric():
     readme = (REPO / "README.md").read_text()
     missing = [name for name in METRICS if f"| `{name}` |" not in readme]
     assert not missing, f"README's metrics table lacks {missing}"
+
+
+def info_series(metrics: SweepMetrics) -> dict[str, dict[str, str]]:
+    """sweep_trial_info's series: trial id → its labels (beyond sweep and trial)."""
+    out = {}
+    for (name, labels), v in samples(metrics).items():
+        if name == "sweep_trial_info":
+            assert v == 1
+            labels = dict(labels)
+            assert labels.pop("sweep") == metrics.sweep
+            out[labels.pop("trial")] = labels
+    return out
+
+
+def test_trial_info_names_each_trial_by_its_config_with_bounded_labels():
+    from trainer.driver.metrics import CONFIG_MAX, CONFIG_VALUE_MAX, MAX_CONFIG_LABELS
+
+    keys = ["train.optimizer.lr", "model.filters", "model.hidden_sizes", "train.optimizer.name",
+            *(f"model.extra.p{i}" for i in range(10))]  # more than MAX_CONFIG_LABELS searched values
+    m = SweepMetrics("info", config_keys=keys)
+    config = {"train.optimizer.lr": 0.001, "model.filters": 32, "model.hidden_sizes": [32, 64],
+              "train.optimizer.name": "adam", **{f"model.extra.p{i}": "v" * 100 for i in range(10)}}
+    m.trial_added("a")
+    assert info_series(m) == {}  # pending trials have no per-trial series, info included
+    m.trial_started("a", config=config)
+    labels = info_series(m)["a"]
+    assert set(labels) == {"config", "train_optimizer_lr", "model_filters", "model_hidden_sizes",
+                           "train_optimizer_name", "model_extra_p0", "model_extra_p1", "model_extra_p2",
+                           "model_extra_p3"}  # the first 8 searched values, as valid label names
+    assert len(labels) - 1 == MAX_CONFIG_LABELS
+    assert labels["train_optimizer_lr"] == "0.001" and labels["model_hidden_sizes"] == "[32,64]"
+    assert labels["config"].startswith("lr=0.001 filters=32 hidden_sizes=[32,64] name=adam p0=vvv")
+    assert len(labels["config"]) <= CONFIG_MAX and labels["config"].endswith("…")
+    assert all(len(v) <= CONFIG_VALUE_MAX for v in labels.values() if v is not labels["config"])
+    assert len(labels["model_extra_p0"]) == CONFIG_VALUE_MAX
+
+    # Values compact and unambiguous names: 1e-6, not 1e-06; two keys ending in lr keep a parent.
+    m2 = SweepMetrics("short", config_keys=["train.optimizer.lr", "train.scheduler.lr", "train.flag"])
+    m2.trial_started("b", config={"train.optimizer.lr": 1e-6, "train.scheduler.lr": 5e-7, "train.flag": True})
+    assert info_series(m2)["b"] == {"config": "optimizer.lr=1e-6 scheduler.lr=5e-7 flag=true",
+                                    "train_optimizer_lr": "1e-6", "train_scheduler_lr": "5e-7", "train_flag": "true"}
+
+
+def test_trial_info_follows_the_trials_series_and_pbt_config_changes():
+    m = SweepMetrics("life", keep_finished=1, config_keys=["train.optimizer.lr"])
+    m.trial_started("a", config={"train.optimizer.lr": 0.01})
+    m.trial_result("a", epoch(1, 0.9))
+    m.trial_started("b", config={"train.optimizer.lr": 0.1})
+    m.trial_result("b", epoch(1, 0.5))
+    # PBT: b takes over a's weights with a perturbed config, and starts again: one series, new labels.
+    m.trial_paused("b")
+    assert info_series(m)["b"]["config"] == "lr=0.1"  # paused trials keep theirs
+    m.trial_started("b", config={"train.optimizer.lr": 0.012})
+    assert info_series(m) == {"a": {"config": "lr=0.01", "train_optimizer_lr": "0.01"},
+                              "b": {"config": "lr=0.012", "train_optimizer_lr": "0.012"}}
+    m.trial_completed("a", stopped_early=False)
+    assert set(info_series(m)) == {"a", "b"}  # finished and among the best kept: still in the legend
+    m.trial_result("b", epoch(2, 0.4))
+    m.trial_completed("b", stopped_early=False)
+    assert set(info_series(m)) == {"a"} == m.exposed_trials()  # b's series went, its info with them
+    # A trial reporting without a start (no config known) still gets one, so joins never drop it.
+    m.trial_result("c", epoch(1, 0.3))
+    assert info_series(m)["c"] == {"config": "", "train_optimizer_lr": ""}  # empty: Prometheus drops them
+
+
+def test_the_driver_callback_hands_the_metrics_each_trials_config_at_its_start(tmp_path):
+    from conftest import BASE_SPEC, deep_update
+    from service.core.record import Objective, RecordWriter, SweepStore, new_index
+    from service.core.spec import SweepSpec, search_space
+    from trainer.driver.events import SweepEvents
+    from trainer.driver.progress import Progress
+
+    spec = SweepSpec.model_validate(deep_update(BASE_SPEC, {
+        "name": "cfg", "storage": {"uri": str(tmp_path)}, "train": {"optimizer": {"lr": {"grid": [1e-3, 3e-4]}}}}))
+    writer = RecordWriter(SweepStore(str(tmp_path), "cfg"),
+                          new_index("cfg", Objective(metric="val_acc", mode="max"), max_epochs=2, num_trials=2, attempt=1))
+    m = SweepMetrics("cfg", config_keys=list(search_space(spec)))
+    events = SweepEvents(spec, writer, Progress(lambda line: None, None), attempt=1, metrics=m)
+
+    class Trial:
+        status, checkpoint = "RUNNING", None
+
+        def __init__(self, trial_id, lr):
+            self.trial_id, self.config = trial_id, {"train.optimizer.lr": lr, "train.epochs": 2}
+
+    events.on_trial_start(0, [], Trial("t0", 1e-3))
+    events.on_trial_start(0, [], Trial("t1", 3e-4))
+    assert info_series(m) == {"t0": {"config": "lr=0.001", "train_optimizer_lr": "0.001"},
+                              "t1": {"config": "lr=0.0003", "train_optimizer_lr": "0.0003"}}

@@ -1,6 +1,7 @@
 """The driver's one event path: a Ray Tune callback that classifies each Tune event once and feeds
 its sinks — the sweep record (service/core/record.py), the Prometheus exporter
-(trainer/driver/metrics.py) and the progress line.
+(trainer/driver/metrics.py) and the progress line (trainer/driver/progress.py: on a terminal, the
+live table of the trials).
 
 The rules live here and nowhere else:
 - "stopped early": a trial completed with fewer epochs than its budget (its own ``train.epochs``
@@ -25,10 +26,11 @@ from ray.tune import Callback
 
 from service.core import storage
 from service.core.record import (
-    TOP_LEVEL_JSON, FINISHED_STATES, RESULT_KEYS, CheckpointRef, EpochResult, Exploit, Objective, RecordWriter, SegmentedLog, SkippedCheckpoint,
-    SweepIndex, TrialError, now_iso,
+    TOP_LEVEL_JSON, FINISHED_STATES, RESULT_KEYS, CheckpointRef, EpochResult, Exploit, Objective, RecordWriter,
+    SkippedCheckpoint, SweepIndex, TrialError, now_iso,
 )
 from service.core.spec import SweepSpec, search_space
+from trainer.driver.progress import Progress
 
 
 class SweepEvents(Callback):
@@ -87,7 +89,7 @@ class SweepEvents(Callback):
         self.writer.set_status(record, "running")
         record.started_at = record.started_at or now_iso()
         self.writer.changed(record)
-        self._sink("trial_started", trial.trial_id)
+        self._sink("trial_started", trial.trial_id, config=self._config(trial))  # PBT: the config after an exploit
         self._tick()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -269,7 +271,7 @@ class SweepEvents(Callback):
             self.apply_pending_retention()
         wall = self.wall_seconds()
         if self.writer.maybe_write_index(wall):
-            self.progress.status(self.writer.index)
+            self.progress.status(self.writer.index, self.writer.trials)
         self.progress.maybe_flush()
 
     def stopped(self, status: str, reason: str) -> None:
@@ -285,7 +287,7 @@ class SweepEvents(Callback):
                 except Exception:
                     pass  # the index below carries the state too
         self.writer.write_index(status, self.wall_seconds(), stop_reason=reason)
-        self.progress.status(self.writer.index)
+        self.progress.status(self.writer.index, self.writer.trials)
         self.progress.close()
 
     def finish(self, status: str = "finished") -> SweepIndex:
@@ -295,7 +297,7 @@ class SweepEvents(Callback):
                 break
             self.progress.say("warning: could not write the final sweep index; retrying in 10 s")
             time.sleep(10)
-        self.progress.status(self.writer.index)
+        self.progress.status(self.writer.index, self.writer.trials)
         self.progress.close()
         return self.writer.index
 
@@ -375,58 +377,6 @@ def trial_error(error, *, log: str | None, attempt: int) -> TrialError:
             return TrialError(type=type_name.split(".")[-1] or "Error", message=message.strip()[:2000], log=log,
                               attempt=attempt, final=True)
     return TrialError(type=type_name.split(".")[-1] or "Error", message=message.strip()[:2000], log=log, attempt=attempt)
-
-
-class Progress:
-    """The progress line on the terminal and in the driver log (logs/driver/ in storage).
-    Status lines at most every ``interval`` seconds; events (errors, restarts, exploits) at once."""
-
-    def __init__(self, echo: Callable[[str], None], log: SegmentedLog | None, *, interval: float = 2.0,
-                 fenced: Callable[[], bool] = lambda: False):
-        self.echo, self.log, self.interval = echo, log, interval
-        self.fenced = fenced  # another driver owns the sweep: the terminal only, nothing to storage
-        self._last_status = ""
-        self._log_failed = False
-
-    def say(self, line: str) -> None:
-        self.echo(line)
-        if self.log is not None and not self.fenced():
-            try:
-                self.log.write(f"{now_iso()} {line}\n")
-            except Exception as err:  # storage outage: the terminal still has it (said once)
-                if not self._log_failed:
-                    self._log_failed = True
-                    self.echo(f"warning: could not write the driver log ({err}); the terminal has it")
-
-    def status(self, index: SweepIndex) -> None:
-        line = progress_line(index)
-        if line != self._last_status:
-            self._last_status = line
-            self.say(line)
-
-    def maybe_flush(self) -> None:
-        if self.log is not None and not self.fenced():
-            try:
-                self.log.flush(force=False)
-            except Exception:
-                pass  # retried at the next flush
-
-    def close(self) -> None:
-        if self.log is not None and not self.fenced():
-            try:
-                self.log.close()
-            except Exception as err:
-                self.echo(f"warning: could not write the driver log ({err})")
-
-
-def progress_line(index: SweepIndex) -> str:
-    order = ("pending", "running", "paused", "terminated", "stopped_early", "error")
-    counts = ", ".join(f"{index.trial_states[s]} {s.replace('_', ' ')}" for s in order if index.trial_states.get(s))
-    best, metric = index.best, index.objective.metric
-    best_text = (f"best {metric} {best.best.metric(metric):.4f} (trial {best.trial_id}, epoch {best.best.epoch})"
-                 if best is not None else "no result yet")
-    elapsed = int(index.wall_seconds)
-    return f"[{elapsed // 60:02d}:{elapsed % 60:02d}] {index.num_trials} trials: {counts or 'none created yet'} | {best_text}"
 
 
 def drop_record_copies_from_tune_staging(experiment_name: str) -> list[Path]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 from contextlib import contextmanager
 from typing import Callable
@@ -191,6 +192,8 @@ def run_sweep(
             stop.tune_running = False
             raise stop.record(err, events, lock) from (None if isinstance(err, (KeyboardInterrupt, SweepStopped)) else err)
         finally:
+            if events is not None:
+                events.progress.stop_display()  # however the driver ends: the terminal left as a plain one
             if events is not None and not lock.lost:
                 events.writer.release_reserve()
             if exporter:
@@ -351,7 +354,8 @@ def _events(spec: SweepSpec, store: SweepStore, lock: "DriverLock", echo, *, res
     """The driver's one Tune callback, with its sinks: the record (continuing the stored one on
     resume: finished trials are not run again and keep what they recorded), the exporter, the
     progress line (terminal + the driver log in storage)."""
-    from trainer.driver.events import Progress, SweepEvents
+    from trainer.driver.events import SweepEvents
+    from trainer.driver.progress import Progress, live_progress_wanted
 
     objective = Objective(metric=spec.objective.metric, mode=spec.objective.mode)
     previous = store.read_index() if resume else None
@@ -362,8 +366,10 @@ def _events(spec: SweepSpec, store: SweepStore, lock: "DriverLock", echo, *, res
     trials = store.read_trials(previous) if previous is not None else []
     writer = RecordWriter(store, index, trials, fenced=lambda: lock.lost, warn=lambda m: echo(f"warning: {m}"))
     writer.reserve_space()  # freed when the disk fills up, so the record can still say so
+    # On a terminal, a live table of the trials redrawn in place (SWEEP_PLAIN_PROGRESS=1: the plain
+    # lines); anywhere else (CI, `kubectl logs`, a pipe) the plain lines. The driver log: plain lines.
     progress = Progress(echo, SegmentedLog(store.driver_log_uri(), attempt=lock.attempt, stream="driver"),
-                        fenced=lambda: lock.lost)
+                        fenced=lambda: lock.lost, live=live_progress_wanted(sys.stdout))
 
     def on_setup() -> None:  # Tune's loop is starting: its interrupt handler exists from here on
         stop.tune_running = True

@@ -1,0 +1,1 @@
+"""The web pages of the sweep service and of `sweepctl ui` (pages.py), and their sessions (auth.py)."""
