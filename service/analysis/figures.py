@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from service.analysis.analyses import hashable, score, sort_key, varied_params
+from service.analysis.analyses import TRIALS_PER_PARAM, hashable, score, sort_key, varied_params
 from service.analysis.tables import format_value
 from service.core.record import SweepIndex, TrialRecord, ranked
 
@@ -62,62 +62,170 @@ def _params_text(config: dict, names: dict[str, str]) -> str:
 
 
 # ============================================================================= the sweep
-def fig_leaderboard(rows: list[dict], names: dict[str, str]) -> bytes:
-    """Top-k trials: best-epoch accuracy and loss, train vs val, one row per trial."""
-    fig = _figure(11, 1.0 + 0.55 * max(len(rows), 1))
+def fig_leaderboard(rows: list[dict], names: dict[str, str], metric: str = "val_acc") -> bytes:
+    """Top-k trials at their best epoch: val accuracy and loss with their noise (thick: ±1 SE, thin:
+    the 95 % Wilson interval of the accuracy, ±2 SE of the loss), train values as open circles
+    (no error bar: see stats.metric_se). '≈' marks the trials indistinguishable from the best."""
+    fig = _figure(11, 1.2 + 0.55 * max(len(rows), 1))
     ax_acc, ax_loss = fig.subplots(1, 2, sharey=True)
-    labels = [f"#{r['rank']} {r['trial_id']}\n{_params_text(r['params'], names)}" for r in rows]
+    labels = [f"{'≈ ' if r.get('tie') else ''}#{r['rank']} {r['trial_id']}\n{_params_text(r['params'], names)}" for r in rows]
     y = np.arange(len(rows))
     for ax, kind in ((ax_acc, "acc"), (ax_loss, "loss")):
-        for offset, split, color in ((-0.2, "train", "#a8dadc"), (0.2, "val", "#1d3557")):
-            values = [r.get(f"{split}_{kind}") or 0.0 for r in rows]
-            ax.barh(y + offset, values, height=0.4, color=color, label=f"{split}_{kind}")
-            for yi, v in zip(y + offset, values):
-                ax.text(v, yi, f" {v:.3f}", va="center", fontsize=7)
-        ax.set_xlabel(f"{kind} at the best epoch")
-        ax.legend(loc="lower right", fontsize=8)
-        ax.margins(x=0.15)
+        val = np.array([np.nan if r.get(f"val_{kind}") is None else r[f"val_{kind}"] for r in rows], dtype=float)
+        se = np.array([np.nan if r.get(f"val_{kind}_se") is None else r[f"val_{kind}_se"] for r in rows], dtype=float)
+        if kind == "acc":
+            wide = [(v - r["val_acc_ci95"][0], r["val_acc_ci95"][1] - v) if r.get("val_acc_ci95") else (np.nan, np.nan)
+                    for v, r in zip(val, rows)]
+            wide = np.array(wide, dtype=float).T if rows else np.zeros((2, 0))
+        else:
+            wide = np.vstack([2 * se, 2 * se]) if rows else np.zeros((2, 0))
+        ax.errorbar(val, y, xerr=wide, fmt="none", ecolor="#1d3557", elinewidth=0.8, capsize=3)
+        ax.errorbar(val, y, xerr=se, fmt="o", color="#1d3557", elinewidth=3, ms=5, label=f"val_{kind} ± SE")
+        ax.plot([r.get(f"train_{kind}") for r in rows], y, "o", mfc="none", color="#e76f51", ms=5,
+                label=f"train_{kind}")
+        for yi, v, s in zip(y, val, se):
+            if np.isfinite(v):
+                ax.annotate(f"{v:.4f}" + (f" ± {s:.4f}" if np.isfinite(s) else ""), (v, yi), xytext=(0, 7),
+                            textcoords="offset points", ha="center", fontsize=7)
+        if rows and np.isfinite(val[0]):
+            ax.axvline(val[0], color="#888", lw=0.8, ls=":")
+        unit = "fraction of the val images" if kind == "acc" else "mean cross-entropy, nats"
+        ax.set_xlabel(f"{kind} at the best epoch ({unit})")
+        ax.legend(loc="lower right", fontsize=7)
+        ax.margins(x=0.2, y=0.15)
     ax_acc.set_yticks(y, labels, fontsize=8)
     ax_acc.invert_yaxis()
-    fig.suptitle(f"Top {len(rows)} trials")
+    fig.suptitle(f"Top {len(rows)} trials by {metric}: thick bar ±1 SE, thin bar 95 % interval; ≈ : indistinguishable "
+                 f"from the best", fontsize=10)
     return _png(fig)
 
 
-def fig_learning_curves(trials: list[TrialRecord], overfit: dict[str, dict], metric: str) -> bytes:
-    """Train (dashed) vs val (solid) loss and accuracy per epoch; red span where overfitting."""
+# Where each trial's curve ends, by why it stopped (analyses.trial_stops).
+STOP_MARKERS = {"finished": ("o", "finished (its whole budget)"), "rung": ("X", "cut at a rung"),
+                "stopped": ("s", "stopped early"), "error": ("x", "failed"), "running": (">", "still running"),
+                "paused": ("P", "paused"), "pending": (".", "pending")}
+
+
+def _curve(trial: TrialRecord, key: str) -> tuple[list[int], list[float]]:
+    points = [(h.epoch, h.metric(key)) for h in sorted(trial.history, key=lambda h: h.epoch) if h.metric(key) is not None]
+    return [e for e, _ in points], [v for _, v in points]
+
+
+def _mark_stop(ax, trial: TrialRecord, key: str, stop: dict, color) -> None:
+    """The stop marker at the curve's last point, PBT exploits as ▼ where they replaced the weights."""
+    epochs, values = _curve(trial, key)
+    if not epochs:
+        return
+    marker, _ = STOP_MARKERS.get(stop.get("reason"), ("o", ""))
+    ax.plot(epochs[-1], values[-1], marker, color="#e63946" if stop.get("reason") == "error" else color, ms=9,
+            mec="black", mew=0.6, zorder=5)
+    for exploit in stop.get("exploits", []):
+        if exploit["epoch"] in epochs:
+            ax.plot(exploit["epoch"], values[epochs.index(exploit["epoch"])], "v", color=color, ms=8, mec="black",
+                    mew=0.6, zorder=5)
+
+
+def fig_curves(trials: list[TrialRecord], labels: dict[str, str], stops: dict[str, dict],
+               overfit: dict[str, dict], ranks: dict[str, int]) -> bytes:
+    """The trials' curves overlaid on shared axes: loss (left) and accuracy (right), val solid and
+    train dashed, one colour per trial, labelled by the config values that differ between them;
+    a marker where each stopped and why; a red ring at the minimum val loss of a flagged trial."""
+    import matplotlib
+    from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
+    colors = matplotlib.colormaps["tab10"]
+    fig = _figure(12, 5.2 + 0.22 * len(trials))
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    handles = []
+    for i, trial in enumerate(trials):
+        color = colors(i % 10)
+        stop = stops.get(trial.trial_id, {})
+        for ax, kind in ((ax_loss, "loss"), (ax_acc, "acc")):
+            ax.plot(*_curve(trial, f"train_{kind}"), "--", color=color, lw=1, alpha=0.7)
+            ax.plot(*_curve(trial, f"val_{kind}"), "-", color=color, lw=1.8)
+            _mark_stop(ax, trial, f"val_{kind}", stop, color)
+        flag = overfit.get(trial.trial_id, {})
+        note = ""
+        if flag.get("overfitting"):
+            m = flag["min_val_loss_epoch"]
+            entry = next(h for h in trial.history if h.epoch == m)
+            ax_loss.plot(m, entry.val_loss, "o", ms=15, mfc="none", mec="#e63946", mew=2, zorder=6)
+            note = f"; OVERFITS after epoch {m}"
+        rank = ranks.get(trial.trial_id)
+        handles.append(Line2D([], [], color=color, lw=2, label=(f"#{rank} " if rank else "") + f"{trial.trial_id}: "
+                              f"{labels.get(trial.trial_id, '')} ({stop.get('text', '')}{note})"))
+    for ax, kind, unit in ((ax_loss, "loss", "mean cross-entropy, nats"), (ax_acc, "accuracy", "fraction correct")):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(f"{kind} ({unit})")
+        ax.grid(alpha=0.3)
+    losses = [v for t in trials for k in ("val_loss", "train_loss") for v in _curve(t, k)[1]]
+    if losses and min(losses) > 0:
+        from matplotlib.ticker import FuncFormatter
+
+        ax_loss.set_yscale("log")  # losses fall by orders of magnitude: the late epochs, where trials differ, stay visible
+        plain = FuncFormatter(lambda v, _: f"{v:g}")  # 0.2, not 2 × 10^-1
+        ax_loss.yaxis.set_major_formatter(plain)
+        ax_loss.yaxis.set_minor_formatter(plain)
+    ax_loss.set_title("loss (log scale): val solid, train dashed" if ax_loss.get_yscale() == "log"
+                      else "loss: val solid, train dashed", fontsize=10)
+    ax_acc.set_title("accuracy: val solid, train dashed", fontsize=10)
+    present = {s.get("reason") for t in trials for s in [stops.get(t.trial_id, {})]}
+    style = [Line2D([], [], color="black", marker=STOP_MARKERS[r][0], ls="none", label=STOP_MARKERS[r][1])
+             for r in STOP_MARKERS if r in present]
+    if any(stops.get(t.trial_id, {}).get("exploits") for t in trials):
+        style.append(Line2D([], [], color="black", marker="v", ls="none", label="PBT exploit (weights replaced)"))
+    if any(overfit.get(t.trial_id, {}).get("overfitting") for t in trials):
+        style.append(Line2D([], [], color="#e63946", marker="o", mfc="none", ls="none", ms=10,
+                            label="minimum val loss of an overfitting trial"))
+    ax_acc.legend(handles=style, fontsize=7, loc="lower right")
+    fig.legend(handles=handles, loc="outside lower center", fontsize=8, ncols=1, frameon=False)
+    return _png(fig)
+
+
+def fig_learning_curves(trials: list[TrialRecord], overfit: dict[str, dict], metric: str,
+                        labels: dict[str, str] | None = None, stops: dict[str, dict] | None = None) -> bytes:
+    """Small multiples: one row per trial, loss and accuracy, every row on the same y-range
+    (shared axes, so rows compare); dotted line: best epoch; red span: overfitting."""
+    from matplotlib.ticker import MaxNLocator
+
+    labels, stops = labels or {}, stops or {}
     n = max(len(trials), 1)
     fig = _figure(11, 2.0 * n + 0.3)
-    axes = np.atleast_2d(fig.subplots(n, 2, squeeze=False))
+    axes = np.atleast_2d(fig.subplots(n, 2, squeeze=False, sharex=True, sharey="col"))
     for row, trial in zip(axes, trials):
-        history = sorted(trial.history, key=lambda h: h.epoch)
-        epochs = [h.epoch for h in history]
         flag = overfit.get(trial.trial_id, {})
+        stop = stops.get(trial.trial_id, {})
         for ax, kind in zip(row, ("loss", "acc")):
-            ax.plot(epochs, [h.metric(f"train_{kind}") for h in history], "--o", ms=3, color="#e76f51", label=f"train_{kind}")
-            ax.plot(epochs, [h.metric(f"val_{kind}") for h in history], "-o", ms=3, color="#264653", label=f"val_{kind}")
-            ax.axvline(trial.best.epoch, color="#888", lw=0.8, ls=":")
+            ax.plot(*_curve(trial, f"train_{kind}"), "--o", ms=3, color="#e76f51", label=f"train_{kind}")
+            ax.plot(*_curve(trial, f"val_{kind}"), "-o", ms=3, color="#264653", label=f"val_{kind}")
+            _mark_stop(ax, trial, f"val_{kind}", stop, "#264653")
+            if trial.best is not None:
+                ax.axvline(trial.best.epoch, color="#888", lw=0.8, ls=":")
             if flag.get("overfitting"):
-                ax.axvspan(flag["start_epoch"] - 1, flag["start_epoch"] + flag["epochs"] - 1, color="#e63946", alpha=0.12)
-            ax.set_xlabel("epoch")
+                ax.axvspan(flag["min_val_loss_epoch"], flag["start_epoch"] + flag["epochs"] - 1, color="#e63946", alpha=0.12)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set_ylabel(kind)
+            ax.set_ylabel("nats" if kind == "loss" else "fraction correct")
             ax.legend(fontsize=7)
-        note = f" — OVERFITTING from epoch {flag['start_epoch']}" if flag.get("overfitting") else ""
-        row[0].set_title(f"{trial.trial_id} (best {metric} at epoch {trial.best.epoch}){note}",
-                         fontsize=9, loc="left", color="#e63946" if note else "black")
+        note = f" — OVERFITS after epoch {flag['min_val_loss_epoch']}" if flag.get("overfitting") else ""
+        best = f"best {metric} at epoch {trial.best.epoch}" if trial.best else "no score"
+        row[0].set_title(f"{trial.trial_id}: {labels.get(trial.trial_id, '')} ({best}; {stop.get('text', '')}){note}",
+                         fontsize=8, loc="left", color="#e63946" if note else "black")
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch")
     return _png(fig)
 
 
 def fig_heatmap(table: dict, names: dict[str, str], mode: str) -> bytes:
     """Mean objective per (x, y) cell; the number of trials averaged in each cell below it."""
     xs, ys = table["x_values"], table["y_values"]
-    grid = np.array([[np.nan if v is None else v for v in row] for row in table["mean"]], dtype=float)
-    fig = _figure(1.6 + 1.3 * len(xs), 1.2 + 0.8 * len(ys))
+    grid = np.array([[np.nan if v is None else v for v in row] for row in table["mean"]], dtype=float).reshape(len(ys), len(xs))
+    fig = _figure(1.8 + 1.3 * max(len(xs), 1), 1.4 + 0.8 * max(len(ys), 1))
     ax = fig.subplots()
-    image = ax.imshow(np.ma.masked_invalid(grid), cmap=_cmap(mode), aspect="auto")
     finite = grid[np.isfinite(grid)]
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap=_cmap(mode), aspect="auto",
+                      vmin=finite.min() if finite.size else 0, vmax=finite.max() if finite.size else 1)
     middle = (finite.min() + finite.max()) / 2 if finite.size else 0
     for i in range(len(ys)):
         for j in range(len(xs)):
@@ -131,8 +239,37 @@ def fig_heatmap(table: dict, names: dict[str, str], mode: str) -> bytes:
     ax.set_yticks(range(len(ys)), [format_param(v) for v in ys])
     ax.set_xlabel(names.get(table["x_param"], table["x_param"]))
     ax.set_ylabel(names.get(table["y_param"], table["y_param"]))
-    fig.colorbar(image, ax=ax, label=f"mean best {table['metric']}")
-    ax.set_title(f"mean {table['metric']} over the other parameters", fontsize=10)
+    fig.colorbar(image, ax=ax, label=f"mean {table['label']}")
+    ax.set_title(f"mean {table['label']} over the other parameters (n = trials per cell)", fontsize=10)
+    return _png(fig)
+
+
+def fig_scatter(table: dict, names: dict[str, str], mode: str) -> bytes:
+    """Continuous parameters: every compared trial at its (x, y), coloured by its objective; a
+    star on the best. No interpolated surface: between a few trials it would be invented."""
+    import matplotlib.colors
+
+    points = table["points"]
+    x = np.array([p["x"] for p in points], dtype=float)
+    y = np.array([p["y"] for p in points], dtype=float)
+    v = np.array([p["value"] for p in points], dtype=float)
+    fig = _figure(7.5, 5.5)
+    ax = fig.subplots()
+    norm = matplotlib.colors.Normalize(v.min(), v.max()) if v.size else None
+    art = ax.scatter(x, y, c=v, cmap=_cmap(mode), norm=norm, s=70, edgecolors="black", linewidths=0.5)
+    if v.size:
+        best = int(np.argmax(v) if mode == "max" else np.argmin(v))
+        ax.plot(x[best], y[best], "*", ms=20, mfc="none", mec="#e63946", mew=1.5)
+        for xi, yi, vi in zip(x, y, v):
+            ax.annotate(f"{vi:.3f}", (xi, yi), xytext=(5, 4), textcoords="offset points", fontsize=7)
+    if table.get("x_log"):
+        ax.set_xscale("log")
+    if table.get("y_log"):
+        ax.set_yscale("log")
+    ax.set_xlabel(names.get(table["x_param"], table["x_param"]) + (" (log scale)" if table.get("x_log") else ""))
+    ax.set_ylabel(names.get(table["y_param"], table["y_param"]) + (" (log scale)" if table.get("y_log") else ""))
+    fig.colorbar(art, ax=ax, label=table["label"])
+    ax.set_title(f"{len(points)} trials: {table['label']} (star: best)", fontsize=10)
     return _png(fig)
 
 
@@ -161,23 +298,29 @@ def _axis(values: list) -> tuple[np.ndarray, list[float], list[str]]:
     return pos, [spread(i) for i in range(len(levels))], [format_param(by_key[k]) for k in levels]
 
 
-def fig_parallel(index: SweepIndex, trials: list[TrialRecord], names: dict[str, str]) -> bytes:
-    """Every scored trial as a line across its parameters and the objective, coloured by it."""
+def fig_parallel(index: SweepIndex, trials: list[TrialRecord], names: dict[str, str],
+                 scores: dict[str, float] | None = None, label: str | None = None) -> bytes:
+    """Every compared trial as a line across its parameters and the objective, coloured by it.
+    ``scores``: trial id → the objective compared (analyses.comparison_budget); default: the best."""
     import matplotlib.colors
 
     metric, mode = index.objective.metric, index.objective.mode
+    if scores is None:
+        scores = {t.trial_id: score(t, metric) for t in ranked(trials, index.objective)}
+    label = label or f"best {metric}"
     params = varied_params(trials)
-    shown = [t for t in ranked(trials, index.objective) if all(p in t.config for p in params)][::-1]  # best drawn last
-    scores = [score(t, metric) for t in shown]
-    columns = [[t.config[p] for t in shown] for p in params] + [scores]
-    labels = [names.get(p, p) for p in params] + [f"best {metric}"]
+    shown = [t for t in trials if t.trial_id in scores and all(p in t.config for p in params)]
+    shown.sort(key=lambda t: scores[t.trial_id], reverse=mode == "min")  # best drawn last
+    values = [scores[t.trial_id] for t in shown]
+    columns = [[t.config[p] for t in shown] for p in params] + [values]
+    labels = [names.get(p, p) for p in params] + [label]
     fig = _figure(max(6.0, 2.0 * len(columns)), 4.5)
     ax = fig.subplots()
     axes = [_axis(c) for c in columns] if shown else []
-    norm = matplotlib.colors.Normalize(min(scores), max(scores)) if scores else None
+    norm = matplotlib.colors.Normalize(min(values), max(values)) if values else None
     cmap = _cmap(mode)
     ys = np.column_stack([a[0] for a in axes]) if shown else np.zeros((0, len(columns)))
-    for row, s in zip(ys, scores):
+    for row, s in zip(ys, values):
         ax.plot(range(len(columns)), row, color=cmap(norm(s)), alpha=0.8, lw=1.5)
     for i, (_, tick_pos, tick_labels) in enumerate(axes):
         ax.axvline(i, color="black", lw=0.8)
@@ -192,21 +335,24 @@ def fig_parallel(index: SweepIndex, trials: list[TrialRecord], names: dict[str, 
     if norm is not None:
         from matplotlib.cm import ScalarMappable
 
-        fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=f"best {metric}")
-    ax.set_title(f"{len(shown)} trials: parameters → best {metric}", fontsize=10)
+        fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=label)
+    ax.set_title(f"{len(shown)} trials: parameters → {label}", fontsize=10)
     return _png(fig)
 
 
 def fig_importance(importance: dict, names: dict[str, str]) -> bytes:
     items = sorted(importance["params"].items(), key=lambda kv: kv[1])
-    fig = _figure(8, 1.0 + 0.45 * max(len(items), 3))
+    fig = _figure(8, 1.2 + 0.45 * max(len(items), 3))
     ax = fig.subplots()
     ax.barh([names.get(p, p) for p, _ in items], [v for _, v in items], color="#457b9d")
     for i, (_, v) in enumerate(items):
         ax.text(v, i, f" {v:.2f}", va="center", fontsize=8)
     ax.set_xlim(0, 1.1)
-    ax.set_xlabel("fraction of objective variance explained (first-order main effect)")
-    ax.set_title("Parameter importance — fANOVA (optuna.importance)", fontsize=10)
+    ax.set_xlabel("fraction of the objective's variance explained (first-order main effect)")
+    title = f"Parameter importance — fANOVA (optuna.importance), {importance['n_trials']} trials"
+    if importance.get("caveat"):
+        title += f"\ncaveat: fewer than {TRIALS_PER_PARAM} trials per parameter, a rough ranking"
+    ax.set_title(title, fontsize=10, color="#e63946" if importance.get("caveat") else "black")
     if importance.get("note"):
         ax.text(0.5, 0.5, importance["note"], transform=ax.transAxes, ha="center", color="#888")
     return _png(fig)
@@ -284,21 +430,37 @@ def fig_pbt_lineage(trials: list[TrialRecord], lineage: dict) -> bytes:
     return _png(fig)
 
 
-def fig_compute(acct: dict, trials: list[TrialRecord]) -> bytes:
-    fig = _figure(11, 3.6)
+# Phases of a trial's seconds (analyses.compute_accounting), bottom to top.
+PHASES = (("training", "training (epochs: train + val)", "#1d3557"), ("checkpoints", "checkpoint writes", "#457b9d"),
+          ("trial_start", "trial start + reporting", "#a8dadc"), ("worker_startup", "worker start-up (est.)", "#f4a261"))
+
+
+def fig_compute(acct: dict, trials: list[TrialRecord] | None = None) -> bytes:
+    """Left: epochs run vs. the full budget. Right: each trial's seconds by phase, so a trial that
+    paid a worker's start-up is not read as a slow config."""
+    fig = _figure(11, 3.8)
     ax_epochs, ax_seconds = fig.subplots(1, 2, width_ratios=[1, 2])
     ax_epochs.bar(["epochs"], [acct["epochs_run"]], color="#1d3557", label=f"run ({acct['epochs_run']})")
     ax_epochs.bar(["epochs"], [acct["epochs_saved"]], bottom=[acct["epochs_run"]], color="#a8dadc",
                   label=f"saved ({acct['epochs_saved']})")
     ax_epochs.axhline(acct["full_budget_epochs"], color="black", ls="--", lw=0.8)
-    ax_epochs.set_title(f"full budget {acct['full_budget_epochs']} = {acct['trials']} trials × {acct['max_epochs']}", fontsize=9)
+    ax_epochs.set_title(f"full budget {acct['full_budget_epochs']} epochs = {acct['trials']} trials × {acct['max_epochs']}", fontsize=9)
+    ax_epochs.set_ylabel("epochs")
     ax_epochs.legend(fontsize=8)
-    by_seconds = sorted(trials, key=lambda t: -t.seconds)
-    ax_seconds.bar(range(len(by_seconds)), [t.seconds for t in by_seconds],
-                   color=[STATUS_COLORS.get(t.status, "#999") for t in by_seconds])
-    ax_seconds.set_xticks(range(len(by_seconds)), [t.trial_id for t in by_seconds], rotation=60, fontsize=7, ha="right")
+    rows = sorted(acct["per_trial"], key=lambda r: -r["seconds"])
+    x = np.arange(len(rows))
+    bottom = np.zeros(len(rows))
+    for key, label, color in PHASES:
+        heights = np.array([r[key] for r in rows], dtype=float)
+        ax_seconds.bar(x, heights, bottom=bottom, color=color, label=label)
+        bottom += heights
+    ax_seconds.set_xticks(x, [r["trial_id"] for r in rows], rotation=60, fontsize=7, ha="right")
     ax_seconds.set_ylabel("seconds")
-    ax_seconds.set_title(f"trial-seconds {acct['trial_seconds']:.1f} s in {acct['wall_seconds']:.1f} s wall time", fontsize=9)
+    ax_seconds.legend(fontsize=7)
+    cluster = acct["phases"]["cluster_startup"]
+    ax_seconds.set_title(f"trial-seconds {acct['trial_seconds']:.1f} s in {acct['wall_seconds']:.1f} s wall time"
+                         + (f"; cluster start-up {cluster:.0f} s before the first trial" if cluster is not None else ""),
+                         fontsize=9)
     return _png(fig)
 
 

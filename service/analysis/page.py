@@ -36,10 +36,12 @@ def environment() -> jinja2.Environment:
 
 def render_html(ctx: dict, figures: dict[str, bytes]) -> str:
     """The page. ``ctx``: ``index`` (SweepIndex), ``trials`` (list[TrialRecord]), ``params`` (the
-    varied parameters), ``names`` (their short names), ``generated_at``, ``overfit_epochs``, and
-    the analyses as report.json holds them: ``leaderboard``, ``overfitting``, ``heatmap``,
-    ``heatmap_note``, ``importance``, ``early_stopping``, ``pbt``, ``compute``, ``evaluation``
-    (evaluation.json or None). ``figures``: PNG name → bytes; a figure not there is left out."""
+    varied parameters), ``names`` (their short names), ``generated_at``, ``options`` (the report's
+    options), ``spec_seed``, ``rules`` (the texts of the rules applied), and the analyses as
+    report.json holds them: ``cards``, ``leaderboard``, ``indistinguishable``, ``replicates``,
+    ``budget``, ``overfitting``, ``curves``, ``heatmap``, ``heatmap_note``, ``importance``,
+    ``early_stopping``, ``pbt``, ``compute``, ``evaluation`` (evaluation.json with the test
+    accuracy's SE, or None). ``figures``: PNG name → bytes; a figure not there is left out."""
     encoded = {name: base64.b64encode(png).decode() for name, png in figures.items()}
     return environment().get_template(TEMPLATE).render(
         **ctx,

@@ -1,6 +1,7 @@
-"""`sweepctl report` and `sweepctl evaluate` on tiny real sweeps (real Ray, digits, 2 epochs):
-a 2×2 grid and an ASHA variant. Every figure exists and is a real PNG; the page embeds and links
-them; the numbers on it are the sweep record's (SweepStore) and the checkpoint's."""
+"""`sweepctl report` and `sweepctl evaluate` on tiny real sweeps (real Ray, digits, 2 epochs): a
+grid under ASHA and an Optuna sweep of continuous parameters. Every figure exists and is a real
+PNG; the page embeds and links them; the numbers on it are the sweep record's (SweepStore) and the
+checkpoint's; the noise, the equal-budget comparisons and the overlaid curves are on it."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from service.analysis import stats
 from service.cli import main as sweepctl
 from service.core.record import SweepIndex, SweepStore, TrialRecord
 from service.core.storage import read_json
@@ -63,8 +65,13 @@ def check_leaderboard(index: SweepIndex, trials: list[TrialRecord], rep: dict, p
         trial = by_id[row["trial_id"]]
         for k in ("val_acc", "val_loss", "train_acc", "train_loss"):
             assert row[k] == trial.best.metric(k)
-            assert f"<td>{trial.best.metric(k):.4f}</td>" in page
+            assert f"<td>{trial.best.metric(k):.4f}{' ± ' if k.startswith('val') else '</td>'}" in page
         assert (row["epochs"], row["seconds"], row["params"]) == (trial.epochs, trial.seconds, trial.config)
+        # the error bars' numbers: the binomial SE of the recorded accuracy on the recorded split size
+        assert trial.best.val_samples == 288  # 20 % of digits' 1,438 training images
+        assert row["val_acc_se"] == pytest.approx(stats.binomial_se(trial.best.val_acc, 288))
+        assert f"<td>{trial.best.val_acc:.4f} ± {row['val_acc_se']:.4f}</td>" in page
+        assert f"<td>{trial.best.val_loss:.4f} ± {trial.best.val_loss_se:.4f}</td>" in page
 
 
 def check_evaluation(index: SweepIndex, ev: dict, page: str, k: int = 6) -> None:
@@ -88,66 +95,90 @@ def check_evaluation(index: SweepIndex, ev: dict, page: str, k: int = 6) -> None
     assert len(worst) == k
     assert sorted(worst) == sorted(np.argsort(p_true, kind="stable")[:k].tolist())
     assert [w["prob_true"] for w in ev["worst"]] == pytest.approx(np.sort(p_true)[:k].tolist(), abs=1e-6)
-    assert f"{ev['test_accuracy']:.4f}" in page
+    assert f"{ev['test_accuracy']:.4f} ± {stats.binomial_se(ev['test_accuracy'], ev['test_size']):.4f}" in page
     assert ev["tsne"]["points"] == len(labels)  # digits' 359 test images: under the subsample bound
 
 
-def test_grid_sweep_report_and_evaluation(ray_local, make_spec):
-    spec = make_spec(
-        name="report-grid",
-        model={"filters": {"grid": [4, 8]}},
-        train={"optimizer": {"lr": {"grid": [1e-3, 3e-3]}}},
-    )
-    index = run_sweep(spec, echo=quiet)
-    assert index.trial_states == {"terminated": 4}
-    out, page, rep, ev = report_and_evaluate(spec.storage.uri, spec.name, "--top", "3")
-
-    assert_page_has(page, out, SWEEP_FIGURES | {"heatmap.png"} | TEST_FIGURES)
-    assert set(rep["figures"]) == SWEEP_FIGURES | {"heatmap.png"} | TEST_FIGURES
-    store = SweepStore(spec.storage.uri, spec.name)
-    assert index == store.read_index()  # what run_sweep returned is what it left in storage
-    trials = store.read_trials(index)
-    assert len(rep["leaderboard"]) == 3
-    check_leaderboard(index, trials, rep, page)
-
-    # heatmap: default axes are the two grid parameters; each cell is its trial's best val_acc
-    hm = rep["heatmap"]
-    assert (hm["x_param"], hm["y_param"]) == ("model.filters", "train.optimizer.lr")
-    for i, lr in enumerate(hm["y_values"]):
-        for j, filters in enumerate(hm["x_values"]):
-            (match,) = [t for t in trials if t.config == {"model.filters": filters, "train.optimizer.lr": lr}]
-            assert hm["mean"][i][j] == match.best.val_acc and hm["count"][i][j] == 1
-
-    assert rep["compute"]["epochs_saved"] == 4 * 2 - sum(t.epochs for t in trials) == 0
-    assert rep["early_stopping"]["rungs"] == [] and rep["pbt"] is None
-    assert "No PBT in this sweep" in page
-    check_evaluation(index, ev, page)
-
-
-def test_asha_sweep_report_shows_the_cuts_and_the_epochs_saved(ray_local, make_spec):
-    # One trial at a time, good learning rates first: the hopeless ones meet a full rung and are cut.
+def test_asha_grid_report_shows_noise_equal_budget_curves_and_the_top_two_parameters(ray_local, make_spec):
+    # One trial at a time (a seeded shuffle of the grid), two hopeless learning rates: ASHA meets
+    # full rungs and cuts; the report compares every trial at rung 1, which all reached.
     spec = make_spec(
         name="report-asha",
-        train={"optimizer": {"lr": {"grid": [3e-3, 1e-3, 1e-5, 1e-6]}}},
+        model={"filters": {"grid": [4, 8]}},
+        train={"optimizer": {"lr": {"grid": [3e-3, 1e-3, 1e-6]}}},
         scheduler={"name": "asha", "grace_period": 1, "reduction_factor": 2},
         resources={"max_concurrent_trials": 1},
     )
     index = run_sweep(spec, echo=quiet)
     stopped = [t for t in index.trials if t.status == "stopped_early"]
     assert stopped, index.trial_states
-    out, page, rep, ev = report_and_evaluate(spec.storage.uri, spec.name)
+    out, page, rep, ev = report_and_evaluate(spec.storage.uri, spec.name, "--top", "4")
 
-    assert_page_has(page, out, SWEEP_FIGURES | TEST_FIGURES)
-    assert not (out / "heatmap.png").exists() and "No heatmap" in page  # one grid parameter only
-    check_leaderboard(index, SweepStore(spec.storage.uri, spec.name).read_trials(index), rep, page)
+    assert_page_has(page, out, SWEEP_FIGURES | {"heatmap.png"} | TEST_FIGURES)
+    assert set(rep["figures"]) == SWEEP_FIGURES | {"heatmap.png"} | TEST_FIGURES
+    store = SweepStore(spec.storage.uri, spec.name)
+    assert index == store.read_index()  # what run_sweep returned is what it left in storage
+    trials = store.read_trials(index)
+    by_id = {t.trial_id: t for t in trials}
+    assert len(rep["leaderboard"]) == 4
+    check_leaderboard(index, trials, rep, page)
+    assert rep["indistinguishable"]["members"][0] == index.best_trial and "indistinguishable" in page
+
+    # equal budget: rung 1, the last rung every trial reached; each compared value is the record's there
+    budget = rep["budget"]
+    assert (budget["mode"], budget["epoch"]) == ("rung", 1) and "val_acc at epoch 1" in page
+    assert budget["scores"] == {t.trial_id: t.history[0].val_acc for t in trials}
+    # the heatmap: on the two most important parameters (both here), cells averaged at that epoch
+    imp = rep["importance"]["params"]
+    hm = rep["heatmap"]
+    assert hm["kind"] == "grid" and [hm["x_param"], hm["y_param"]] == sorted(imp, key=imp.get, reverse=True)[:2]
+    for i, y in enumerate(hm["y_values"]):
+        for j, x in enumerate(hm["x_values"]):
+            (match,) = [t for t in trials if t.config[hm["x_param"]] == x and t.config[hm["y_param"]] == y]
+            assert hm["mean"][i][j] == match.history[0].val_acc and hm["count"][i][j] == 1
+    assert rep["importance"]["caveat"]  # 6 trials for 2 parameters
+
+    # the overlaid curves: the top trials, labelled by the values that differ, each stop explained
+    curves = rep["curves"]
+    assert curves["trials"] == [r["trial_id"] for r in rep["leaderboard"]]
+    for trial_id in curves["trials"]:
+        config = by_id[trial_id].config
+        assert f"lr={config['train.optimizer.lr']:.4g}" in curves["labels"][trial_id]
+        assert curves["labels"][trial_id] in page
+    assert {t.trial_id for t in stopped} == {t for t, s in curves["stops"].items() if s["reason"] == "rung"}
 
     decisions = rep["early_stopping"]
     assert [r["epoch"] for r in decisions["rungs"]] == [1]  # grace 1 × 2^k below 2 epochs
-    cut = {t["trial_id"]: t["cut_at_rung"] for t in decisions["trials"]}
-    assert {t.trial_id for t in stopped} == {tid for tid, rung in cut.items() if rung == 1}
     assert decisions["rungs"][0]["cut"] == len(stopped)
     epochs_run = sum(t.epochs for t in index.trials)
     assert rep["compute"]["epochs_run"] == epochs_run
-    assert rep["compute"]["epochs_saved"] == 4 * 2 - epochs_run == len(stopped)
+    assert rep["compute"]["epochs_saved"] == 6 * 2 - epochs_run == len(stopped)
+    assert sum(rep["compute"]["phases"][k] for k in ("training", "checkpoints", "trial_start", "worker_startup")) == \
+        pytest.approx(rep["compute"]["trial_seconds"])
+    assert rep["pbt"] is None and "No PBT in this sweep" in page
     check_evaluation(index, ev, page)
     json.dumps(rep)  # report.json is plain JSON (no NaN)
+
+
+def test_optuna_sweep_report_scatters_its_two_most_important_continuous_parameters(ray_local, make_spec):
+    spec = make_spec(
+        name="report-optuna",
+        model={"dropout": {"uniform": [0.0, 0.5]}},
+        train={"optimizer": {"lr": {"loguniform": [1e-4, 1e-2]}}},
+        search={"algorithm": "optuna", "num_samples": 4},
+    )
+    index = run_sweep(spec, echo=quiet)
+    assert index.trial_states == {"terminated": 4}
+    assert sweepctl(["report", spec.name, "--storage", spec.storage.uri]) == 0
+    out = Path(spec.storage.uri) / spec.name / "report"
+    page, rep = (out / "report.html").read_text(), read_json(out / "report.json")
+
+    assert_page_has(page, out, SWEEP_FIGURES | {"heatmap.png"})
+    hm, imp = rep["heatmap"], rep["importance"]
+    assert hm["kind"] == "scatter" and len(hm["points"]) == 4
+    assert {hm["x_param"], hm["y_param"]} == {"model.dropout", "train.optimizer.lr"}
+    assert [hm["x_param"], hm["y_param"]] == sorted(imp["params"], key=imp["params"].get, reverse=True)[:2]
+    assert hm["x_log" if hm["x_param"] == "train.optimizer.lr" else "y_log"]  # loguniform: a log axis
+    assert imp["scales"]["train.optimizer.lr"].startswith("log10 over [0.0001, 0.01] (loguniform)")
+    assert rep["budget"]["mode"] == "common" and rep["budget"]["epoch"] == 2  # FIFO: all ran 2 epochs
+    assert "Caveat: 4 trials for 2 parameters" in page
