@@ -152,6 +152,7 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--trial", metavar="ID", help="trial id (default: the best trial)")
     which.add_argument("--best", action="store_true", help="the best trial's best checkpoint (the default)")
     p.add_argument("-o", "--out", metavar="DIR", help="target directory (default ./<name>-<trial>)")
+    _through_service(p)
     p.set_defaults(func=cmd_pull)
 
     p = storage_verb("leaderboard", "Print the top trials of a finished or running sweep.")
@@ -163,9 +164,18 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("-o", "--out", metavar="DIR", help="report directory (default <storage>/<name>/report)")
         p.add_argument("--top", type=int, help="trials in the leaderboard and learning curves (default 5)")
         p.add_argument("--heatmap", nargs=2, metavar=("PARAM_X", "PARAM_Y"),
-                       help="heatmap axes, e.g. filters lr (default: the first two grid parameters)")
+                       help="heatmap axes, e.g. filters lr (default: the two most important parameters)")
+        p.add_argument("--at-epoch", type=_epoch_or_best, metavar="N|best",
+                       help="compare trials (heatmap, importance, parallel coordinates) at epoch N, or 'best' for "
+                            "each trial's best epoch (default: the last rung every compared trial reached)")
+        p.add_argument("--curves", nargs="+", metavar="TRIAL", help="trials to overlay in the curves (default: the top)")
+        p.add_argument("--small-multiples", action="store_true", default=None,
+                       help="also draw the curves one trial per row")
         p.add_argument("--overfit-epochs", type=int, metavar="N",
-                       help="flag overfitting after N epochs of val loss up while train loss goes down (default 2)")
+                       help="flag overfitting after N consecutive epochs of val loss above its minimum by more than "
+                            "--overfit-k standard errors while train loss stays lower (default 2)")
+        p.add_argument("--overfit-k", type=float, metavar="K",
+                       help="standard errors of the mean val loss a rise must exceed to count (default 2)")
         return p
 
     p = report_verb("report", "Write report.html (figures embedded) and the PNGs for a sweep.")
@@ -175,6 +185,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--trial", metavar="ID", help="trial id (default: the best trial)")
     p.add_argument("--worst", type=int, default=10, metavar="K", help="worst-classified images to show (default 10)")
     p.set_defaults(func=cmd_evaluate)
+    _model_verbs(verbs, storage_verb)
     _service_verbs(verbs)
     _record_verbs(verbs)
     _ui_verb(verbs)
@@ -328,23 +339,170 @@ def cmd_best(args) -> int:
 
 
 def cmd_pull(args) -> int:
-    from service.analysis.pull import PullError, pull_checkpoint  # boto3 only when pulling
-
-    store, index = _read_index(args.storage, args.name)
-    try:
-        out, card = pull_checkpoint(store, index, args.trial, args.out)
-    except PullError as err:
-        raise UserError(str(err)) from None
-    metric = index.objective.metric
-    print(f"pulled trial {card['trial_id']} ({metric} {card['metrics'].get(metric)}) from {card['checkpoint']}")
+    out, card = _pull(args, args.out)
+    metric = card["objective"]["metric"]
+    print(f"pulled trial {card['trial_id']} ({metric} {card['metrics'].get(metric)}) from {card['checkpoint']}"
+          + (f" through {args.server}" if args.server else ""))
     print(f"into {out}: {', '.join(sorted(card['files']))}; sha256 verified")
     print(f"load it:  from trainer import load_model; model, spec = load_model({str(out)!r})")
     return 0
 
 
+# ============================================================================ the best model, handed on
+def _through_service(p) -> None:
+    p.add_argument("--server", metavar="URL",
+                   help="get the checkpoint through the sweep service instead of from --storage (no S3 "
+                        "credentials needed: the token from $SWEEPCTL_TOKEN or ~/.config/sweepctl/config.yaml)")
+
+
+def _pull(args, out):
+    """(directory, model card) of the trial's checkpoint, verified, from storage or the service."""
+    from service.analysis.pull import PullError, pull_checkpoint  # boto3 only when pulling
+
+    try:
+        if args.server:
+            if args.storage != DEFAULT_STORAGE:
+                raise UserError("give --storage or --server, not both")
+            return _pull_through_service(args, out)
+        store, index = _read_index(args.storage, args.name)
+        return pull_checkpoint(store, index, args.trial, out)
+    except PullError as err:
+        raise UserError(str(err)) from None
+
+
+def _pull_through_service(args, out):
+    """The trial from the service's record (its best, or --trial's), then its checkpoint tar from
+    GET /sweeps/{name}/trials/{id}/checkpoint, unpacked and verified exactly as a direct pull."""
+    from service.analysis.pull import pull_from_tar
+    from service.control.client import ServiceError
+    from service.core.record import Objective, TrialSummary
+
+    client = _client(args)
+    if args.trial:
+        body = _service_call(lambda: client.trials(args.name))
+        trial = next((t for t in body["trials"] if t["trial_id"] == args.trial), None)
+        if trial is None:
+            known = ", ".join(sorted(t["trial_id"] for t in body["trials"]))
+            raise UserError(f"no trial {args.trial!r} in sweep '{args.name}'; trials: {known}")
+        objective = body["objective"]
+    else:
+        trial = _service_call(lambda: client.best(args.name))
+        objective = trial["objective"]
+    summary = TrialSummary.model_validate(trial)
+    download = client.checkpoint(args.name, summary.trial_id)
+
+    def request():  # its refusal is the service's message
+        try:
+            return download.__enter__()
+        except ServiceError as err:
+            if err.status == 409:  # a file failed its checksum before anything was sent
+                raise ServiceError(409, f"{err}; nothing was written") from None
+            raise
+
+    stream, uri = _service_call(request)
+    try:
+        return pull_from_tar(stream, args.name, Objective.model_validate(objective), summary,
+                             uri or summary.checkpoint, out)
+    finally:
+        download.__exit__(None, None, None)
+
+
+def _model_verbs(verbs, storage_verb) -> None:
+    """export and predict: the best model handed on (trainer/export.py, trainer/predict.py)."""
+    p = storage_verb("export", "Export a trial's checkpoint (default: the best) as TorchScript or ONNX that takes raw "
+                               "images and returns class probabilities, the trial's preprocessing inside; with "
+                               "model_card.json and a README.md.")
+    p.add_argument("--trial", metavar="ID", help="trial id (default: the best trial)")
+    p.add_argument("--format", required=True, choices=("torchscript", "onnx"),
+                   help="torchscript (torch.jit.load, LibTorch) or onnx (onnxruntime etc.; pip install "
+                        "'sweep-service[export]')")
+    p.add_argument("-o", "--out", required=True, metavar="DIR", help="target directory (new or empty)")
+    p.add_argument("--input-dtype", choices=("uint8", "float32"), default="uint8",
+                   help="onnx only (one input type per graph): uint8 pixels 0..255 (default) or float32 in [0, 1]; "
+                        "TorchScript takes both")
+    _through_service(p)
+    p.set_defaults(func=cmd_export)
+
+    help = "Print the top classes of image files (PNG, JPEG: Pillow) from a pulled checkpoint or an export."
+    p = verbs.add_parser("predict", help=help, description=help)
+    p.add_argument("dir", metavar="DIR", help="a `sweepctl pull` or `sweepctl export` directory")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files; resized to the training resolution if needed")
+    p.add_argument("--top", type=int, default=5, metavar="K", help="classes per image (default 5)")
+    p.add_argument("--json", action="store_true", help="print the predictions as JSON")
+    p.set_defaults(func=cmd_predict)
+
+
+def cmd_export(args) -> int:
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from service.analysis.pull import evaluated_metrics
+    from trainer.export import ExportError, check_format, export_checkpoint  # torch: only for this verb
+
+    try:
+        check_format(args.format)  # a missing package is said before anything is downloaded
+        if args.format == "torchscript" and args.input_dtype != "uint8":
+            raise ExportError("--input-dtype is for onnx: a TorchScript export takes uint8 and float32 alike")
+        out = Path(args.out)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise ExportError(f"{out.resolve()} exists and is not an empty directory; choose another -o DIR")
+        work = Path(tempfile.mkdtemp(prefix="sweep-export-"))
+        try:
+            checkpoint, pulled = _pull(args, work / "checkpoint")
+            metrics = None if args.server else evaluated_metrics(
+                SweepStore(args.storage, args.name), pulled["trial_id"], pulled["checkpoint"])
+            out, card = export_checkpoint(checkpoint, pulled, out, args.format, input_dtype=args.input_dtype,
+                                          test_metrics=metrics)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    except ExportError as err:
+        raise UserError(str(err)) from None
+    verified = card["export"]["verified"]
+    opset = f" (opset {card['export']['opset']})" if "opset" in card["export"] else ""
+    print(f"exported trial {card['trial_id']} (epoch {card['epoch']}) as {args.format}{opset} into {out}: "
+          f"{', '.join(sorted([*card['files'], 'model_card.json']))}")
+    print(f"input {card['input']['name']}: {' | '.join(card['input']['dtype'])} NHWC {card['input']['shape'][1:]}, "
+          f"output {card['output']['name']} {card['output']['shape'][1:]}; {verified['runtime']} matches PyTorch "
+          f"within {verified['max_abs_diff']:.1e} at batch sizes {', '.join(map(str, verified['batch_sizes']))}")
+    print(f"try it:   sweepctl predict {out} IMAGE.png")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from trainer.predict import PredictError, predict  # torch only for checkpoints and TorchScript
+
+    try:
+        rows, predictor, resized = predict(args.dir, args.images, args.top)
+    except PredictError as err:
+        raise UserError(str(err)) from None
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if resized:
+        print(f"({len(resized)} of {len(rows)} images resized to the model's {predictor.width}×{predictor.height} pixels)",
+              file=sys.stderr)
+    width = max(len(r["image"]) for r in rows)
+    for row in rows:
+        shown = "  ".join(f"{t['class']} {t['probability']:.1%}" for t in row["top"])
+        print(f"{row['image']:<{width}}  {shown}")
+    return 0
+
+
 def _report_options(args) -> dict:
     return {"top": args.top, "heatmap": tuple(args.heatmap) if args.heatmap else None,
-            "overfit_epochs": args.overfit_epochs}
+            "overfit_epochs": args.overfit_epochs, "overfit_k": args.overfit_k, "at_epoch": args.at_epoch,
+            "curves": args.curves, "small_multiples": args.small_multiples}
+
+
+def _epoch_or_best(text: str):
+    """--at-epoch: an epoch number or 'best'."""
+    if text == "best":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an epoch number or 'best', got {text!r}") from None
 
 
 def cmd_report(args) -> int:

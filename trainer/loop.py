@@ -143,7 +143,8 @@ def fit(spec: SweepSpec, session, hparams: dict | None = None) -> None:
         train_seconds = time.perf_counter() - epoch_start
 
         # --- validate: never augmented, same split for every trial of this seed
-        val_loss, val_acc = evaluate(model, val_x, val_y, amp_dtype, rank, world_size)
+        val_stats: dict = {}  # the noise scale of val_loss, for the report's overfitting rule
+        val_loss, val_acc = evaluate(model, val_x, val_y, amp_dtype, rank, world_size, stats=val_stats)
 
         metrics = {
             "epoch": epoch,
@@ -151,6 +152,8 @@ def fit(spec: SweepSpec, session, hparams: dict | None = None) -> None:
             "train_acc": train_acc,
             "val_loss": val_loss,
             "val_acc": val_acc,
+            "val_samples": val_stats["samples"],  # n of the accuracy's binomial standard error
+            "val_loss_se": val_stats["loss_se"],
             "lr": optimizer.param_groups[0]["lr"],  # for the next epoch
             "samples_per_second": train_samples / train_seconds,  # all workers together
             "epoch_seconds": time.perf_counter() - epoch_start,
@@ -181,19 +184,31 @@ def fit(spec: SweepSpec, session, hparams: dict | None = None) -> None:
 
 
 @torch.no_grad()
-def evaluate(model, x, y, amp_dtype, rank: int = 0, world_size: int = 1, batch_size: int = 1024):
-    """Mean loss and accuracy over (this rank's shard of) x, y, combined across ranks."""
+def evaluate(model, x, y, amp_dtype, rank: int = 0, world_size: int = 1, batch_size: int = 1024,
+             stats: dict | None = None):
+    """Mean loss and accuracy over (this rank's shard of) x, y, combined across ranks. ``stats``, if
+    given, receives ``samples`` (images evaluated, all ranks) and ``loss_se``: the standard error of
+    the mean loss, std of the per-image losses / sqrt(samples), nats (the report's noise scale)."""
     model.eval()
     shard = torch.arange(rank, len(y), world_size, device=y.device)
     loss_sum = torch.zeros((), device=y.device)
+    loss_squares = torch.zeros((), device=y.device)
     correct = torch.zeros((), device=y.device, dtype=torch.long)
     for start in range(0, len(shard), batch_size):
         idx = shard[start : start + batch_size]
         with torch.autocast(x.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             logits = model(x[idx])
-        loss_sum += F.cross_entropy(logits.float(), y[idx], reduction="sum")
+        losses = F.cross_entropy(logits.float(), y[idx], reduction="none")
+        loss_sum += losses.sum()
+        loss_squares += losses.square().sum()
         correct += (logits.argmax(1) == y[idx]).sum()
-    loss, acc, _ = _global_mean(loss_sum, correct, len(shard), world_size)
+    loss, acc, count = _global_mean(loss_sum, correct, len(shard), world_size)
+    if stats is not None:
+        if world_size > 1:
+            dist.all_reduce(loss_squares)
+        # sample variance of the per-image losses (n - 1), from the sums: one pass, no per-image copy
+        variance = max(0.0, loss_squares.item() / max(count, 1) - loss**2) * count / max(count - 1, 1)
+        stats.update(samples=count, loss_se=math.sqrt(variance / max(count, 1)))
     return loss, acc
 
 
@@ -202,6 +217,10 @@ def save_checkpoint(directory, spec, data, model, optimizer, scaler, epoch: int,
         # what rebuilding the model needs without reading the dataset again
         "input_shape": list(data.input_shape),
         "class_names": list(data.class_names),
+        # The train split's per-channel statistics the inputs were normalised with (raw pixel
+        # scale, e.g. [0, 1]): an export puts them inside the model (trainer/export.py), so
+        # serving it never needs the dataset again.
+        "normalization": {"mean": list(data.mean), "std": list(data.std)},
         "model": _unwrap(model).state_dict(),
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict(),

@@ -40,8 +40,14 @@ def build_model(
     spec: MLPSpec | CNNSpec | CIFAR10NetSpec | SmallResNetSpec | ResNetSpec,
     input_shape: tuple[int, int, int],
     num_classes: int,
+    *,
+    transfer_weights: bool = True,
 ) -> nn.Module:
-    """A new model for images of ``input_shape`` = (C, H, W) that outputs ``num_classes`` logits."""
+    """A new model for images of ``input_shape`` = (C, H, W) that outputs ``num_classes`` logits.
+
+    ``transfer_weights=False`` builds the same architecture without fetching what a ResNet spec
+    transfers from (``pretrained: imagenet``, ``weights_uri``): for loading a checkpoint, which
+    holds every weight itself, so loading never touches the network or the weights file."""
     unresolved = sorted(search_space(spec))
     if unresolved:
         raise ValueError(
@@ -57,6 +63,8 @@ def build_model(
     }
     if spec.name not in builders:
         raise ValueError(f"unknown model {spec.name!r}; expected one of {sorted(builders)}")
+    if spec.name == "resnet":  # the one family that starts from weights outside the checkpoint
+        return _resnet(spec, tuple(input_shape), num_classes, transfer_weights=transfer_weights)
     return builders[spec.name](spec, tuple(input_shape), num_classes)
 
 
@@ -324,16 +332,19 @@ class ResNetClassifier(nn.Module):
         return self.head(self.backbone(x))
 
 
-def _resnet(spec: ResNetSpec, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+def _resnet(spec: ResNetSpec, input_shape: tuple[int, int, int], num_classes: int, *,
+            transfer_weights: bool = True) -> nn.Module:
     """torchvision's ResNet-18/34/50: from scratch, or transferred from ImageNet weights
     (torchvision's weights API, needs network access) or a state_dict at ``weights_uri``.
+    ``transfer_weights=False``: neither is fetched (the architecture is the same either way:
+    the transferred weights decide nothing about the shapes, ``spec`` does).
 
     ``cifar_stem`` swaps the ImageNet stem (7x7 stride-2 conv + max-pool, a 4x downsampling meant
     for 224px images) for a 3x3 stride-1 conv without pooling, the usual choice for 32x32 inputs.
     """
     builder = getattr(torchvision.models, f"resnet{spec.depth}")
     weights = None
-    if spec.pretrained == "imagenet":
+    if spec.pretrained == "imagenet" and transfer_weights:
         weights = torchvision.models.get_model_weights(builder).IMAGENET1K_V1
     backbone = builder(weights=weights)  # downloads ImageNet weights into TORCH_HOME when asked
     transfer = spec.pretrained != "none" or spec.weights_uri is not None
@@ -350,7 +361,7 @@ def _resnet(spec: ResNetSpec, input_shape: tuple[int, int, int], num_classes: in
         nn.init.kaiming_normal_(backbone.conv1.weight, mode="fan_out", nonlinearity="relu")
     features = backbone.fc.in_features  # 512 (18/34) or 2048 (50)
     backbone.fc = nn.Identity()
-    if spec.weights_uri:
+    if spec.weights_uri and transfer_weights:
         backbone.load_state_dict(load_backbone_weights(spec.weights_uri))
     return ResNetClassifier(
         backbone,

@@ -4,18 +4,22 @@
     <out>/model_card.json                        sweep, trial, config, metrics, source URI, sha256 of every file
 
 No torch here: verification is by sha256 against the manifest the trainer wrote when it saved.
+From storage (``pull_checkpoint``) or from the sweep service's tar of it (``pull_from_tar``,
+`sweepctl pull --server`): the same checks, the same card, the same bytes.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import shutil
+import tarfile
 import tempfile
 from pathlib import Path
 
 from service.core import checkpoint as checkpoint_format
 from service.core import storage
-from service.core.record import SweepIndex, SweepStore, TrialSummary
+from service.core.record import Objective, SweepIndex, SweepStore, TrialSummary
 
 MODEL_CARD = "model_card.json"
 
@@ -31,17 +35,54 @@ def pull_checkpoint(store: SweepStore, index: SweepIndex, trial_id: str | None,
     into place only once every checksum matches, so a failed pull leaves nothing half-written."""
     trial = _pick_trial(index, trial_id)
     uri = trial.checkpoint
-    out = Path(out or f"{index.sweep}-{trial.trial_id}").resolve()
+
+    def download(staging: Path) -> None:
+        if not storage.download_dir(uri, staging):
+            raise PullError(f"checkpoint {uri} is empty or gone (retention may have deleted it); "
+                            f"pick another trial with --trial")
+
+    return _into_place(out, index.sweep, index.objective, trial, uri, download)
+
+
+def pull_from_tar(stream, sweep: str, objective: Objective, trial: TrialSummary, uri: str,
+                  out: str | Path | None) -> tuple[Path, dict]:
+    """``pull_checkpoint`` for a checkpoint that arrives as a tar (service/core/checkpoint.py's,
+    from GET /sweeps/{name}/trials/{id}/checkpoint): ``stream`` is read once, front to back, into
+    the staging directory, then verified against the manifest like any pull. A transfer cut short
+    (the service stops sending when a file fails its sha256 as it streams) fails with the checksum
+    message when a file that arrived does not match, and leaves nothing behind either way."""
+
+    def unpack(staging: Path) -> None:
+        try:
+            checkpoint_format.extract_tar(stream, staging)
+        except checkpoint_format.CheckpointError as err:
+            raise PullError(f"{err}; nothing was written") from None
+        except (tarfile.TarError, EOFError, OSError, http.client.HTTPException) as err:
+            cut = f"the checkpoint's download was cut short ({type(err).__name__}: {err}); nothing was written"
+            if (staging / checkpoint_format.MANIFEST).exists():
+                try:
+                    checkpoint_format.verify(staging, source=uri)
+                except checkpoint_format.CheckpointError as mismatch:
+                    # what did arrive does not match: that is the news (the service found it too)
+                    if "checksum mismatch" in str(mismatch):
+                        raise PullError(f"{mismatch}; nothing was written") from None
+            raise PullError(cut) from None
+
+    return _into_place(out, sweep, objective, trial, uri, unpack)
+
+
+def _into_place(out: str | Path | None, sweep: str, objective: Objective, trial: TrialSummary, uri: str,
+                fill) -> tuple[Path, dict]:
+    """``fill(staging)`` puts the checkpoint's files into a temporary sibling of ``out``, which is
+    renamed into place only once every checksum matches: a failed pull leaves nothing half-written."""
+    out = Path(out or f"{sweep}-{trial.trial_id}").resolve()
     if out.exists() and any(out.iterdir()):
         raise PullError(f"{out} exists and is not empty; choose another -o DIR")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part"))
     try:
-        files = storage.download_dir(uri, staging)
-        if not files:
-            raise PullError(f"checkpoint {uri} is empty or gone (retention may have deleted it); "
-                            f"pick another trial with --trial")
-        card = _model_card(index, trial, uri, staging)
+        fill(staging)
+        card = _model_card(sweep, objective, trial, uri, staging)
         (staging / MODEL_CARD).write_text(json.dumps(card, indent=2) + "\n")
         if out.exists():
             out.rmdir()
@@ -65,20 +106,35 @@ def _pick_trial(index: SweepIndex, trial_id: str | None) -> TrialSummary:
     return trial
 
 
-def _model_card(index: SweepIndex, trial: TrialSummary, uri: str, directory: Path) -> dict:
+def _model_card(sweep: str, objective: Objective, trial: TrialSummary, uri: str, directory: Path) -> dict:
     try:
         manifest = checkpoint_format.verify(directory, source=uri)
     except checkpoint_format.CheckpointError as err:
         raise PullError(f"{err}; nothing was written") from None
     return {
-        "sweep": index.sweep,
+        "sweep": sweep,
         "trial_id": trial.trial_id,
         "checkpoint": uri,
         "epoch": manifest["epoch"],
-        "objective": index.objective.model_dump(),
+        "objective": objective.model_dump(),
         "config": trial.config,
         "metrics": manifest["metrics"],
         "spec": json.loads(checkpoint_format.read_spec_json(directory)),
         "files": {p.name: storage.sha256_file(p) for p in sorted(directory.iterdir()) if p.is_file()},
         "load": "from trainer import load_model; model, spec = load_model('<this directory>')",
     }
+
+
+def evaluated_metrics(store: SweepStore, trial_id: str, checkpoint: str) -> dict | None:
+    """The test-split numbers `sweepctl evaluate` recorded for exactly this checkpoint (its
+    evaluation.json next to the sweep's report), or None when it has not evaluated this one."""
+    from service.analysis.report import EVALUATION_JSON
+
+    try:
+        evaluation = storage.read_json_if_exists(storage.join(store.report_uri, EVALUATION_JSON))
+    except (ValueError, OSError, storage.StorageError):
+        return None
+    if not isinstance(evaluation, dict) or (evaluation.get("trial_id"), evaluation.get("checkpoint")) != (trial_id, checkpoint):
+        return None
+    return {"accuracy": evaluation.get("test_accuracy"), "loss": evaluation.get("test_loss"),
+            "images": evaluation.get("test_size")}

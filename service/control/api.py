@@ -9,6 +9,7 @@
     GET    /sweeps/{name}/trials               every trial: status, config, best metrics (?sort=, ?status=)
     GET    /sweeps/{name}/trials/{id}          one trial: history, checkpoints, exploits, error, log pointer
     GET    /sweeps/{name}/trials/{id}/logs     the trial's stdout/stderr and traceback, every attempt (text)
+    GET    /sweeps/{name}/trials/{id}/checkpoint  the trial's checkpoint as a tar, verified as it streams
     GET    /healthz, /metrics   open: probes and Prometheus
 
 Everything else needs ``Authorization: Bearer <token>``: a user's token from the tokens file
@@ -37,13 +38,14 @@ from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, Query, Request, Security
 from fastapi import Path as PathParam
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from service.core import checkpoint as checkpoint_format
 from service.core import storage
 from service.control.backends import Backend, BackendError, SweepInfo, name_rule
 from service.core.errors import UserError
@@ -582,6 +584,61 @@ def create_app(backend: Backend | None = None, token: str | None = None,
             raise HTTPProblem(404, f"no log for trial {trial_id!r} in sweep '{name}' yet (looked in "
                               f"{store.trial_log_uri(trial_id)}): a trial writes it once it starts")
         return PlainTextResponse(_tail(text, tail))
+
+    # The checkpoint itself, streamed through the service (not a redirect to a presigned S3 URL):
+    # it works alike for local and S3 storage; a checkpoint is several objects, which one redirect
+    # cannot carry; users need no route to the S3 endpoint (often inside the cluster) and no S3
+    # credentials, only their token; no URL that is itself a credential ends up in shell history or
+    # proxy logs; and the service checks every file's sha256 as it sends it (checkpoint.CheckpointTar).
+    # The price: the bytes pass through the service, 1 MiB at a time (never a whole file in memory).
+    @app.get("/sweeps/{name}/trials/{trial_id}/checkpoint", dependencies=guarded, response_class=Response,
+             responses={200: {"description": "the trial's checkpoint directory (its best retained checkpoint, "
+                                             "as GET /sweeps/{name}/trials shows it) as an uncompressed tar: "
+                                             "checkpoint.json (the sha256 manifest) first, then every file it lists. "
+                                             "Each file is checked against the manifest as it streams; on a mismatch "
+                                             "the transfer stops short of Content-Length. X-Sweep-Checkpoint: the "
+                                             "checkpoint's URI in storage (percent-encoded)",
+                              "content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}}},
+                        **reads_sweep,
+                        409: {"model": Problem, "description": "the checkpoint in storage does not match its sha256 "
+                                                               "manifest (or lies outside its sweep)"}})
+    def trial_checkpoint(name: SweepName, trial_id: TrialId):
+        from urllib.parse import quote
+
+        info, index = _index(backend, name)
+        trial = index.trial(trial_id) if index is not None else None
+        if trial is None:
+            raise HTTPProblem(404, f"no trial {trial_id!r} in sweep '{name}'; GET /sweeps/{name}/trials lists them")
+        if not trial.checkpoint:
+            raise HTTPProblem(404, f"trial {trial_id} of sweep '{name}' has no checkpoint (yet)")
+        store = SweepStore(info.storage_uri, name)
+        uri = storage.normalize(trial.checkpoint)
+        # The record names the checkpoint; the service reads only what lies under the sweep itself.
+        if not uri.startswith(store.uri.rstrip("/") + ("/" if storage.is_s3(uri) else os.sep)):
+            raise HTTPProblem(409, f"trial {trial_id}'s checkpoint {uri} is outside sweep '{name}' ({store.uri}); "
+                                   "refusing to read it")
+        try:
+            tar = checkpoint_format.CheckpointTar(uri)
+        except checkpoint_format.CheckpointMissing as err:
+            raise HTTPProblem(404, f"{err}; pick another trial") from None
+        except FileNotFoundError:
+            raise HTTPProblem(404, f"checkpoint {uri} was deleted while being read; pick another trial") from None
+        except checkpoint_format.CheckpointError as err:
+            raise HTTPProblem(409, str(err)) from None
+
+        def stream():
+            try:
+                yield from tar.chunks()
+            except checkpoint_format.CheckpointError as err:
+                # Headers are gone: ending the body short of Content-Length is how the client learns.
+                log.error("stopped sending sweep %s trial %s's checkpoint: %s", name, trial_id, err)
+                raise
+
+        return StreamingResponse(stream(), media_type="application/x-tar", headers={
+            "Content-Length": str(tar.size),
+            "Content-Disposition": f'attachment; filename="{name}-{trial_id}.tar"',
+            "X-Sweep-Checkpoint": quote(uri, safe=":/"),
+        })
 
     def openapi() -> dict:
         """FastAPI's document, plus the spec's JSON Schema that POST /sweeps' body refers to."""

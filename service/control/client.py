@@ -1,4 +1,4 @@
-"""Client of the sweep service, for `sweepctl submit/status/list/cancel`, and `trials`/`logs` on a server.
+"""Client of the sweep service, for `sweepctl submit/status/list/cancel`, and `trials`/`logs`/`pull` on a server.
 
 Standard library only (urllib), so the CLI stays quick to start. Where to connect:
     server   --server URL, else $SWEEPCTL_SERVER, else `server:` in the config file
@@ -9,6 +9,7 @@ it holds a secret, so it is refused unless only its owner can read it (chmod 600
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -115,14 +116,32 @@ class SweepClient:
     def trial_logs(self, name: str, trial_id: str) -> str:
         return self._call("GET", f"/sweeps/{_quote(name)}/trials/{_quote(trial_id)}/logs", raw=True)
 
+    def best(self, name: str) -> dict:
+        return self._call("GET", f"/sweeps/{_quote(name)}/best")
+
+    @contextlib.contextmanager
+    def checkpoint(self, name: str, trial_id: str):
+        """The trial's checkpoint tar as a stream to read once (the HTTP response: nothing is
+        buffered here), and the checkpoint's URI in storage: ``with client.checkpoint(...) as (stream, uri)``."""
+        response = self._open("GET", f"/sweeps/{_quote(name)}/trials/{_quote(trial_id)}/checkpoint")
+        with response:
+            yield response, urllib.parse.unquote(response.headers.get("X-Sweep-Checkpoint", ""))
+
     def _call(self, method: str, path: str, body: bytes | None = None, content_type: str | None = None, raw=False):
+        with self._open(method, path, body, content_type) as response:
+            try:
+                data = response.read().decode()
+            except OSError as err:
+                raise ServiceError(0, f"the connection to {self.server} broke: {err}") from None
+        return data if raw else json.loads(data)
+
+    def _open(self, method: str, path: str, body: bytes | None = None, content_type: str | None = None):
         request = urllib.request.Request(self.server + path, data=body, method=method)
         request.add_header("Authorization", f"Bearer {self.token}")
         if content_type:
             request.add_header("Content-Type", content_type)
         try:
-            with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:
-                data = response.read().decode()
+            return urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS)
         except urllib.error.HTTPError as err:
             raise ServiceError(err.code, _error_message(err.code, err.read().decode(errors="replace"))) from None
         except (urllib.error.URLError, OSError) as err:
@@ -131,7 +150,6 @@ class SweepClient:
                 0, f"cannot reach the sweep service at {self.server}: {reason}. "
                 f"Is it running, and is --server / {SERVER_ENV} right?"
             ) from None
-        return data if raw else json.loads(data)
 
 
 def _quote(name: str) -> str:

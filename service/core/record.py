@@ -87,6 +87,8 @@ class EpochResult(_Model):
     attempt: int = 1  # the driver attempt that recorded it (a resumed sweep never counts an epoch twice)
     val_acc: float | None = None  # accuracy on the validation split, 0..1
     val_loss: float | None = None  # mean cross-entropy on the validation split, nats
+    val_samples: int | None = None  # images in the validation split (all ranks): val_acc's binomial n
+    val_loss_se: float | None = None  # standard error of val_loss: std of the per-image losses / sqrt(n), nats
     train_acc: float | None = None  # accuracy on the (augmented) training batches of this epoch, 0..1
     train_loss: float | None = None  # mean cross-entropy on those batches, nats
     lr: float | None = None  # learning rate for the next epoch

@@ -413,6 +413,50 @@ def download_dir(uri: str, target: Path) -> list[Path]:
     return files
 
 
+def file_sizes(uri: str) -> dict[str, int]:
+    """Size in bytes of every file right under or below the directory/prefix ``uri``, by relative
+    path (one LIST on S3: the sizes come with it). Nothing there: {}."""
+    uri = normalize(uri)
+    if not is_s3(uri):
+        root = local_path(uri)
+        if not root.is_dir():
+            return {}
+        return {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()}
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = split_s3(uri)
+    prefix = key + "/" if key else ""
+    sizes = {}
+    try:
+        for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            sizes.update({obj["Key"][len(prefix):]: obj["Size"] for obj in page.get("Contents", [])
+                          if not obj["Key"].endswith("/")})
+    except (ClientError, BotoCoreError) as err:
+        raise _s3_error(err, uri) from err
+    return sizes
+
+
+def iter_chunks(uri: str, chunk_bytes: int = 1 << 20):
+    """The object's bytes in chunks of at most ``chunk_bytes``, read as they are consumed, so a
+    large file (a checkpoint) is never held whole; FileNotFoundError when there is none."""
+    if not is_s3(uri):
+        with open(local_path(uri), "rb") as f:
+            yield from iter(lambda: f.read(chunk_bytes), b"")
+        return
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = split_s3(uri)
+    try:
+        body = s3_client().get_object(Bucket=bucket, Key=key)["Body"]
+        yield from body.iter_chunks(chunk_bytes)
+    except ClientError as err:
+        if _is_missing(err):
+            raise FileNotFoundError(uri) from None
+        raise _s3_error(err, uri) from err
+    except BotoCoreError as err:
+        raise _s3_error(err, uri) from err
+
+
 def sha256_file(path: str | Path) -> str:
     """Hex sha256 of a local file, read 1 MiB at a time (archives and checkpoints are large)."""
     import hashlib

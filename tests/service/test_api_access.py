@@ -158,6 +158,8 @@ EXPECTED = {  # route: status per column of WHO
     ("GET", "/sweeps/{name}/trials"):                  (401, 401, 200, 200, 200, 200, 200),
     ("GET", "/sweeps/{name}/trials/{trial_id}"):       (401, 401, 200, 200, 200, 200, 200),
     ("GET", "/sweeps/{name}/trials/{trial_id}/logs"):  (401, 401, 200, 200, 200, 200, 200),
+    # past the auth: 404 (the trial has no checkpoint; tests/service/test_checkpoint_route.py streams one)
+    ("GET", "/sweeps/{name}/trials/{trial_id}/checkpoint"): (401, 401, 404, 404, 404, 404, 404),
     # The web pages (service/web/pages.py): without a session or a right token, to the login (303).
     ("GET", "/"):                                      (303, 303, 303, 303, 303, 303, 303),
     ("GET", "/ui/login"):                              (200, 200, 200, 200, 200, 200, 200),
@@ -355,6 +357,7 @@ ROUTES_WITH_A_NAME = [
     ("GET", "/sweeps/{name}"), ("DELETE", "/sweeps/{name}"), ("GET", "/sweeps/{name}/best"),
     ("GET", "/sweeps/{name}/logs"), ("GET", "/sweeps/{name}/trials"),
     ("GET", "/sweeps/{name}/trials/" + TRIAL), ("GET", "/sweeps/{name}/trials/" + TRIAL + "/logs"),
+    ("GET", "/sweeps/{name}/trials/" + TRIAL + "/checkpoint"),
     ("GET", "/ui/sweeps/{name}"), ("GET", "/ui/data/sweeps/{name}"), ("GET", "/ui/sweeps/{name}/report"),
     ("GET", "/ui/sweeps/{name}/trials/" + TRIAL), ("GET", "/ui/data/sweeps/{name}/trials/" + TRIAL),
 ]
@@ -378,6 +381,7 @@ def test_hostile_names_on_every_route_are_404_or_422_and_nothing_outside_is_touc
             for trial in ("..", "%2e%2e", "..%2F..%2F..", "%2Fetc%2Fpasswd", "a" * 300, "."):
                 requests += [("GET", f"/sweeps/sams-sweep/trials/{trial}", None),
                              ("GET", f"/sweeps/sams-sweep/trials/{trial}/logs", None),
+                             ("GET", f"/sweeps/sams-sweep/trials/{trial}/checkpoint", None),
                              ("GET", f"/ui/sweeps/sams-sweep/trials/{trial}", None),
                              ("GET", f"/ui/data/sweeps/sams-sweep/trials/{trial}", None)]
             # a spec naming a path, and an override doing the same
