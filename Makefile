@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: quickstart test test-fast install clean prometheus report-screenshot ui-screenshots helm-files deploy-manifests bench fuzz
+.PHONY: quickstart test test-fast install clean prometheus report-screenshot ui-screenshots helm-files deploy-manifests bench fuzz gpu-check gpu-wheels
 
 # Helm's engine for tests/helm: helm-sdkpy (pinned in tests/helm/requirements.txt) needs Python >= 3.12,
 # so it gets a venv of its own. Python 3.12: python3.12 on PATH, else pyenv's; or HELM_PYTHON=/path.
@@ -41,6 +41,40 @@ test-fast: $(STAMP) $(HELM_STAMP)
 BENCHMARKS := train_throughput mfu sweep_overhead scheduler_efficiency sweep_scale
 bench: $(STAMP)
 	for name in $(BENCHMARKS); do echo "== bench/$$name.py"; $(BIN)/python bench/$$name.py || exit 1; done
+
+# The GPU check (bench/gpu_check.py): tests/gpu plus the GPU benchmark rows, one Markdown table in
+# $(GPU_CHECK_OUT)/gpu-check.md, under 8 minutes on one GPU. Without CUDA it checks that it can run
+# and prints "no CUDA device" (exit 0; tests/bench/test_gpu_check.py runs that in CI).
+# On a GPU machine whose python has torch + CUDA but cannot build .venv (no network; the device
+# machines' image has Python 3.12 and its own torch): GPU_PYTHON=python3. Then nothing is installed
+# but the wheels in $(GPU_WHEELS) (`make gpu-wheels` fetches the packages that image lacks: Ray,
+# pydantic, ...), into a folder of their own on PYTHONPATH, with the repository itself.
+GPU_CHECK_OUT ?= gpu-check-out
+GPU_CHECK_ARGS ?=
+GPU_PYTHON    ?=
+GPU_WHEELS    ?= .gpu-wheels
+GPU_SITE      ?= /tmp/sweep-gpu-site
+ifeq ($(GPU_PYTHON),)
+gpu-check: $(STAMP)
+	$(BIN)/python bench/gpu_check.py --out $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
+else
+gpu-check:
+	@set -e; site=; \
+	if ls $(GPU_WHEELS)/*.whl >/dev/null 2>&1; then \
+	  site=$(GPU_SITE); rm -rf "$$site"; \
+	  echo "installing $$(ls $(GPU_WHEELS)/*.whl | wc -l) wheels from $(GPU_WHEELS) into $$site"; \
+	  $(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+	    --target "$$site" $(GPU_WHEELS)/*.whl; fi; \
+	echo "PYTHONPATH=$(CURDIR)$${site:+:$$site} $(GPU_PYTHON) bench/gpu_check.py --out $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)"; \
+	PYTHONPATH=$(CURDIR)$${site:+:$$site}$${PYTHONPATH:+:$$PYTHONPATH} PYTHONUNBUFFERED=1 \
+	  $(GPU_PYTHON) bench/gpu_check.py --out $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
+endif
+
+# The wheels a GPU machine without network needs for `GPU_PYTHON=python3 make gpu-check` (Python
+# 3.12, x86-64): the packages its image lacks, at the versions .venv holds, Ray without its Java
+# jars (the trials run Python only) so that all fit in what a device run carries (bench/README.md, "GPU").
+gpu-wheels: $(STAMP)
+	$(BIN)/python bench/gpu_wheels.py --dest $(GPU_WHEELS)
 
 # The fuzzers, one recipe line each (a failing one stops make): hostile specs through what
 # `sweepctl validate` calls, 13,000 of them, ~10 minutes on 2 cores; exits 1 on any uncaught

@@ -35,6 +35,7 @@ from service.core import checkpoint as checkpoint_format
 from service.core import storage
 from service.core.record import SweepStore
 from service.core.spec import SweepSpec, concrete
+from trainer import gpu_memory
 from trainer.data import SplitData, augment_batch, epoch_batches, load_dataset
 from trainer.models import build_model, preferred_memory_format
 from trainer.tensorboard import trial_board
@@ -49,12 +50,18 @@ def fit(spec: SweepSpec, session, hparams: dict | None = None) -> None:
     (trainer/tensorboard.py); None writes none (callers outside a sweep: bench, tests)."""
     rank, world_size = _rank_and_world()
     device = _device(spec)
+    # A trial with a fractional GPU caps its CUDA memory at its share, and counts its peak from here
+    # (trainer/gpu_memory.py); over the cap it fails with both named, not the trials beside it.
+    gpu_cap = gpu_memory.apply_cap(spec.resources.gpus_per_worker, device)
     torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
     _reuse_freed_memory()
 
     data = _dataset(spec.data.model_dump_json(exclude={"augment"}), spec.seed)  # augmentation: per batch
-    train_x, train_y = data.train_x.to(device), data.train_y.to(device)
-    val_x, val_y = data.val_x.to(device), data.val_y.to(device)
+    # Images stay on the device in the dataset's own dtype (uint8 for CIFAR/MNIST: a quarter of
+    # float32's bytes) and are normalized per batch, bit for bit as a normalized float32 copy would be.
+    normalize = data.normalizer(device)
+    train_x, train_y = data.train_images.to(device), data.train_y.to(device)
+    val_x, val_y = data.val_images.to(device), data.val_y.to(device)
     val_split = _fingerprint(data.val_indices)  # reported: the same for every trial of a sweep
 
     torch.manual_seed(spec.seed)  # same init on every rank and for every trial of this seed
@@ -73,7 +80,8 @@ def fit(spec: SweepSpec, session, hparams: dict | None = None) -> None:
         params = sum(p.numel() for p in model.parameters())
         print(f"training {spec.model.name} ({params:,} parameters) on {device} ({amp_dtype or 'fp32'}), "
               f"{world_size} worker(s); {len(train_y):,} training / {len(val_y):,} validation samples, "
-              f"{spec.train.epochs} epochs", flush=True)
+              f"{spec.train.epochs} epochs; images held as {data.train_images.dtype} ({data.resident_bytes:,} bytes)"
+              + (f"; GPU memory capped at {gpu_cap.describe()}" if gpu_cap else ""), flush=True)
 
     # Resume: after a crash (our own checkpoint) or a PBT exploit (the donor trial's checkpoint).
     # A corrupt one (not matching its sha256 manifest, or not loading) is passed over for the
@@ -120,7 +128,7 @@ def fit(spec: SweepSpec, session, hparams: dict | None = None) -> None:
         )
         for batch in batches:
             batch = batch.to(device)
-            x = train_x[batch]
+            x = normalize(train_x[batch])
             if spec.data.augment:  # train only
                 x = augment_batch(x, spec.data.augment, augment_rng, data.mean, data.std)
             x = x.contiguous(memory_format=memory_format)
@@ -144,7 +152,8 @@ def fit(spec: SweepSpec, session, hparams: dict | None = None) -> None:
 
         # --- validate: never augmented, same split for every trial of this seed
         val_stats: dict = {}  # the noise scale of val_loss, for the report's overfitting rule
-        val_loss, val_acc = evaluate(model, val_x, val_y, amp_dtype, rank, world_size, stats=val_stats)
+        val_loss, val_acc = evaluate(model, val_x, val_y, amp_dtype, rank, world_size, stats=val_stats,
+                                     normalize=normalize)
 
         metrics = {
             "epoch": epoch,
@@ -162,6 +171,10 @@ def fit(spec: SweepSpec, session, hparams: dict | None = None) -> None:
             "val_split": val_split,
             **(restored if epoch == first_epoch else {}),
         }
+        if scaler.is_enabled():  # fp16: the loss scale after this epoch (halved at each overflow step, which is skipped)
+            metrics["grad_scale"] = scaler.get_scale()
+        if device.type == "cuda":  # the most this trial held on its GPU so far, all ranks' largest
+            metrics["gpu_peak_bytes"] = _global_max(gpu_memory.peak_bytes(device), world_size, device)
         if world_size > 1:
             metrics["duplicate_samples"] = _samples_seen_twice(batches, len(train_y), device)
         if rank == 0:
@@ -185,10 +198,11 @@ def fit(spec: SweepSpec, session, hparams: dict | None = None) -> None:
 
 @torch.no_grad()
 def evaluate(model, x, y, amp_dtype, rank: int = 0, world_size: int = 1, batch_size: int = 1024,
-             stats: dict | None = None):
+             stats: dict | None = None, normalize: Callable | None = None):
     """Mean loss and accuracy over (this rank's shard of) x, y, combined across ranks. ``stats``, if
     given, receives ``samples`` (images evaluated, all ranks) and ``loss_se``: the standard error of
-    the mean loss, std of the per-image losses / sqrt(samples), nats (the report's noise scale)."""
+    the mean loss, std of the per-image losses / sqrt(samples), nats (the report's noise scale).
+    ``normalize``: held images → model input, per batch (SplitData.normalizer); None: x is input."""
     model.eval()
     shard = torch.arange(rank, len(y), world_size, device=y.device)
     loss_sum = torch.zeros((), device=y.device)
@@ -197,7 +211,7 @@ def evaluate(model, x, y, amp_dtype, rank: int = 0, world_size: int = 1, batch_s
     for start in range(0, len(shard), batch_size):
         idx = shard[start : start + batch_size]
         with torch.autocast(x.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            logits = model(x[idx])
+            logits = model(x[idx] if normalize is None else normalize(x[idx]))
         losses = F.cross_entropy(logits.float(), y[idx], reduction="none")
         loss_sum += losses.sum()
         loss_squares += losses.square().sum()
@@ -505,6 +519,15 @@ def _global_mean(loss_sum, correct, count: int, world_size: int) -> tuple[float,
     return loss_sum / max(count, 1), correct / max(count, 1), int(count)
 
 
+def _global_max(value: int, world_size: int, device) -> int:
+    """The largest of the ranks' ``value`` (one all-reduce; the value itself with one worker)."""
+    if world_size == 1:
+        return value
+    total = torch.tensor(value, dtype=torch.int64, device=device)
+    dist.all_reduce(total, op=dist.ReduceOp.MAX)
+    return int(total.item())
+
+
 def _fingerprint(indices: torch.Tensor) -> str:
     return hashlib.sha1(indices.numpy().tobytes()).hexdigest()[:12]
 
@@ -534,7 +557,11 @@ def tune_trial(trial_config: dict, *, spec_json: str, log_attempt: int = 1) -> N
 
     spec = concrete(SweepSpec.model_validate_json(spec_json), trial_config)
     if spec.resources.workers_per_trial == 1:
-        fit(spec, ray.tune, hparams=trial_config)
+        try:
+            fit(spec, ray.tune, hparams=trial_config)
+        except torch.OutOfMemoryError as err:  # over its share of a GPU: say the cap and the peak
+            gpu_memory.raise_if_over_cap(err)
+            raise
     else:
         _fit_distributed(spec, log_attempt, hparams=trial_config)
 
@@ -630,7 +657,11 @@ def _train_worker(loop_config: dict) -> None:
     rank = ray.train.get_context().get_world_rank()
     with captured_output(SweepStore(spec.storage.uri, spec.name), loop_config["trial_id"],
                          loop_config["log_attempt"], rank=rank):
-        fit(spec, _TrainSession(loop_config["start_from"], loop_config["trial_id"]), hparams=loop_config.get("hparams"))
+        try:
+            fit(spec, _TrainSession(loop_config["start_from"], loop_config["trial_id"]), hparams=loop_config.get("hparams"))
+        except torch.OutOfMemoryError as err:  # this rank over its share of a GPU: say the cap and the peak
+            gpu_memory.raise_if_over_cap(err)
+            raise
 
 
 class _TrainSession:

@@ -57,7 +57,8 @@ def final_error(err: BaseException) -> FinalTrialError | None:
       "shapes cannot be multiplied" (linear), "Error(s) in loading state_dict", or that a conv
       expected a different number of channels;
     - an invalid config or spec: pydantic's ValidationError, SpecError, UserError;
-    - out of memory with this config: torch.OutOfMemoryError (CUDA), MemoryError;
+    - out of memory with this config: torch.OutOfMemoryError (CUDA), MemoryError; a trial over its
+      share of a packed GPU, trainer/gpu_memory.py's GpuMemoryCapExceeded (the same cap next time);
     - a full disk or an exceeded quota (ENOSPC, EDQUOT): the trial stops with the message, the
       driver stops the sweep when its own record writes find the storage full.
 
@@ -87,6 +88,8 @@ def _why_final(exc: BaseException) -> str | None:
     from service.core.loading import SpecError
 
     kind = type(exc)
+    if kind.__name__ == "GpuMemoryCapExceeded":  # trainer/gpu_memory.py, without importing torch
+        return "over its GPU memory cap with this config"
     if isinstance(exc, (FileNotFoundError, NotADirectoryError, IsADirectoryError)):
         return "a missing file"
     if isinstance(exc, DataFormatError):

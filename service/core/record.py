@@ -99,6 +99,8 @@ class EpochResult(_Model):
     duplicate_samples: int | None = None  # N-worker trials: samples two ranks saw (must be 0)
     checkpoint_seconds: float | None = None  # serializing + writing this epoch's checkpoint locally
     checkpoint_bytes: int | None = None  # size of that checkpoint
+    grad_scale: float | None = None  # fp16: GradScaler's loss scale after this epoch (halved at each skipped overflow step)
+    gpu_peak_bytes: int | None = None  # GPU trials: most bytes the trial held in PyTorch's CUDA allocator so far (its ranks' largest)
 
     def metric(self, name: str) -> float | None:
         value = getattr(self, name, None)

@@ -547,3 +547,48 @@ def test_augmentations_chain_in_order():
     out = augment_batch(x, augs, _gen(5), mean, std)
     assert out.shape == x.shape and torch.isfinite(out).all()
     assert torch.equal(out, augment_batch(x, augs, _gen(5), mean, std))
+
+
+# ----------------------------------------------------------------------------- uint8-resident images
+def _float_path(raw_x, train_idx, val_idx, test_x):
+    """What load_dataset did before images were held as uint8: the whole splits as float32 in [0, 1],
+    normalized in place with the train part's statistics."""
+    train, val, test = (raw_x[train_idx].to(torch.float32).div_(255.0), raw_x[val_idx].to(torch.float32).div_(255.0),
+                        test_x.to(torch.float32).div_(255.0))
+    std, mean = torch.std_mean(train, dim=(0, 2, 3), correction=0)
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    for x in (train, val, test):
+        x.sub_(mean[:, None, None]).div_(std[:, None, None])
+    return train, val, test
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "mnist"])
+def test_uint8_held_images_give_bit_identical_batches_to_the_float_path(tmp_path, dataset):
+    from trainer.data import read_raw
+
+    if dataset == "cifar10":
+        write_cifar10(tmp_path, per_batch=40, num_test=8)
+    else:
+        write_mnist(tmp_path, num_train=200, num_test=8)
+    spec = DataSpec(name=dataset, path=str(tmp_path), val_fraction=0.2)
+    data = load_dataset(spec, seed=3)
+    raw = read_raw(spec, 3, downloader=None)
+    train, val, test = _float_path(raw.train_x, data.train_indices, data.val_indices, raw.test_x)
+
+    assert data.train_images.dtype == data.val_images.dtype == data.test_images.dtype == torch.uint8
+    normalize = data.normalizer("cpu")
+    for batch in epoch_batches(len(data.train_y), 16, epoch=1, seed=3):  # what the loop draws
+        assert torch.equal(normalize(data.train_images[batch]), train[batch])
+    assert torch.equal(normalize(data.val_images), val) and torch.equal(data.val_x, val)
+    assert torch.equal(data.train_x, train) and torch.equal(data.test_x, test)
+    # A quarter of the bytes: 1 per pixel instead of 4 (labels are the same int64 either way).
+    labels = 8 * (len(data.train_y) + len(data.val_y))
+    assert data.resident_bytes - labels == (train.nbytes + val.nbytes) // 4
+
+
+def test_float_datasets_are_held_normalized_and_passed_through(digits):
+    data, _, _ = digits
+    assert data.train_images.dtype == torch.float32
+    batch = data.train_images[:8]
+    assert data.normalizer("cpu")(batch) is batch  # no per-batch work, no copy
+    assert data.train_x is data.train_images

@@ -71,3 +71,60 @@ def test_channels_last_only_for_models_with_convolutions():
     assert fmt({"name": "cnn"}) == torch.channels_last
     assert fmt({"name": "cifar10net"}) == torch.channels_last
     assert fmt({"name": "mlp"}) == torch.contiguous_format
+
+
+class _Session:
+    """What fit needs from ray.tune, in this process: reports kept, checkpoints not."""
+
+    class Checkpoint:
+        @staticmethod
+        def from_directory(path):
+            return None
+
+    def __init__(self):
+        self.reports = []
+
+    def get_checkpoint(self):
+        return None
+
+    def report(self, metrics, checkpoint=None):
+        self.reports.append(metrics)
+
+
+def test_uint8_held_images_train_to_the_same_numbers_as_float_held_ones(tmp_path, monkeypatch):
+    """The loop normalizes uint8 batches as it draws them: the same weights and metrics, to the bit,
+    as training on the whole split normalized once as float32 (what it held before)."""
+    import dataclasses
+
+    from official_formats import write_cifar10
+    from trainer import loop
+
+    write_cifar10(tmp_path / "data", per_batch=24, num_test=4)
+    spec = SweepSpec.model_validate({
+        "name": "u8", "seed": 1, "storage": {"uri": str(tmp_path / "runs")}, "metrics": {"port": 0},
+        "data": {"name": "cifar10", "path": str(tmp_path / "data"), "val_fraction": 0.2,
+                 "augment": [{"name": "random_crop", "padding": 2}, {"name": "hflip"}]},
+        "model": {"name": "cnn", "num_conv_layers": 2, "filters": 8, "batchnorm": True},
+        "train": {"epochs": 2, "batch_size": 16, "optimizer": {"name": "adam", "lr": 3e-3}, "amp": "off"}})
+    held = loop._dataset(spec.data.model_dump_json(exclude={"augment"}), spec.seed)
+    assert held.train_images.dtype == torch.uint8
+    as_float = dataclasses.replace(held, train_images=held.train_x, val_images=held.val_x, test_images=held.test_x)
+    runs, weights = {}, {}
+    save = loop.save_checkpoint
+    for name, data in (("uint8", held), ("float", as_float)):
+        monkeypatch.setattr(loop, "_dataset", lambda *_: data)
+        digests = weights[name] = []
+
+        def saving(directory, spec, data, model, *rest, digests=digests):
+            digests.append(loop.weights_digest(model))  # each epoch's weights, to the bit
+            save(directory, spec, data, model, *rest)
+
+        monkeypatch.setattr(loop, "save_checkpoint", saving)
+        session = _Session()
+        loop.fit(spec, session)
+        # (a checkpoint's size varies with the timings its manifest records)
+        runs[name] = [{k: v for k, v in r.items() if k not in ("samples_per_second", "epoch_seconds",
+                                                                  "checkpoint_seconds", "checkpoint_bytes")}
+                      for r in session.reports]
+    assert runs["uint8"] == runs["float"] and len(runs["uint8"]) == 2
+    assert weights["uint8"] == weights["float"] and len(weights["uint8"]) == 2

@@ -411,3 +411,13 @@ def test_the_driver_callback_hands_the_metrics_each_trials_config_at_its_start(t
     events.on_trial_start(0, [], Trial("t1", 3e-4))
     assert info_series(m) == {"t0": {"config": "lr=0.001", "train_optimizer_lr": "0.001"},
                               "t1": {"config": "lr=0.0003", "train_optimizer_lr": "0.0003"}}
+
+
+def test_gpu_trials_export_their_peak_memory_and_cpu_trials_no_series():
+    m = SweepMetrics("gpu")
+    for t in ("gpu", "cpu"):
+        m.trial_started(t)
+    m.trial_result("gpu", epoch(1, 0.5) | {"gpu_peak_bytes": 3 * 2**30})
+    m.trial_result("cpu", epoch(1, 0.5))
+    assert value(m, "sweep_trial_gpu_peak_bytes", trial="gpu") == 3 * 2**30
+    assert value(m, "sweep_trial_gpu_peak_bytes", trial="cpu") is None

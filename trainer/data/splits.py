@@ -13,13 +13,22 @@ from torch import Tensor
 
 @dataclass
 class SplitData:
-    """A dataset ready for training: train/val/test tensors, normalized with the train split's stats."""
+    """A dataset ready for training: train/val/test images as held, their labels, the train split's stats.
 
-    train_x: Tensor  # float32 (N, C, H, W), normalized per channel with the train split's mean/std
+    Images are held in the dataset's own dtype (``*_images``): uint8 pixels 0..255 for CIFAR and
+    MNIST, a quarter of float32's bytes (CIFAR-10's 50,000 training images: 153.6 MB instead of
+    614.4 MB, on every device a trial puts them on); digits and synthetic data are float already
+    and are held normalized. ``normalize`` turns a batch of held images into the float32 batch
+    the model trains on, bit for bit what normalizing the whole split as float32 once would give
+    (tests/trainer/test_data.py). ``train_x``/``val_x``/``test_x`` are whole normalized splits,
+    for callers outside the training loop (evaluation, export, tests).
+    """
+
+    train_images: Tensor  # (N, C, H, W): uint8 pixels, or float32 already normalized (see above)
     train_y: Tensor  # int64 (N,)
-    val_x: Tensor
+    val_images: Tensor
     val_y: Tensor
-    test_x: Tensor  # the official test split (or a fixed held-out part), normalized with train stats
+    test_images: Tensor  # the official test split (or a fixed held-out part)
     test_y: Tensor
     train_indices: Tensor  # int64 indices into the official training split that form train
     val_indices: Tensor  # ... that form val (disjoint from train_indices; together all of it)
@@ -29,12 +38,55 @@ class SplitData:
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        c, h, w = self.train_x.shape[1:]
+        c, h, w = self.train_images.shape[1:]
         return (c, h, w)
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def train_x(self) -> Tensor:
+        """The whole train split, float32, normalized per channel with the train split's mean/std."""
+        return self.normalizer(self.train_images.device)(self.train_images)
+
+    @property
+    def val_x(self) -> Tensor:
+        return self.normalizer(self.val_images.device)(self.val_images)
+
+    @property
+    def test_x(self) -> Tensor:
+        return self.normalizer(self.test_images.device)(self.test_images)
+
+    def normalizer(self, device) -> "Normalizer":
+        """What turns a batch of held images on ``device`` into model input (float32, normalized)."""
+        return Normalizer(self.mean, self.std, device, raw=self.train_images.dtype == torch.uint8)
+
+    @property
+    def resident_bytes(self) -> int:
+        """Bytes a trial holds on its device: the train and val images and labels (test stays out)."""
+        return sum(t.element_size() * t.nelement() for t in (self.train_images, self.train_y, self.val_images, self.val_y))
+
+
+class Normalizer:
+    """uint8 pixels → float32 in [0, 1] → minus the train mean, over the train std, per channel.
+
+    The very operations, in the same order and precision, that ``load_dataset`` used to apply to
+    the whole split at once (``x.to(float32).div_(255)``, then ``sub_(mean).div_(std)``), so a
+    normalized batch is bit-identical to the same rows of the normalized split. Float images are
+    held normalized already: returned as they are (no copy, as indexing made one).
+    """
+
+    def __init__(self, mean, std, device, *, raw: bool):
+        self.raw = raw
+        # float32 → Python float → float32 round-trips exactly: these are the statistics' own values.
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device)[:, None, None]
+        self.std = torch.tensor(std, dtype=torch.float32, device=device)[:, None, None]
+
+    def __call__(self, images: Tensor) -> Tensor:
+        if not self.raw:
+            return images
+        return images.to(torch.float32).div_(255.0).sub_(self.mean).div_(self.std)
 
 
 def split_indices(num_samples: int, val_fraction: float, seed: int) -> tuple[Tensor, Tensor]:

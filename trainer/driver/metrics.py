@@ -101,6 +101,8 @@ METRICS = {
     "sweep_trial_learning_rate": ("gauge", ("trial",), "Learning rate of a trial's next epoch"),
     "sweep_trial_epochs_completed": ("gauge", ("trial",), "Epochs a trial has completed"),
     "sweep_trial_samples_per_second": ("gauge", ("trial",), "Training throughput of a trial's latest epoch"),
+    "sweep_trial_gpu_peak_bytes": (
+        "gauge", ("trial",), "Most GPU memory a trial has held in PyTorch's allocator so far (GPU trials only)"),
     "sweep_trial_last_progress_timestamp_seconds": (
         "gauge", ("trial",), "Unix time a running trial last started or reported an epoch (running trials only)"),
     "sweep_trial_starts_total": (
@@ -284,6 +286,8 @@ class SweepMetrics:
             g("sweep_trial_learning_rate", result["lr"])
         if "samples_per_second" in result:
             g("sweep_trial_samples_per_second", result["samples_per_second"])
+        if result.get("gpu_peak_bytes") is not None:
+            g("sweep_trial_gpu_peak_bytes", result["gpu_peak_bytes"])
         g("sweep_trial_last_progress_timestamp_seconds", time.time())
         self._inc("sweep_epochs_total")
         if "train_samples" in result:
