@@ -27,8 +27,6 @@ import contextlib
 import importlib.util
 import io
 import json
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -190,9 +188,7 @@ def export_checkpoint(checkpoint_dir: str | Path, pull_card: dict, out: str | Pa
         raise ExportError(str(err)) from None
     # No gradients: an exported model only infers (its outputs then carry no autograd graph).
     wrapper = RawImageClassifier(loaded.model, loaded.mean, loaded.std).eval().requires_grad_(False)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part"))
-    try:
+    with storage.staged_directory(out) as staging:
         path = staging / FILES[fmt]
         with torch.no_grad():
             if fmt == "torchscript":
@@ -204,11 +200,6 @@ def export_checkpoint(checkpoint_dir: str | Path, pull_card: dict, out: str | Pa
         (staging / README).write_text(readme(card))
         card["files"] = {p.name: storage.sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file()}
         (staging / MODEL_CARD).write_text(json.dumps(card, indent=2) + "\n")
-        if out.exists():
-            out.rmdir()
-        staging.rename(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out, card
 
 

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import http.client
 import json
-import shutil
 import tarfile
-import tempfile
 from pathlib import Path
 
 from service.core import checkpoint as checkpoint_format
@@ -78,17 +76,10 @@ def _into_place(out: str | Path | None, sweep: str, objective: Objective, trial:
     out = Path(out or f"{sweep}-{trial.trial_id}").resolve()
     if out.exists() and any(out.iterdir()):
         raise PullError(f"{out} exists and is not empty; choose another -o DIR")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part"))
-    try:
+    with storage.staged_directory(out) as staging:
         fill(staging)
         card = _model_card(sweep, objective, trial, uri, staging)
         (staging / MODEL_CARD).write_text(json.dumps(card, indent=2) + "\n")
-        if out.exists():
-            out.rmdir()
-        staging.rename(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out, card
 
 

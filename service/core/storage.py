@@ -12,9 +12,11 @@ the old object or the new one, never half of one (the same promise as write-then
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from collections import Counter
@@ -255,6 +257,22 @@ def write_bytes_atomic(uri: str | Path, data: bytes) -> None:
         if isinstance(err, OSError):
             raise local_error(err, uri) from err
         raise
+
+
+@contextlib.contextmanager
+def staged_directory(out: Path):
+    """A temporary sibling of the local directory ``out`` to fill, renamed into place only when the
+    block ends without an error: a failed pull or export leaves nothing half-written (``out`` may
+    already exist if it is empty)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part"))
+    try:
+        yield staging
+        if out.exists():
+            out.rmdir()
+        staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def create_exclusive(uri: str, data: bytes) -> bool:
