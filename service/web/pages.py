@@ -294,6 +294,8 @@ def add_pages(app: FastAPI, *, backend, sessions, anonymous, secure_cookies: boo
 
     @app.post("/ui/login", include_in_schema=False)
     async def login(request: Request):
+        if not _same_origin(request):  # another site's form must not log a browser into our pages
+            return page(request, "login.html.j2", 403, next="/ui/", error="a login from another site's page is refused")
         body = await request.body()
         if len(body) > MAX_LOGIN_BYTES:
             return page(request, "login.html.j2", 413, next="/ui/", error="that form is too large")
@@ -394,6 +396,15 @@ def _trial_or_404(store: SweepStore, info, trial_id: str):
     if view is None:
         return JSONResponse({"detail": f"no trial {trial_id!r} in sweep '{store.name}'"}, 404)
     return view
+
+
+def _same_origin(request: Request) -> bool:
+    """A form posted from one of our pages: its Origin (browsers send one with every POST) names
+    this server. No Origin (curl, an old browser): allowed, SameSite and the token still apply."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return True
+    return origin.split("://", 1)[-1].rstrip("/") == request.headers.get("host", "")
 
 
 def _safe_next(path: str) -> str:

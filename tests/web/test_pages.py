@@ -87,6 +87,16 @@ def test_the_login_never_redirects_off_the_pages(runs, target):
     assert answer.headers["location"] == "/ui/"
 
 
+def test_a_login_posted_from_another_sites_page_is_refused(runs):
+    client = TestClient(create_app(StorageBackend(str(runs)), token=TOKEN))
+    forged = client.post("/ui/login", content=f"token={TOKEN}", follow_redirects=False,
+                         headers={**FORM, "Origin": "https://evil.example"})
+    assert forged.status_code == 403 and "set-cookie" not in forged.headers
+    ours = client.post("/ui/login", content=f"token={TOKEN}", follow_redirects=False,
+                       headers={**FORM, "Origin": "http://testserver"})
+    assert ours.status_code == 303 and "sweep_session=" in ours.headers["set-cookie"]
+
+
 def test_a_state_change_from_a_browser_session_needs_the_csrf_token(tmp_path):
     backend = LocalBackend(tmp_path / "service")
     client, csrf = logged_in(create_app(backend, token=TOKEN))
