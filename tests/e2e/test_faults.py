@@ -72,16 +72,15 @@ def sweep_storage(request, tmp_path, monkeypatch):
     return f"s3://{bucket}/team"
 
 
-# On S3 the points where the storage itself is what is at stake: the start-up (the attempt claim is
-# a conditional PUT) and retention's moment (deletes on S3). The other three are the driver's own
-# logic, the same on both (and a kill mid-trial on S3: tests/e2e/test_s3_sweeps.py).
-S3_POINTS = (0, 2)
+MID_SWEEP = 4  # the attempt killed mid-sweep, trials running with checkpoints
 
 
 def test_a_driver_killed_at_five_points_resumes_every_trial_with_every_epoch_once(sweep_storage, tmp_path):
-    """keep: 2 retention on, 6 trials × 4 epochs, 2 at a time. Each kill is a SIGKILL (no clean-up:
-    Ray's reaper takes the embedded cluster down with the driver), each resume the next attempt.
-    Local storage: all five points; S3: S3_POINTS."""
+    """keep: 2 retention on, 6 trials × 4 epochs, 2 at a time, on local storage and on S3. Each kill
+    is a SIGKILL (no clean-up: Ray's reaper takes the embedded cluster down with the driver, like a
+    lost RayJob head), each resume the next attempt. Also: while the first driver runs, a second one
+    refuses and writes nothing; a trial that had ended before a kill keeps its record as it was (it
+    is not run again); a trial checkpointed at a kill continues from that checkpoint."""
     name, epochs, n_trials = "killed", 4, 6
     spec = write_spec(tmp_path, sweep_storage, name, train={"epochs": epochs, **lr_grid(n_trials)},
                       resources={"max_concurrent_trials": 2})
@@ -101,14 +100,25 @@ def test_a_driver_killed_at_five_points_resumes_every_trial_with_every_epoch_onc
         ("mid-sweep, trials running with checkpoints", lambda i: i is not None and ended(i) >= 3 and checkpointed_and_running(i)),
         ("the last trial running", lambda i: i is not None and ended(i) >= n_trials - 1),
     ]
-    if storage.is_s3(sweep_storage):
-        points = [points[k] for k in S3_POINTS]
+    # At the mid-sweep kill: the trials that had ended (their records as they were) and the running
+    # ones with a checkpoint (the epochs they had checkpointed). The kill waits 3 s, so that Tune's
+    # experiment snapshot (every 2 s, TUNE_GLOBAL_CHECKPOINT_S) has recorded both. (A trial that ends
+    # within 2 s of a kill is redone from its last checkpoint on resume, with identical results.)
+    finished_before: dict = {}
+    checkpointed: dict[str, int] = {}
     for attempt, (what, reached) in enumerate(points, start=1):
         log = tmp_path / f"driver-{attempt}.log"
         args = ("run", str(spec)) if attempt == 1 else ("resume", name, "--storage", sweep_storage)
         driver = start_driver(*args, log=log)
         try:
             wait_for(lambda: reached(index_of(sweep_storage, name)), what, proc=driver, log=log)
+            if attempt == 1:
+                assert_a_second_driver_refuses_and_writes_nothing(store, spec, name, sweep_storage)
+            if attempt == MID_SWEEP:
+                at_kill = store.read_index()
+                finished_before = {t.trial_id: store.read_trial(t.trial_id) for t in at_kill.trials if t.status == "terminated"}
+                checkpointed = {t.trial_id: t.epochs for t in at_kill.trials if t.status == "running" and t.checkpoint}
+                time.sleep(3)
             driver.send_signal(signal.SIGKILL)
             driver.wait()
         finally:
@@ -120,12 +130,32 @@ def test_a_driver_killed_at_five_points_resumes_every_trial_with_every_epoch_onc
     index = store.read_index()
     assert index.status == "finished" and index.driver_attempt == len(points) + 1
     assert index.trial_states == {"terminated": n_trials}, index.trial_states  # no trial failed
-    for trial in assert_every_epoch_exactly_once(store, epochs):
+    trials = {t.trial_id: t for t in assert_every_epoch_exactly_once(store, epochs)}
+    for trial in trials.values():
         assert trial.error is None
         # Retention kept at most the best 2 + the latest, and each one it names is really there.
         assert 1 <= len(trial.checkpoints) <= 3
         for ref in trial.checkpoints:
             assert storage.exists(storage.join(ref.uri, "checkpoint.json")), ref.uri
+    assert finished_before and checkpointed, "the mid-sweep point was not met"
+    for trial_id, before in finished_before.items():  # not run again by any later attempt
+        assert trials[trial_id].history == before.history, trial_id
+    for trial_id, epochs_checkpointed in checkpointed.items():
+        later = [h for h in trials[trial_id].history if h.attempt > MID_SWEEP]
+        if later:  # (none if it ended during the wait)
+            first = later[0]  # continued from the checkpoint it had, not from scratch
+            assert first.resumed_from_epoch == first.epoch - 1 >= epochs_checkpointed >= 1, (trial_id, first)
+
+
+def assert_a_second_driver_refuses_and_writes_nothing(store: SweepStore, spec: Path, name: str, uri: str) -> None:
+    owner, spec_before = storage.read_json(store.lock_uri), storage.read_text(store.spec_uri)
+    second = sweepctl("resume", name, "--storage", uri)
+    assert second.returncode == 2, second.stdout + second.stderr
+    assert "being run by driver attempt 1" in second.stderr and "Traceback" not in second.stderr
+    again = sweepctl("run", str(spec))
+    assert again.returncode == 2 and f"sweepctl resume {name}" in again.stderr, again.stderr
+    assert storage.read_json(store.lock_uri)["token"] == owner["token"]
+    assert storage.read_text(store.spec_uri) == spec_before
 
 
 # ============================================================================ Ctrl-C, SIGTERM
