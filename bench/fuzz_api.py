@@ -24,9 +24,10 @@ Why 422 counts as an accepted answer to a schema-valid POST /sweeps (schemathesi
 positive_data_acceptance): the body's JSON Schema is the spec's, but the loader checks more than a
 JSON Schema can say (cross-field rules: a PBT mutation of a weight-shaping field, grace_period
 within the epochs, at most 10,000 trials), so a body valid by the schema may still be refused,
-with the problems listed. Two more departures, both because of what the API promises: DELETE
+with the problems listed. Likewise DELETE /sweeps/{name}/data's ?confirm= must repeat {name}
+(a 422 otherwise), which a schema cannot say either. Two more departures, both because of what the API promises: DELETE
 /sweeps/{name} is a cancel (the sweep stays, as cancelled: use_after_free is off), and the stateful
-phase follows the links the document declares (POST /sweeps → its status and its cancel) rather
+phase follows the links the document declares (POST /sweeps → its status and its cancel, a cancel → its resume) rather
 than guessing links from names (a guessed POST → GET /sweeps/{name}/best is a 404 by design until a
 trial reports). Everything else is schemathesis' defaults.
 """
@@ -98,6 +99,11 @@ def config(examples: int, seed: int | None):
             "include-name": "POST /sweeps",
             "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "401", "403", "409", "422"]}},
             "phases": {"coverage": {"enabled": False}},
+        }, {
+            # ?confirm= must repeat the path's {name}, which no JSON Schema can say: a valid name that
+            # is another one is refused with a 422, as the document declares.
+            "include-name": "DELETE /sweeps/{name}/data",
+            "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "401", "403", "404", "409", "422"]}},
         }],
     })
 

@@ -74,6 +74,7 @@ def study(seed: int, epochs: int, scheduler: dict, storage: str, smoke: bool) ->
         "checkpoint": {"every": 1, "keep": 1},  # HyperBand pauses trials and resumes them from it
         "storage": {"uri": storage},
         "metrics": {"port": 0},
+        "report": {"auto": False},  # what is timed is the sweep, not the report drawn after it
     })
 
 

@@ -167,6 +167,7 @@ def scale_spec(n: int, *, name: str, storage: str, samples: int, port: int):
         "checkpoint": {"every": 1, "keep": 1},
         "storage": {"uri": storage},
         "metrics": {"port": port},
+        "report": {"auto": False},  # what is timed is the sweep, not the report drawn after it (plain Tune has none)
     })
 
 

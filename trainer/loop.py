@@ -19,6 +19,7 @@ import json
 import math
 import os
 import re
+import statistics
 import tempfile
 import time
 import warnings
@@ -33,11 +34,13 @@ from ray.train.v2.api.callback import UserCallback
 
 from service.core import checkpoint as checkpoint_format
 from service.core import storage
+from service.core.errors import TrialRejected
 from service.core.record import SweepStore
-from service.core.spec import SweepSpec, concrete
+from service.core.spec import SweepSpec, concrete, parse_constraint
 from trainer import gpu_memory
 from trainer.data import SplitData, augment_batch, epoch_batches, load_dataset
-from trainer.models import build_model, preferred_memory_format
+from trainer.data.formats import dataset_shape
+from trainer.models import build_model, count_trainable, preferred_memory_format, trainable_parameters
 from trainer.tensorboard import trial_board
 
 
@@ -76,9 +79,10 @@ def fit(spec: SweepSpec, session, hparams: dict | None = None) -> None:
     # fp16 needs loss scaling to keep small gradients from underflowing; bf16 and fp32 do not.
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     steps_per_epoch = math.ceil((len(train_y) // world_size) / spec.train.batch_size)
+    params = count_trainable(model)  # reported every epoch (the record's ``params``)
     if rank == 0:  # the trial's log (sweepctl logs NAME --trial ID) starts with what is being trained
-        params = sum(p.numel() for p in model.parameters())
-        print(f"training {spec.model.name} ({params:,} parameters) on {device} ({amp_dtype or 'fp32'}), "
+        total = sum(p.numel() for p in model.parameters())
+        print(f"training {spec.model.name} ({total:,} parameters, {params:,} trainable) on {device} ({amp_dtype or 'fp32'}), "
               f"{world_size} worker(s); {len(train_y):,} training / {len(val_y):,} validation samples, "
               f"{spec.train.epochs} epochs; images held as {data.train_images.dtype} ({data.resident_bytes:,} bytes)"
               + (f"; GPU memory capped at {gpu_cap.describe()}" if gpu_cap else ""), flush=True)
@@ -87,6 +91,7 @@ def fit(spec: SweepSpec, session, hparams: dict | None = None) -> None:
     # A corrupt one (not matching its sha256 manifest, or not loading) is passed over for the
     # trial's previous intact one, else a fresh start; one of another shape raises (a config error).
     first_epoch, restored = 1, {}
+    train_seconds = 0.0  # the training phase's seconds, summed over epochs (a restore continues its checkpoint's)
     checkpoint = session.get_checkpoint()
     if checkpoint is not None:
         trial_id = _trial_id(session)
@@ -100,6 +105,7 @@ def fit(spec: SweepSpec, session, hparams: dict | None = None) -> None:
             _apply_hyperparameters(optimizer, spec)  # this trial's (possibly mutated) values win
             scaler.load_state_dict(state["scaler"])
             first_epoch = state["epoch"] + 1
+            train_seconds = float(state.get("train_seconds") or 0.0)  # 0: a checkpoint from before it was kept
             restored = {"restored_from": found.checkpoint.path, "restored_weights": weights_digest(model)}
         if found.skipped:  # reported with the first result: the driver records it (trainer/driver/events.py)
             restored["restore_skipped"] = found.skipped
@@ -113,6 +119,7 @@ def fit(spec: SweepSpec, session, hparams: dict | None = None) -> None:
         model = ray.train.torch.prepare_model(model)  # DDP wrapper (gloo on CPU, nccl on GPU)
     board = (trial_board(spec, _trial_id(session), hparams, first_epoch=first_epoch, say=_say)
              if rank == 0 and hparams is not None else None)
+    inference_ms = None  # measured once, after the first epoch this start trains (measure_inference_ms)
 
     for epoch in range(first_epoch, spec.train.epochs + 1):
         epoch_start = time.perf_counter()
@@ -148,7 +155,8 @@ def fit(spec: SweepSpec, session, hparams: dict | None = None) -> None:
             lr_schedule.step()
         samples = sum(len(b) for b in batches)
         train_loss, train_acc, train_samples = _global_mean(loss_sum, correct, samples, world_size)
-        train_seconds = time.perf_counter() - epoch_start
+        epoch_train_seconds = time.perf_counter() - epoch_start  # the training phase only
+        train_seconds += epoch_train_seconds
 
         # --- validate: never augmented, same split for every trial of this seed
         val_stats: dict = {}  # the noise scale of val_loss, for the report's overfitting rule
@@ -164,9 +172,11 @@ def fit(spec: SweepSpec, session, hparams: dict | None = None) -> None:
             "val_samples": val_stats["samples"],  # n of the accuracy's binomial standard error
             "val_loss_se": val_stats["loss_se"],
             "lr": optimizer.param_groups[0]["lr"],  # for the next epoch
-            "samples_per_second": train_samples / train_seconds,  # all workers together
+            "samples_per_second": train_samples / epoch_train_seconds,  # all workers together
             "epoch_seconds": time.perf_counter() - epoch_start,
             "train_samples": train_samples,
+            "params": params,
+            "train_seconds": train_seconds,
             "resumed_from_epoch": first_epoch - 1,  # 0 = fresh start
             "val_split": val_split,
             **(restored if epoch == first_epoch else {}),
@@ -177,7 +187,10 @@ def fit(spec: SweepSpec, session, hparams: dict | None = None) -> None:
             metrics["gpu_peak_bytes"] = _global_max(gpu_memory.peak_bytes(device), world_size, device)
         if world_size > 1:
             metrics["duplicate_samples"] = _samples_seen_twice(batches, len(train_y), device)
-        if rank == 0:
+        if rank == 0:  # after epoch_seconds: its forward passes are no part of the epoch's time
+            if inference_ms is None:
+                inference_ms = measure_inference_ms(model, normalize(val_x[:INFERENCE_BATCH]), amp_dtype, memory_format)
+            metrics["inference_ms"] = inference_ms
             print(f"epoch {epoch}/{spec.train.epochs}: train loss {train_loss:.4f} acc {train_acc:.4f}, "
                   f"val loss {val_loss:.4f} acc {val_acc:.4f} ({metrics['epoch_seconds']:.1f} s)", flush=True)
 
@@ -226,6 +239,59 @@ def evaluate(model, x, y, amp_dtype, rank: int = 0, world_size: int = 1, batch_s
     return loss, acc
 
 
+# inference_ms: the first images of the validation split (the same ones for every trial of a sweep), at
+# this batch size whatever train.batch_size is; warm-up passes first (allocator, oneDNN/cuDNN's choice
+# of kernels), then the median of the timed ones.
+INFERENCE_BATCH = 256  # images (fewer when the validation split is smaller)
+INFERENCE_WARMUP = 2  # passes
+INFERENCE_REPEATS = 5  # timed passes
+
+
+@torch.no_grad()
+def measure_inference_ms(model, images, amp_dtype, memory_format=torch.contiguous_format) -> float:
+    """Milliseconds per image of a forward pass over ``images`` (model inputs, already normalized):
+    eval mode, no_grad, the trial's precision (``amp_dtype``) and memory format, on the images'
+    device (CUDA synchronized around each pass); the median of INFERENCE_REPEATS passes after
+    INFERENCE_WARMUP. Once per trial start, not per epoch: latency depends on the architecture,
+    input size, precision and device, none of which an epoch changes, and measuring it every epoch
+    would only spend time and add noise. Machine- and load-dependent (the trials beside it share
+    the CPU or GPU): trials compare only on one kind of machine under a similar load."""
+    model = _unwrap(model)  # DDP: this rank's own copy, no collective in a forward pass
+    model.eval()
+    x = images.contiguous(memory_format=memory_format)
+    cuda = x.device.type == "cuda"
+
+    def forward() -> float:
+        if cuda:
+            torch.cuda.synchronize(x.device)
+        start = time.perf_counter()
+        with torch.autocast(x.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            model(x)
+        if cuda:
+            torch.cuda.synchronize(x.device)
+        return time.perf_counter() - start
+
+    for _ in range(INFERENCE_WARMUP):
+        forward()
+    seconds = statistics.median(forward() for _ in range(INFERENCE_REPEATS))
+    return seconds * 1000 / len(x)
+
+
+def reject_if_infeasible(spec: SweepSpec) -> None:
+    """Raise TrialRejected when the trial's config breaks a constraint known before training
+    (params): counted on a model built on the meta device (shapes only: no memory, no data
+    loaded, no transferred weights fetched), in well under a second."""
+    early = [parse_constraint(text) for text in spec.constraints]
+    early = [c for c in early if c.before_training]
+    if not early:
+        return
+    input_shape, num_classes = dataset_shape(spec.data)
+    params = trainable_parameters(spec.model, input_shape, num_classes)
+    broken = [v for c in early if (v := c.violation(params)) is not None]
+    if broken:
+        raise TrialRejected(message="; ".join(broken))
+
+
 def save_checkpoint(directory, spec, data, model, optimizer, scaler, epoch: int, metrics: dict) -> None:
     state = {
         # what rebuilding the model needs without reading the dataset again
@@ -239,6 +305,7 @@ def save_checkpoint(directory, spec, data, model, optimizer, scaler, epoch: int,
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict(),
         "epoch": epoch,
+        "train_seconds": metrics.get("train_seconds"),  # the sum a restore continues
     }
     torch.save(state, Path(directory) / checkpoint_format.STATE)
     (Path(directory) / checkpoint_format.SPEC).write_text(spec.model_dump_json(indent=2))
@@ -556,6 +623,7 @@ def tune_trial(trial_config: dict, *, spec_json: str, log_attempt: int = 1) -> N
     import ray.tune
 
     spec = concrete(SweepSpec.model_validate_json(spec_json), trial_config)
+    reject_if_infeasible(spec)  # before any data is loaded
     if spec.resources.workers_per_trial == 1:
         try:
             fit(spec, ray.tune, hparams=trial_config)

@@ -68,6 +68,20 @@ def build_model(
     return builders[spec.name](spec, tuple(input_shape), num_classes)
 
 
+def count_trainable(model: nn.Module) -> int:
+    """The model's trainable parameters (what the optimizer updates; a frozen backbone's are not
+    counted): the record's ``params``."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def trainable_parameters(spec, input_shape: tuple[int, int, int], num_classes: int) -> int:
+    """``count_trainable`` of the model ``build_model`` would build, without building it in memory:
+    on the meta device (shapes only, nothing allocated or initialised) and without fetching what a
+    ResNet transfers from (the weights decide no shape). For checking a constraint before training."""
+    with torch.device("meta"):
+        return count_trainable(build_model(spec, input_shape, num_classes, transfer_weights=False))
+
+
 def preferred_memory_format(model: nn.Module) -> torch.memory_format:
     """channels_last for models with convolutions (oneDNN and cuDNN run them fastest that way),
     contiguous for the rest (an MLP flattens its input: channels-last would only add a copy)."""

@@ -33,7 +33,7 @@ def tune_trial(trial_config: dict, *, spec_json: str) -> None:
             run_trial(trial_config, spec_json=spec_json, log_attempt=attempt)
     except Exception as err:  # the trial's log has the original traceback already
         final = final_error(err)
-        if final is None:
+        if final is None or final is err:  # retried, or the marker itself (TrialRejected): as it is
             raise
         raise final from err
 

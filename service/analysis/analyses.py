@@ -26,10 +26,10 @@ from typing import Iterable
 import numpy as np
 
 from service.analysis import stats
-from service.core.record import SweepIndex, TrialRecord, TrialSummary, ranked
+from service.core.record import SweepIndex, TrialRecord, TrialSummary
 from service.analysis.tables import format_value
 from service.core.spec import (
-    Choice, Grid, LogUniform, QUniform, RandInt, SweepSpec, Uniform, primitive_values, search_space,
+    Choice, Grid, LogUniform, QUniform, RandInt, SweepSpec, Uniform, branches, primitive_values, search_space,
 )
 
 METRICS = ("val_acc", "val_loss", "train_acc", "train_loss")
@@ -97,10 +97,31 @@ def resolve_param(trials: list[TrialSummary], name: str) -> str:
 
 
 def spec_primitive(spec: SweepSpec | None, param: str):
-    """The search primitive the spec gave ``param`` (a PBT mutation if it has no other), else None."""
+    """The search primitive the spec gave ``param`` (a PBT mutation if it has no other), else None.
+    A parameter of a conditional section's branches (train.optimizer.lr in the SGD and the Adam
+    branch): their primitives as one, when they are of one kind (the union of their values or
+    bounds); of different kinds, None (the trials' values decide, as for an unsearched one)."""
     if spec is None:
         return None
-    return search_space(spec).get(param) or spec.scheduler.mutations.get(param)
+    found = search_space(spec).get(param)
+    if found is None:
+        found = _merged([b.space[param] for b in branches(spec) if param in b.space])
+    return found or spec.scheduler.mutations.get(param)
+
+
+def _merged(primitives: list):
+    if not primitives or len({type(p).__name__.split("[")[0] for p in primitives}) > 1:
+        return None
+    first = primitives[0]
+    if len(primitives) == 1:
+        return first
+    (field,) = type(first).model_fields
+    if isinstance(first, (Grid, Choice)):
+        values = {json.dumps(v, sort_keys=True): v for p in primitives for v in primitive_values(p)}
+        return type(first).model_validate({field: list(values.values())})
+    bounds = [primitive_values(p) for p in primitives]
+    merged = [min(b[0] for b in bounds), max(b[1] for b in bounds), *bounds[0][2:]]  # quniform keeps its q
+    return type(first).model_validate({field: merged})
 
 
 # ============================================================================= leaderboard
@@ -109,7 +130,7 @@ def leaderboard_rows(index: SweepIndex, trials: list[TrialRecord], top: int = 5)
     run and seconds; and the indistinguishable set (stats.indistinguishable) over every scored trial.
 
     Each row's ``tie`` is True when the trial cannot be told apart from the best (None: no SE)."""
-    metric, order = index.objective.metric, ranked(trials, index.objective)
+    metric, order = index.objective.metric, index.ranked(trials)
     ties = stats.indistinguishable(
         [{"trial_id": t.trial_id, "value": t.best.metric(metric), "se": stats.metric_se(t.best, metric)} for t in order],
         index.objective.mode)
@@ -128,12 +149,61 @@ def leaderboard_rows(index: SweepIndex, trials: list[TrialRecord], top: int = 5)
             "val_loss_se": stats.metric_se(best, "val_loss"),
             "val_samples": best.val_samples,
             "tie": ties["trials"].get(trial.trial_id, {}).get("tie"),
+            "cost": {k: best.metric(k) for k in COST_METRICS},  # at the best epoch
             "best_epoch": best.epoch,
             "epochs": trial.epochs,
             "seconds": trial.seconds,
             "status": trial.status,
         })
     return rows, ties
+
+
+# What a trial costs, beside its scores: shown in the leaderboard (inference_ms with its caveat).
+COST_METRICS = ("params", "train_seconds", "inference_ms")
+INFERENCE_NOTE = (
+    "inference_ms: milliseconds per image of a forward pass (eval mode, no_grad, the trial's precision) over the same "
+    "256 validation images for every trial, the median of 5 timed passes after 2 warm-up ones, once per trial start. "
+    "It is the machine's and its load's as much as the model's: the trials beside it shared the CPU or GPU, so "
+    "compare it only between trials run on one kind of machine, and re-measure a chosen model where it will serve. "
+    "train_seconds: the training phase of the epochs up to the one shown (not validation, not checkpoint writes).")
+
+
+# ============================================================================= several objectives
+def pareto(index: SweepIndex, trials: list[TrialRecord]) -> dict | None:
+    """A multi-objective sweep's Pareto front as the record holds it (``index.pareto_front``), for
+    the figure and the table: every finished, scored trial as a point (its objectives' values at
+    its scored epoch, the last: what Optuna was told), whether it is on the front or infeasible,
+    and the front's rows in ranking order. None for a sweep of one objective."""
+    if not index.objectives:
+        return None
+    objectives = [o.model_dump() for o in index.objectives]
+    front = list(index.pareto_front)
+    by_id = {t.trial_id: t for t in trials}
+    points = []
+    for t in trials:
+        values = [t.best.metric(o.metric) if t.best else None for o in index.objectives]
+        if t.status not in ("terminated", "stopped_early") or any(v is None for v in values):
+            continue
+        points.append({"trial_id": t.trial_id, "values": values, "front": t.trial_id in front,
+                       "infeasible": t.infeasible})
+    rows = [{"trial_id": tid, "config": dict(by_id[tid].config), "epoch": by_id[tid].best.epoch,
+             "status": by_id[tid].status, "values": [by_id[tid].best.metric(o.metric) for o in index.objectives]}
+            for tid in front if tid in by_id and by_id[tid].best is not None]
+    return {"objectives": objectives, "front": front, "rows": rows, "points": points,
+            "description": (
+                f"The {len(front)} finished, feasible trials that no other finished, feasible trial dominates (at least "
+                f"as good in every objective, better in one), each at its last epoch, the values Optuna was told; "
+                "trials with equal values do not dominate each other and are all on it."
+                + (f" The figure shows the first two of the {len(objectives)} objectives: a point on the front may "
+                   "look dominated there, by a trial it beats in another." if len(objectives) > 2 else "")
+                + f" The best trial is the front's best by {objectives[0]['metric']} (ties: by the next objectives).")}
+
+
+def infeasible_rows(trials: list[TrialRecord]) -> list[dict]:
+    """The trials that break a constraint (never ranked): rejected before training, or judged
+    after it on their scored epoch; with the reason the record gives."""
+    return [{"trial_id": t.trial_id, "status": t.status, "epochs": t.epochs, "reason": t.infeasible,
+             "config": dict(t.config)} for t in trials if t.infeasible]
 
 
 # ============================================================================= equal budget
@@ -159,7 +229,7 @@ def comparison_budget(index: SweepIndex, trials: list[TrialRecord], scheduler: d
     "scores": {trial_id: value}, "left_out": {trial_id: reason}}``.
     """
     metric = index.objective.metric
-    scored = ranked(trials, index.objective)
+    scored = index.ranked(trials)
     if at_epoch == "best":
         return {"mode": "best", "epoch": None, "label": f"best {metric}",
                 "description": ("each trial's best epoch, the 'best ever' view (--at-epoch best): trials the scheduler "
@@ -231,12 +301,17 @@ def heatmap_axes(spec: SweepSpec | None, trials: list[TrialSummary], importance:
     compared = [t for t in trials if t.trial_id in scores]
     usable = [p for p in varied_params(compared)
               if len(distinct([t for t in compared if p in t.config], p)) > 1]
-    if len(usable) < 2:
-        return None
     ranking = importance.get("params") or {}
     if any(ranking.values()):
         usable = sorted(usable, key=lambda p: -ranking.get(p, 0.0))  # stable: ties keep the config order
-    return usable[0], usable[1]
+    # the first pair that two compared trials both have (a conditional space's branches have
+    # parameters of their own), each taking two values or more among the trials that have both
+    for i, x in enumerate(usable):
+        for y in usable[i + 1:]:
+            both = [t for t in compared if x in t.config and y in t.config]
+            if len(both) >= 2 and len(distinct(both, x)) > 1 and len(distinct(both, y)) > 1:
+                return x, y
+    return None
 
 
 def heatmap(index: SweepIndex, trials: list[TrialSummary], spec: SweepSpec | None, x_param: str, y_param: str,
@@ -295,11 +370,18 @@ def parameter_importance(index: SweepIndex, trials: list[TrialSummary], seed: in
     ``caveat`` when there are fewer than TRIALS_PER_PARAM trials per parameter."""
     metric = index.objective.metric
     if scores is None:
-        scores = {t.trial_id: score(t, metric) for t in ranked(trials, index.objective)}
-    params = varied_params(trials)
-    used = [t for t in trials if t.trial_id in scores and all(p in t.config for p in params)]
+        scores = {t.trial_id: score(t, metric) for t in index.ranked(trials)}
+    used = [t for t in trials if t.trial_id in scores]
+    # A conditional space's branch parameters (SGD's momentum) are absent from the other branches'
+    # trials: the forest explains the objective by what every compared trial has (the branch's
+    # name among them), as Optuna's own evaluator does; the others are listed, not ranked.
+    params = [p for p in varied_params(used) if all(p in t.config for t in used)]
+    absent = {p: sum(p in t.config for t in used) for p in varied_params(used) if p not in params}
     result = {"method": IMPORTANCE_METHOD, "own_code": IMPORTANCE_OWN_CODE, "params": {p: 0.0 for p in params},
-              "scales": {}, "n_trials": len(used), "n_params": len(params), "note": None, "caveat": None}
+              "scales": {}, "n_trials": len(used), "n_params": len(params), "note": None, "caveat": None,
+              "absent": absent, "absent_note": (
+                  "not ranked, set in only some of the compared trials (their branch's own parameters): " + ", ".join(
+                      f"{p} ({n} of {len(used)})" for p, n in absent.items())) if absent else None}
     if not params:
         result["note"] = "no parameter was varied"
         return result
@@ -589,7 +671,18 @@ def cards(index: SweepIndex, evaluation: dict | None = None) -> list[dict]:
                                f"nats; trial {evaluation['trial_id']}")})
     states = ", ".join(f"{n} {s}" for s, n in index.trial_states.items())
     out.append({"label": "trials", "value": str(len(index.trials)), "detail": states})
-    order = ranked(index.trials, index.objective)
+    if index.objectives:
+        finished = sum(t.status in ("terminated", "stopped_early") for t in index.trials)
+        out.append({"label": "Pareto front", "value": f"{len(index.pareto_front)} of {finished}",
+                    "detail": "finished trials no other dominates in " + ", ".join(
+                        f"{o.metric} ({o.mode})" for o in index.objectives)})
+    if index.constraints:
+        infeasible = [t for t in index.trials if t.infeasible]
+        rejected = sum(t.status == "rejected" for t in infeasible)
+        out.append({"label": "infeasible", "value": str(len(infeasible)),
+                    "detail": f"{rejected} rejected before training; never ranked: "
+                              + ", ".join(c.text for c in index.constraints)})
+    order = index.ranked()
     ties = stats.indistinguishable(
         [{"trial_id": t.trial_id, "value": t.best.metric(metric), "se": stats.metric_se(t.best, metric)} for t in order],
         index.objective.mode)

@@ -15,7 +15,7 @@ import numpy as np
 
 from service.analysis.analyses import TRIALS_PER_PARAM, hashable, score, sort_key, varied_params
 from service.analysis.tables import format_value
-from service.core.record import SweepIndex, TrialRecord, ranked
+from service.core.record import SweepIndex, TrialRecord
 
 DPI = 100  # PNG resolution: sharp on screen, small enough to embed a dozen in one page
 
@@ -273,6 +273,40 @@ def fig_scatter(table: dict, names: dict[str, str], mode: str) -> bytes:
     return _png(fig)
 
 
+def fig_pareto(pareto: dict) -> bytes:
+    """A multi-objective sweep: every finished trial at its first two objectives' values (its last
+    epoch), the Pareto front highlighted and joined in order, infeasible trials as grey crosses;
+    each axis says which way is better. A metric spanning ≥ 20× (a parameter count) is on a log axis."""
+    (x_obj, y_obj), points = pareto["objectives"][:2], pareto["points"]
+    fig = _figure(8.5, 6)
+    ax = fig.subplots()
+    groups = (("dominated", lambda p: not p["front"] and not p["infeasible"], "o", "#a8dadc", 45),
+              ("infeasible (breaks a constraint)", lambda p: bool(p["infeasible"]), "x", "#888888", 45),
+              ("Pareto front", lambda p: p["front"], "o", "#e63946", 90))
+    for label, member, marker, color, size in groups:
+        chosen = [p for p in points if member(p)]
+        if chosen:
+            ax.scatter([p["values"][0] for p in chosen], [p["values"][1] for p in chosen], marker=marker, s=size,
+                       color=color, edgecolors="black" if marker == "o" else None, linewidths=0.5, label=label,
+                       zorder=3 if label == "Pareto front" else 2)
+    front = sorted((p for p in points if p["front"]), key=lambda p: (p["values"][0], p["values"][1]))
+    ax.plot([p["values"][0] for p in front], [p["values"][1] for p in front], "-", color="#e63946", lw=1.2, zorder=2)
+    for p in front:
+        ax.annotate(p["trial_id"], (p["values"][0], p["values"][1]), xytext=(5, 4), textcoords="offset points", fontsize=7)
+    for obj, set_label, set_scale, i in ((x_obj, ax.set_xlabel, ax.set_xscale, 0), (y_obj, ax.set_ylabel, ax.set_yscale, 1)):
+        values = [p["values"][i] for p in points if p["values"][i] is not None]
+        log = bool(values) and min(values) > 0 and max(values) / min(values) >= 20
+        if log:
+            set_scale("log")
+        better = "higher" if obj["mode"] == "max" else "lower"
+        set_label(f"{obj['metric']} ({obj['mode']}: {better} is better{', log scale' if log else ''})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    more = f" (first 2 of {len(pareto['objectives'])} objectives)" if len(pareto["objectives"]) > 2 else ""
+    ax.set_title(f"Pareto front: {len(front)} of {len(points)} finished trials{more}, each at its last epoch", fontsize=10)
+    return _png(fig)
+
+
 def _axis(values: list) -> tuple[np.ndarray, list[float], list[str]]:
     """One parallel-coordinates axis: positions in [0, 1], tick positions and tick labels.
     Numbers spanning ≥ 20× (learning rates) get a log scale; others are categories."""
@@ -306,10 +340,12 @@ def fig_parallel(index: SweepIndex, trials: list[TrialRecord], names: dict[str, 
 
     metric, mode = index.objective.metric, index.objective.mode
     if scores is None:
-        scores = {t.trial_id: score(t, metric) for t in ranked(trials, index.objective)}
+        scores = {t.trial_id: score(t, metric) for t in index.ranked(trials)}
     label = label or f"best {metric}"
-    params = varied_params(trials)
-    shown = [t for t in trials if t.trial_id in scores and all(p in t.config for p in params)]
+    compared = [t for t in trials if t.trial_id in scores]
+    # the parameters every compared trial has (a conditional space's branch parameters are not)
+    params = [p for p in varied_params(compared) if all(p in t.config for t in compared)]
+    shown = compared
     shown.sort(key=lambda t: scores[t.trial_id], reverse=mode == "min")  # best drawn last
     values = [scores[t.trial_id] for t in shown]
     columns = [[t.config[p] for t in shown] for p in params] + [values]

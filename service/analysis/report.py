@@ -1,6 +1,8 @@
 """Sweep reports: the studies' hand-made analyses, computed from the sweep record and drawn as one page.
 
     sweepctl report NAME [-o DIR]   →  DIR/report.html (PNGs embedded), DIR/*.png, DIR/report.json
+    (the same, <storage>/<name>/report/, at the end of every finished sweep: its driver calls
+     write_sweep_report unless the spec says report: {auto: false})
 
 This module is the entry point and the I/O: it reads the record through ``SweepStore``
 (service/core/record.py) and writes the report's files; the rest is in four modules, so tests
@@ -23,14 +25,14 @@ import re
 import tempfile
 from html import unescape
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
 from service.analysis import analyses, figures, page, stats
 from service.core import storage
-from service.core.record import RecordError, SweepIndex, SweepStore, now_iso, ranked
-from service.core.spec import SweepSpec
+from service.core.record import RecordError, SweepIndex, SweepStore, now_iso
+from service.core.spec import SweepSpec, spec_notes
 
 REPORT_HTML = "report.html"
 REPORT_JSON = "report.json"
@@ -77,9 +79,12 @@ def default_report_dir(storage_uri: str, name: str) -> Path:
 
 def publish_report(storage_uri: str, name: str, out: Path) -> None:
     """S3 storage: copy the report next to the sweep, so everyone reading the bucket sees it."""
-    if not storage.is_s3(storage_uri):
-        return
-    remote = SweepStore(storage_uri, name).report_uri
+    if storage.is_s3(storage_uri):
+        copy_report(out, SweepStore(storage_uri, name).report_uri)
+
+
+def copy_report(out: Path, remote: str) -> None:
+    """Every file of the report directory ``out`` into the directory or prefix ``remote``."""
     for path in sorted(Path(out).iterdir()):
         if path.is_file():
             storage.write_bytes_atomic(storage.join(remote, path.name), path.read_bytes())
@@ -148,7 +153,7 @@ def generate_report(
     store = SweepStore(storage_uri, name)
     index = read_index(store)
     trials = store.read_trials(index)
-    if not ranked(trials, index.objective):  # every figure and analysis needs a score to show
+    if not index.ranked(trials):  # every figure and analysis needs a score to show
         raise ReportError(
             f"sweep '{name}' has no scored trial yet ({len(trials)} trial{'s' if len(trials) != 1 else ''}, none "
             f"has reported a {index.objective.metric} yet): run sweepctl report again once one has "
@@ -190,7 +195,7 @@ def generate_report(
                    for t in trials}
     shown = [by_id[t] for t in options["curves"]] if options["curves"] else [by_id[r["trial_id"]] for r in leaderboard]
     labels = analyses.config_labels(shown, names)
-    ranks = {t.trial_id: i for i, t in enumerate(ranked(trials, index.objective), 1)}
+    ranks = {t.trial_id: i for i, t in enumerate(index.ranked(trials), 1)}
     evaluation = read_json_if_exists(out / EVALUATION_JSON)
     if evaluation:
         evaluation["test_accuracy_se"] = stats.binomial_se(evaluation["test_accuracy"], evaluation["test_size"])
@@ -207,6 +212,9 @@ def generate_report(
                   "overfitting": overfit_rule(options["overfit_epochs"], options["overfit_k"])},
         "cards": analyses.cards(index, evaluation),
         "leaderboard": leaderboard,
+        "pareto": analyses.pareto(index, trials),
+        "infeasible": analyses.infeasible_rows(trials),
+        "notes": {"inference": analyses.INFERENCE_NOTE, "spec": spec_notes(spec) if spec else []},
         "indistinguishable": ties,
         "replicates": stats.replicate_groups(trials, metric),
         "budget": budget,
@@ -237,7 +245,9 @@ def generate_report(
         pngs["heatmap.png"] = (figures.fig_heatmap if table["kind"] == "grid" else figures.fig_scatter)(table, names, mode)
     if ctx["pbt"]:
         pngs["pbt_lineage.png"] = figures.fig_pbt_lineage(trials, ctx["pbt"])
-    for stale in ("learning_curves_grid.png", "heatmap.png"):  # from an earlier report with other options
+    if ctx["pareto"]:
+        pngs["pareto.png"] = figures.fig_pareto(ctx["pareto"])
+    for stale in ("learning_curves_grid.png", "heatmap.png", "pareto.png"):  # from an earlier report with other options
         if stale not in pngs:
             (out / stale).unlink(missing_ok=True)
     for png, data in pngs.items():
@@ -255,13 +265,30 @@ def generate_report(
         "objective": index.objective.model_dump(mode="json"),
         "options": saved,
         "figures": sorted(pngs),
-        **{k: ctx[k] for k in ("rules", "cards", "leaderboard", "indistinguishable", "replicates", "budget",
+        **{k: ctx[k] for k in ("rules", "cards", "leaderboard", "pareto", "infeasible", "indistinguishable", "replicates", "budget",
                                "overfitting", "curves", "heatmap", "importance", "early_stopping", "pbt", "compute")},
         "evaluation": EVALUATION_JSON if evaluation else None,
     })
     if publish:
         publish_report(storage_uri, name, out)
     return out / REPORT_HTML
+
+
+# ============================================================================= at the end of a sweep
+def write_sweep_report(storage_uri: str, name: str, *, fenced: Callable[[], bool] = lambda: False) -> str | None:
+    """The report a sweep's driver writes once the sweep finished (spec ``report.auto``): what
+    `sweepctl report NAME` writes, where it writes it (<storage>/<name>/report/, local or S3),
+    keeping what is there already (an earlier `sweepctl evaluate`'s test-set results). Drawn in a
+    scratch directory and copied into place only if ``fenced()`` is still false then: a driver
+    that lost its sweep to a newer attempt writes nothing. Returns report.html's URI (None: fenced)."""
+    remote = SweepStore(storage_uri, name).report_uri
+    with tempfile.TemporaryDirectory(prefix="sweep-report-") as scratch:
+        storage.download_dir(remote, Path(scratch))  # nothing there yet for a sweep's first report
+        generate_report(storage_uri, name, scratch, publish=False)
+        if fenced():
+            return None
+        copy_report(Path(scratch), remote)
+    return storage.join(remote, REPORT_HTML)
 
 
 def overfit_rule(epochs: int, k: float) -> str:

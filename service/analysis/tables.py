@@ -9,14 +9,23 @@ import math
 from service.core.record import SweepIndex
 
 
+STANDARD_METRICS = ("val_acc", "val_loss", "train_acc", "train_loss")
+
+
 def leaderboard(index: SweepIndex, top: int = 5) -> str:
-    """The top trials as a text table: params, best-epoch metrics, epochs run, seconds."""
+    """The top trials as a text table: params, best-epoch metrics (and the objectives' own, when
+    they are others), epochs run, seconds; a multi-objective sweep marks its Pareto front (*). The
+    infeasible trials, never ranked, are listed below it with the constraint each one breaks."""
     ranked = index.ranked()
     params = list(ranked[0].config) if ranked else []
-    metrics = ("val_acc", "val_loss", "train_acc", "train_loss")
-    header = ["#", "trial"] + [p.split(".")[-1] for p in params] + [*metrics, "epochs", "seconds", "status"]
+    objectives = index.objectives or [index.objective]
+    metrics = (*STANDARD_METRICS, *(o.metric for o in objectives if o.metric not in STANDARD_METRICS))
+    front = set(index.pareto_front)
+    marks = ["pareto"] if index.objectives else []
+    header = ["#", "trial", *marks] + [p.split(".")[-1] for p in params] + [*metrics, "epochs", "seconds", "status"]
     shown = ranked[:top]
     columns = ([[str(i) for i in range(1, len(shown) + 1)], [t.trial_id for t in shown]]
+               + [["*" if t.trial_id in front else "" for t in shown] for _ in marks]
                + [format_column([t.config.get(p) for t in shown]) for p in params]
                + [format_column([t.best.metric(k) for t in shown], metric_kind(k)) for k in metrics]
                + [[f"{t.best.epoch}/{t.epochs}" for t in shown], [f"{t.seconds:.1f}" for t in shown],
@@ -24,9 +33,17 @@ def leaderboard(index: SweepIndex, top: int = 5) -> str:
     rows = [list(r) for r in zip(*columns)]
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
     line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
-    title = (f"Top {min(top, len(ranked))} of {len(index.trials)} trials by {index.objective.metric} "
-             f"(epoch = best/run)")
-    return "\n".join([title, line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+    if index.objectives:
+        by = ", then ".join(f"{o.metric} ({o.mode})" for o in objectives)
+        title = (f"Top {min(top, len(ranked))} of {len(index.trials)} trials by {by} (epoch = scored/run: the last; "
+                 f"* = on the Pareto front, {len(front)} trial{'s' if len(front) != 1 else ''})")
+    else:
+        title = (f"Top {min(top, len(ranked))} of {len(index.trials)} trials by {index.objective.metric} "
+                 f"(epoch = best/run)")
+    infeasible = [t for t in index.trials if t.infeasible]
+    below = ([f"Infeasible, never ranked ({len(infeasible)}):"]
+             + [f"  {t.trial_id} ({t.status}): {t.infeasible}" for t in infeasible]) if infeasible else []
+    return "\n".join([title, line(header), line(["-" * w for w in widths])] + [line(r) for r in rows] + below)
 
 
 # One number format per table column (the leaderboard, `sweepctl trials`, the live table of
@@ -99,6 +116,14 @@ def format_value(value) -> str:
     return str(value)
 
 
+def _stop_reason(trial: dict) -> str:
+    """The stop reason column: why the trial stopped, or, for a trial that ran but breaks a
+    constraint, that it is infeasible and why (a rejected one's stop reason says so already)."""
+    if trial.get("infeasible") and trial.get("status") != "rejected":
+        return f"infeasible: {trial['infeasible']}"
+    return trial.get("stop_reason") or ""
+
+
 def trials_table(body: dict) -> str:
     """`sweepctl trials`: one row per trial (``body`` as GET /sweeps/{name}/trials answers)."""
     trials = body["trials"]
@@ -112,7 +137,7 @@ def trials_table(body: dict) -> str:
                + [format_column([b.get(metric) for b in bests], metric_kind(metric)),
                   [format_value(b.get("epoch")) for b in bests], [str(t["epochs"]) for t in trials],
                   [f"{t['seconds']:.1f}" for t in trials], [str(t["restarts"]) for t in trials],
-                  [(t.get("stop_reason") or "")[:60] for t in trials]])
+                  [_stop_reason(t)[:60] for t in trials]])
     rows = [list(r) for r in zip(*columns)]
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731

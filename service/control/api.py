@@ -2,8 +2,11 @@
 
     POST   /sweeps              spec as YAML or JSON (+ ?set=key=value, repeatable) → 201 | 409 | 422
     GET    /sweeps              name, state, created of every sweep
-    GET    /sweeps/{name}       state from the backend + progress from the sweep's index
-    DELETE /sweeps/{name}       cancel
+    GET    /sweeps/{name}       state from the backend + progress from the sweep's index (+ who cancelled, when)
+    DELETE /sweeps/{name}       cancel: trials stop; the sweep stays, listed as cancelled, its name taken
+    POST   /sweeps/{name}/resume  a failed or cancelled sweep continues from its storage → 200 | 409
+    GET    /sweeps/{name}/data  what deleting its data would remove: prefix, object count, bytes
+    DELETE /sweeps/{name}/data?confirm=NAME  remove every object under the sweep's prefix; frees the name
     GET    /sweeps/{name}/best  the best trial so far: config, metrics, checkpoint URI
     GET    /sweeps/{name}/logs  the driver's log (text)
     GET    /sweeps/{name}/trials               every trial: status, config, best metrics (?sort=, ?status=)
@@ -14,8 +17,8 @@
 
 Everything else needs ``Authorization: Bearer <token>``: a user's token from the tokens file
 ($SWEEP_SERVICE_TOKENS_FILE, see ``Users``) or the single admin token $SWEEP_SERVICE_TOKEN. Roles:
-viewer reads everything; submitter also submits and cancels (or resumes) its own sweeps; admin
-does everything. Sweep names from a URL are the spec's DNS-1123 labels (else 422) before they
+viewer reads everything; submitter also submits, cancels, resumes and deletes its own sweeps;
+admin does everything. Sweep names from a URL are the spec's DNS-1123 labels (else 422) before they
 reach a backend. Specs are validated by the same loader as ``sweepctl validate``, so a bad spec
 gets the CLI's messages. Errors always come back as JSON ``{"detail": ...}`` saying what failed;
 a Kubernetes API error keeps the API server's own message. ``/openapi.json`` declares every
@@ -47,7 +50,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from service.core import checkpoint as checkpoint_format
 from service.core import storage
-from service.control.backends import Backend, BackendError, SweepInfo, name_rule
+from service.control.backends import RESUMABLE_STATES, Backend, BackendError, SweepInfo, name_rule
 from service.core.errors import UserError
 from service.core.loading import SpecError, parse_spec
 from service.core.record import (
@@ -102,6 +105,8 @@ class SweepStatus(BaseModel):
     storage_uri: str
     message: str = ""
     owner: str | None = None  # the user who submitted it (None: before the service had users)
+    cancelled_by: str | None = None  # a cancelled sweep: who cancelled it ("alice via the sweep service")
+    cancelled_at: str | None = None  # and when (ISO 8601, UTC)
     progress: Progress | None = None
     storage_error: str | None = None
 
@@ -127,6 +132,17 @@ class SweepList(BaseModel):
     sweeps: list[SweepLine]
 
 
+class StoredData(BaseModel):
+    """A sweep's objects in storage: what DELETE /sweeps/{name}/data removes (GET: would remove)."""
+
+    name: str
+    state: str
+    prefix: str  # every object under it, and nothing else, is the sweep's (the separator included)
+    objects: int
+    bytes: int
+    deleted: bool  # False: only counted (GET); True: removed, and the name is free again (DELETE)
+
+
 class BestTrial(TrialSummary):
     name: str
     state: str
@@ -140,6 +156,8 @@ class TrialList(BaseModel):
     updated_at: str
     total: int
     trials: list[TrialSummary]
+    objectives: list[Objective] = []  # a multi-objective sweep's, the objective first
+    pareto_front: list[str] = []  # its Pareto front (trial ids, ranking order)
 
 
 class TrialDetail(TrialRecord):
@@ -181,7 +199,8 @@ PROBLEMS = {
     401: "no bearer token, or one the service does not know",
     403: "the user's role does not allow this, or the sweep is another user's",
     404: "no such sweep (or trial, or nothing written there yet)",
-    409: "the sweep exists already (or has results in storage), or is finished and cannot be cancelled",
+    409: "the sweep exists already (or has results in storage); it has ended and cannot be cancelled; it is "
+         "running (or succeeded) and cannot be resumed; or it is running and its data cannot be deleted",
     413: "the spec is larger than the service accepts",
     415: "a Content-Type other than YAML or JSON",
     502: "the Kubernetes API refused the call (its message is kept)",
@@ -340,6 +359,10 @@ class ServiceMetrics:
         )
         self.submitted = Counter("sweep_service_sweeps_submitted", "Sweeps accepted by POST /sweeps", registry=self.registry)
         self.cancelled = Counter("sweep_service_sweeps_cancelled", "Sweeps cancelled by DELETE /sweeps/{name}", registry=self.registry)
+        self.resumed = Counter("sweep_service_sweeps_resumed", "Sweeps resumed by POST /sweeps/{name}/resume",
+                               registry=self.registry)
+        self.deleted = Counter("sweep_service_sweeps_deleted", "Sweeps whose data DELETE /sweeps/{name}/data removed",
+                               registry=self.registry)
         self.backend_errors = Counter(
             "sweep_service_backend_errors", "Backend calls that failed (Kubernetes API, storage), by HTTP status",
             ["status"], registry=self.registry,
@@ -416,7 +439,7 @@ def create_app(backend: Backend | None = None, token: str | None = None,
         return allowed
 
     viewer = role("viewer", "read sweeps")
-    submitter = role("submitter", "submit or cancel sweeps")
+    submitter = role("submitter", "submit, cancel, resume or delete sweeps")
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next):
@@ -516,21 +539,68 @@ def create_app(backend: Backend | None = None, token: str | None = None,
     def status(name: SweepName):
         info = backend.get(name)
         body = info.to_dict()
+        store = SweepStore(info.storage_uri, name)
         try:
-            index = SweepStore(info.storage_uri, name).read_index()
-            body["progress"] = progress(index)
+            body["progress"] = progress(store.read_index())
+            body.update(_cancelled_by(info))
         except (storage.StorageError, OSError, ValueError, RecordError) as err:
             # The backend's state is still worth answering with; say why progress is missing.
             body["progress"], body["storage_error"] = None, str(err)
         return body
 
-    @app.delete("/sweeps/{name}", response_model=SweepStatus, responses=problems(401, 403, 404, 409, 502, 503))
+    sweep_link = {"parameters": {"name": "$response.body#/name"}}
+
+    @app.delete("/sweeps/{name}", response_model=SweepStatus,
+                responses={200: {"description": "Cancelled: its trials stop; the sweep stays (listed as cancelled, "
+                                                "its name taken, its results in storage) and may be resumed",
+                                 "links": {"resume": {"operationRef": "#/paths/~1sweeps~1{name}~1resume/post",
+                                                      **sweep_link}}},
+                           **problems(401, 403, 404, 409, 502, 503)})
     def cancel(name: SweepName, user: User = Depends(submitter)):
         _may_change(user, backend.get(name), "cancel")
-        info = backend.cancel(name)
+        info = backend.cancel(name, by=f"{user.name} via the sweep service")
         metrics.cancelled.inc()
         log.info("user %s (%s) cancelled sweep %s", user.name, user.role, name)
+        try:
+            return {**info.to_dict(), **_cancelled_by(info)}
+        except (storage.StorageError, RecordError):
+            return info.to_dict()  # cancelled all the same; GET /sweeps/{name} says why storage is unreadable
+
+    @app.post("/sweeps/{name}/resume", response_model=SweepStatus,
+              responses={200: {"description": "Resumed from its storage: finished trials are kept, unfinished ones "
+                                              "continue from their last checkpoint; the sweep stays its owner's",
+                               "links": {"status": {"operationRef": "#/paths/~1sweeps~1{name}/get", **sweep_link},
+                                         "cancel": {"operationRef": "#/paths/~1sweeps~1{name}/delete", **sweep_link}}},
+                         **problems(401, 403, 404, 409, 502, 503)})
+    def resume(name: SweepName, user: User = Depends(submitter)):
+        _may_change(user, backend.get(name), "resume")
+        info = backend.resume(name)
+        metrics.resumed.inc()
+        log.info("user %s (%s) resumed sweep %s", user.name, user.role, name)
         return info.to_dict()
+
+    @app.get("/sweeps/{name}/data", dependencies=guarded, response_model=StoredData, responses=reads_sweep)
+    def stored_data(name: SweepName):
+        info = backend.get(name)
+        return _stored_data(info, SweepStore(info.storage_uri, name).stored_objects(), deleted=False)
+
+    @app.delete("/sweeps/{name}/data", response_model=StoredData, responses=problems(401, 403, 404, 409, 502, 503))
+    def delete_data(name: SweepName, user: User = Depends(submitter), confirm: str = Query(
+            pattern=_NAME["pattern"], max_length=_NAME["maxLength"],
+            description="the sweep's name again: nothing is deleted unless it matches (else 422)")):
+        info = backend.get(name)
+        _may_change(user, info, "delete")
+        if confirm != name:
+            raise HTTPProblem(422, [{"loc": ["query", "confirm"], "type": "value_error",
+                                     "msg": f"confirm must repeat the sweep's name '{name}'; nothing was deleted"}])
+        store = SweepStore(info.storage_uri, name)
+        objects = store.stored_objects()
+        # The backend refuses a sweep of which anything still runs (409), then storage goes first:
+        # a backend that forgot the sweep could no longer show what is left of it.
+        backend.forget(name, delete_data=store.delete)
+        metrics.deleted.inc()
+        log.info("user %s (%s) deleted sweep %s: %d objects under %s", user.name, user.role, name, len(objects), store.prefix)
+        return _stored_data(info, objects, deleted=True)
 
     @app.get("/sweeps/{name}/best", dependencies=guarded, response_model=BestTrial, responses=reads_sweep)
     def best(name: SweepName):
@@ -660,6 +730,18 @@ def _may_change(user: User, sweep: SweepInfo, doing: str) -> None:
                            f"submitted by {whose}; only its submitter or an admin may")
 
 
+def _cancelled_by(info: SweepInfo) -> dict:
+    """Who cancelled a cancelled sweep, and when (its cancel request in storage); {} for any other."""
+    request = SweepStore(info.storage_uri, info.name).read_cancel_request() if info.state == "cancelled" else None
+    return {} if request is None else {"cancelled_by": request.by, "cancelled_at": request.requested_at}
+
+
+def _stored_data(info: SweepInfo, objects: dict[str, int], deleted: bool) -> dict:
+    prefix = SweepStore(info.storage_uri, info.name).prefix
+    return {"name": info.name, "state": info.state, "prefix": prefix, "objects": len(objects),
+            "bytes": sum(objects.values()), "deleted": deleted}
+
+
 def _allowed_methods(app: FastAPI, path: str) -> list[str]:
     methods = set()
     for route in app.router.routes:
@@ -750,16 +832,16 @@ def _submit(backend: Backend, text: str, overrides: list[str], user: User):
         if err.status != 404:
             raise
         existing = None
-    resumable = ("failed", "cancelled") if getattr(backend, "RESUMES_ON_RESUBMIT", False) else ()
-    if existing is not None and existing.state in resumable:
+    # A taken name is a 409, but for one case: the very spec of a failed or cancelled sweep resumes
+    # it (the backend compares it with the one submitted; another spec is a 409). It stays its owner's.
+    if existing is not None and existing.state in RESUMABLE_STATES:
         _may_change(user, existing, "resume")
-        # the backend resumes it (same spec) or refuses (409); it stays its first submitter's
-        return backend.submit(spec, text, owner=existing.owner or user.name), spec
+        return backend.resume(spec.name, spec=spec), spec
     if existing is not None:
-        again = " (resubmitting a failed or cancelled sweep resumes it)" if resumable else ""
         raise HTTPProblem(
             409, f"sweep '{spec.name}' already exists (state: {existing.state}); nothing was changed. "
-            f"Submit it under another name (--set name=NEW-NAME){again}",
+            f"Submit it under another name (--set name=NEW-NAME); once it has ended, `sweepctl delete "
+            f"{spec.name} --yes` deletes it and frees the name",
         )
     store = SweepStore(backend.storage_uri(spec), spec.name)
     if storage.exists(store.spec_uri):

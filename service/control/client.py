@@ -1,4 +1,4 @@
-"""Client of the sweep service, for `sweepctl submit/status/list/cancel`, and `trials`/`logs`/`pull` on a server.
+"""Client of the sweep service, for `sweepctl submit/status/list`, and `cancel`/`resume`/`delete`/`trials`/`logs`/`pull` on a server.
 
 Standard library only (urllib), so the CLI stays quick to start. Where to connect:
     server   --server URL, else $SWEEPCTL_SERVER, else `server:` in the config file
@@ -102,6 +102,16 @@ class SweepClient:
 
     def cancel(self, name: str) -> dict:
         return self._call("DELETE", f"/sweeps/{_quote(name)}")
+
+    def resume(self, name: str) -> dict:
+        return self._call("POST", f"/sweeps/{_quote(name)}/resume")
+
+    def stored_data(self, name: str) -> dict:
+        """What deleting the sweep's data would remove: prefix, objects, bytes."""
+        return self._call("GET", f"/sweeps/{_quote(name)}/data")
+
+    def delete_data(self, name: str) -> dict:
+        return self._call("DELETE", f"/sweeps/{_quote(name)}/data?confirm={_quote(name)}")
 
     def logs(self, name: str, tail: int = 0) -> str:
         return self._call("GET", f"/sweeps/{_quote(name)}/logs" + (f"?tail={tail}" if tail else ""), raw=True)

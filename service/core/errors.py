@@ -28,6 +28,16 @@ class FinalTrialError(Exception):
         return (self.__class__, (self.type_name, self.message, self.reason))
 
 
+class TrialRejected(FinalTrialError):
+    """The trial's config breaks a constraint known before training (its parameter count): raised
+    before any data is loaded (trainer/loop.py). Final like the others (the same config breaks it
+    again), but no failure: the driver records the trial as ``rejected``, with ``message`` (which
+    constraint, by how much) as the reason, not as an error."""
+
+    def __init__(self, type_name: str = "TrialRejected", message: str = "", reason: str = "breaks a constraint"):
+        super().__init__(type_name, message, reason)
+
+
 class SweepStopped(Exception):
     """The driver stopped the sweep before it finished, and recorded why (``status`` in the
     record: interrupted or failed). ``exit_code``: what sweepctl exits with (130 SIGINT, 143

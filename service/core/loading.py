@@ -668,17 +668,40 @@ def _did_you_mean(value: Any, expected: str) -> str:
 
 
 def _allowed_keys(path: tuple, data: Any) -> list[str]:
-    """Field names of the spec class at ``path`` (resolving the model union by its ``name``)."""
+    """Field names of the spec class at ``path`` (resolving the model union by its ``name``), also
+    inside a grid/choice over whole sections: model.choice[1] is a model, train.optimizer.grid[0]
+    an optimizer."""
     cls, node = SweepSpec, data
+    members = None  # the annotation of a section whose grid/choice lists its members at `node`
     for key in path:
         if isinstance(key, int):
             node = node[key] if isinstance(node, list) and key < len(node) else None
+            if members is not None:
+                cls, members = _model_class(members, node), None
+                if cls is None:
+                    return []
+            continue
+        if members is not None:  # the grid/choice key itself
+            if key not in ("grid", "choice"):
+                return []
+            node = node.get(key) if isinstance(node, dict) else None
             continue
         field = cls.model_fields.get(key) if cls else None
         node = node.get(key) if isinstance(node, dict) else None
+        if field is not None and _lists_sections(node):
+            members = field.annotation
+            continue
         cls = _model_class(field.annotation, node) if field else None
         if cls is None:
             return []
-    return list(cls.model_fields) if cls else []
+    return list(cls.model_fields) if cls and members is None else []
+
+
+def _lists_sections(node: Any) -> bool:
+    """``{grid: [...]}`` or ``{choice: [...]}`` listing whole sections (mappings): model, train.optimizer."""
+    if not (isinstance(node, dict) and len(node) == 1):
+        return False
+    (key, members), = node.items()
+    return key in ("grid", "choice") and isinstance(members, list) and any(isinstance(m, dict) for m in members)
 
 

@@ -7,7 +7,7 @@ that reads or writes a sweep (the driver, sweepctl, the API, the report, pull) g
     <storage>/<sweep>/sweep.json             the index: states, best, one line per trial (bounded rate)
     <storage>/<sweep>/driver.json            the driver's state: attempt, heartbeat, how it ended (trainer/driver/lock.py)
     <storage>/<sweep>/driver/attempt-NNNNNN.json  one per driver start, created only if absent: the lock's fencing token
-    <storage>/<sweep>/cancel.json            a cancel through the service: the driver records "cancelled"
+    <storage>/<sweep>/cancel.json            a cancel asked for (the service, `sweepctl cancel`): who, when; the driver records "cancelled"
     <storage>/<sweep>/logs/driver/...        the driver's progress log, in segments (SegmentedLog)
     <storage>/<sweep>/<trial>/trial.json     one trial's record: config, history, checkpoints, error
     <storage>/<sweep>/<trial>/logs/...       the trial's stdout/stderr and traceback, per attempt and rank
@@ -26,6 +26,7 @@ Sweeps written before this format (one ``summary.json`` holding everything) are 
 from __future__ import annotations
 
 import math
+import os
 import re
 import threading
 import time
@@ -58,9 +59,11 @@ TENSORBOARD = "tensorboard"
 # that directory back at each snapshot, which would put stale copies over the live ones.
 TOP_LEVEL_JSON = (INDEX, LEGACY_SUMMARY, DRIVER_LOCK, CANCEL_REQUEST)
 
-TrialStatus = Literal["pending", "running", "paused", "terminated", "stopped_early", "error"]
+# rejected: refused before it trained, by a constraint the trial checks first (``TrialSummary.infeasible``
+# says which); never retried, no epochs.
+TrialStatus = Literal["pending", "running", "paused", "terminated", "stopped_early", "error", "rejected"]
 TRIAL_STATES: tuple[str, ...] = TrialStatus.__args__
-FINISHED_STATES = ("terminated", "stopped_early", "error")
+FINISHED_STATES = ("terminated", "stopped_early", "error", "rejected")
 # interrupted: SIGINT/SIGTERM or a lost driver (resume continues it); failed: the driver stopped on
 # an error (``SweepIndex.stop_reason`` says which); cancelled: through the service.
 SweepStatus = Literal["running", "finished", "interrupted", "failed", "cancelled"]
@@ -101,6 +104,16 @@ class EpochResult(_Model):
     checkpoint_bytes: int | None = None  # size of that checkpoint
     grad_scale: float | None = None  # fp16: GradScaler's loss scale after this epoch (halved at each skipped overflow step)
     gpu_peak_bytes: int | None = None  # GPU trials: most bytes the trial held in PyTorch's CUDA allocator so far (its ranks' largest)
+    params: int | None = None  # trainable parameters of the model (a frozen backbone's are not counted), parameters
+    # Seconds spent in the training phase of epochs 1..epoch, summed (not validation, not checkpoint
+    # writes); a restore continues the count of the checkpoint it starts from (a PBT exploit: the donor's).
+    train_seconds: float | None = None
+    # Milliseconds per image of a forward pass in eval mode under no_grad, in the trial's precision on
+    # its device, over one fixed batch of the first 256 validation images (every trial the same batch
+    # size): the median of 5 timed passes after 2 warm-up ones. Measured once per trial start (after its
+    # first epoch) and carried: it depends on the architecture, not on the weights. Machine- and
+    # load-dependent: trials compare only on the same kind of machine under a similar load.
+    inference_ms: float | None = None
 
     def metric(self, name: str) -> float | None:
         value = getattr(self, name, None)
@@ -108,6 +121,19 @@ class EpochResult(_Model):
 
 
 RESULT_KEYS = tuple(f for f in EpochResult.model_fields if f != "attempt")
+# The metrics an objective or a constraint may name: everything the loop reports per epoch.
+METRICS: tuple[str, ...] = tuple(f for f in RESULT_KEYS if f != "epoch")
+# Which way is better, for the metrics that have a direction (an objective's default mode). The
+# others (lr, val_samples, grad_scale, ...) need the mode said.
+BETTER: dict[str, Literal["max", "min"]] = {
+    "val_acc": "max", "train_acc": "max", "samples_per_second": "max",
+    "val_loss": "min", "train_loss": "min", "val_loss_se": "min", "epoch_seconds": "min", "train_seconds": "min",
+    "checkpoint_seconds": "min", "checkpoint_bytes": "min", "gpu_peak_bytes": "min", "params": "min",
+    "inference_ms": "min", "duplicate_samples": "min",
+}
+# Known before a trial trains (computable from its spec and the input shape): a constraint on these
+# rejects a config before the trial trains (trainer/loop.py ``reject_if_infeasible``).
+KNOWN_BEFORE_TRAINING = ("params",)
 
 
 class Objective(_Model):
@@ -117,6 +143,10 @@ class Objective(_Model):
     def better(self, a: float, b: float) -> bool:
         return a > b if self.mode == "max" else a < b
 
+    def signed(self, value: float) -> float:
+        """``value`` as a number to minimize (smaller is better in either mode)."""
+        return -value if self.mode == "max" else value
+
     def best_epoch(self, history: Iterable[EpochResult]) -> EpochResult | None:
         best = None
         for entry in history:
@@ -124,6 +154,40 @@ class Objective(_Model):
             if value is not None and (best is None or self.better(value, best.metric(self.metric))):
                 best = entry
         return best
+
+
+_OPERATORS: dict[str, Callable[[float, float], bool]] = {
+    "<=": lambda a, b: a <= b, "<": lambda a, b: a < b, ">=": lambda a, b: a >= b, ">": lambda a, b: a > b}
+
+
+class Constraint(_Model):
+    """One of the spec's ``constraints`` (``"params <= 2e6"``), parsed by service/core/spec.py's
+    ``parse_constraint``: a trial satisfies it when its ``metric`` compares to ``bound`` by ``op``."""
+
+    metric: str
+    op: Literal["<=", "<", ">=", ">"]
+    bound: float
+    text: str  # as the spec wrote it
+
+    def violation(self, value: float | None) -> str | None:
+        """Why ``value`` breaks this constraint, None when it keeps it. A metric the trial never
+        reported (None) cannot be shown to keep it: that breaks it too."""
+        if value is None:
+            return f"{self.metric} was not reported, so '{self.text}' cannot hold"
+        if _OPERATORS[self.op](value, self.bound):
+            return None
+        shown = f"{value:,}" if isinstance(value, int) else f"{value:.4g}"
+        return f"{self.metric} = {shown} breaks '{self.text}'"
+
+    @property
+    def before_training(self) -> bool:
+        return self.metric in KNOWN_BEFORE_TRAINING
+
+
+def violations(constraints: Iterable[Constraint], entry: EpochResult) -> str | None:
+    """Every constraint ``entry`` (one epoch) breaks, in one line; None when it keeps them all."""
+    found = [v for c in constraints if (v := c.violation(entry.metric(c.metric))) is not None]
+    return "; ".join(found) or None
 
 
 class Exploit(_Model):
@@ -169,7 +233,9 @@ class TrialSummary(_Model):
 
     trial_id: str
     status: TrialStatus = "pending"
-    config: dict[str, Any] = {}  # searched and mutated values, by dotted spec path
+    # searched and mutated values, by dotted spec path; a conditional section's: what the trial's
+    # branch set, its name always (service/core/spec.py, conditional_sections)
+    config: dict[str, Any] = {}
     stop_reason: str | None = None
     epochs: int = 0  # the last epoch reported
     seconds: float = 0.0  # the trial's own training time (Tune's time_total_s)
@@ -177,6 +243,10 @@ class TrialSummary(_Model):
     checkpoint: str | None = None  # URI of the trial's best retained checkpoint (latest while running)
     restarts: int = 0  # crashes restarted from the last checkpoint
     error: TrialError | None = None
+    # Why the trial breaks the spec's constraints (the values and the constraint): never ranked, never
+    # the sweep's best. A "rejected" trial was refused before training; any other was judged on its
+    # scored epoch (``best``: no epoch kept every constraint).
+    infeasible: str | None = None
 
 
 class TrialRecord(TrialSummary):
@@ -197,12 +267,24 @@ class TrialRecord(TrialSummary):
 
 
 class SweepIndex(_Model):
-    """<sweep>/sweep.json: the sweep at a glance, one line per trial."""
+    """<sweep>/sweep.json: the sweep at a glance, one line per trial.
+
+    A multi-objective sweep (the spec's ``objectives``) lists them in ``objectives``, the first also
+    as ``objective`` (what schedulers, retention and one-number views go by); each trial is scored
+    at its last epoch (what Optuna is told when the trial completes), ``pareto_front`` holds the
+    trials no other finished trial dominates, and ``best_trial`` is the front's best by the first
+    objective (ties: by the next objectives, then the trial id)."""
 
     format: int = FORMAT
     sweep: str
     status: SweepStatus = "running"
     objective: Objective
+    objectives: list[Objective] = []  # multi-objective sweeps: all of them, objective first; else empty
+    constraints: list[Constraint] = []
+    # Multi-objective sweeps: the ids of the finished (terminated or stopped early), feasible trials
+    # that no other such trial dominates (at least as good in every objective, better in one), in
+    # ranking order. Trials with equal objective values do not dominate each other: all stay on it.
+    pareto_front: list[str] = []
     max_epochs: int  # the epoch budget of one trial
     num_trials: int  # planned: grid points × num_samples
     trial_states: dict[str, int] = {}
@@ -215,8 +297,22 @@ class SweepIndex(_Model):
     best_trial: str | None = None
     trials: list[TrialSummary] = []
 
-    def ranked(self) -> list[TrialSummary]:
-        return ranked(self.trials, self.objective)
+    def ranked(self, trials: Iterable[TrialSummary] | None = None) -> list:
+        """``trials`` (default: the index's own) by this sweep's ranking (``ranked``)."""
+        return ranked(self.trials if trials is None else trials, self.objective, self.objectives[1:])
+
+    def scored_epoch(self, history: list[EpochResult]) -> EpochResult | None:
+        """The epoch a trial is judged by (its ``best``): one objective: the best epoch among those
+        that keep every constraint (the best of all when none does); several: the last epoch (what
+        the searcher saw)."""
+        if self.objectives:
+            return history[-1] if history else None
+        kept = [h for h in history if violations(self.constraints, h) is None] if self.constraints else history
+        return self.objective.best_epoch(kept) or self.objective.best_epoch(history)
+
+    def infeasibility(self, trial: TrialSummary) -> str | None:
+        """Why ``trial``'s scored epoch breaks the constraints (None: it keeps them, or has none yet)."""
+        return violations(self.constraints, trial.best) if self.constraints and trial.best else None
 
     @property
     def best(self) -> TrialSummary | None:
@@ -226,37 +322,99 @@ class SweepIndex(_Model):
         return next((t for t in self.trials if t.trial_id == trial_id), None)
 
 
-def ranked(trials: Iterable[TrialSummary], objective: Objective) -> list:
-    """Trials with a scored epoch, best first (ties: the earlier trial id first). The one ranking."""
-    scored = [t for t in trials if t.best is not None and t.best.metric(objective.metric) is not None]
-    sign = -1 if objective.mode == "max" else 1
-    return sorted(scored, key=lambda t: (sign * t.best.metric(objective.metric), t.trial_id))
+def ranked(trials: Iterable[TrialSummary], objective: Objective, then: Iterable[Objective] = ()) -> list:
+    """Feasible trials with a scored epoch, best first by ``objective``; ties by the objectives in
+    ``then`` (a multi-objective sweep's others, in order), then the earlier trial id first. The one
+    ranking. Infeasible trials (``TrialSummary.infeasible``) are never ranked."""
+    order = [objective, *then]
+    keyed = [(key, t) for t in trials if (key := rank_key(t, order)) is not None]
+    return [t for _, t in sorted(keyed, key=lambda pair: pair[0])]
+
+
+def rank_key(trial: TrialSummary, objectives: list[Objective]) -> tuple | None:
+    """``ranked``'s sort key (smaller is better), None for a trial it leaves out (infeasible, or
+    without a value for every objective at its scored epoch)."""
+    if trial.infeasible is not None or trial.best is None:
+        return None
+    values = [trial.best.metric(o.metric) for o in objectives]
+    if any(v is None for v in values):
+        return None
+    return (*(o.signed(v) for o, v in zip(objectives, values)), trial.trial_id)
+
+
+def dominates(a: tuple, b: tuple) -> bool:
+    """``a`` dominates ``b`` (both: values to minimize): no worse in any, better in at least one."""
+    return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+
+
+def pareto_front(trials: Iterable[TrialSummary], objectives: list[Objective]) -> list[str]:
+    """The ids of the finished (terminated or stopped early), feasible trials that no other such
+    trial dominates at their scored epoch, in ranking order. Equal values dominate neither way, so
+    duplicates all stay on the front. O(trials × front): in ranking order a trial can only be
+    dominated by one before it, and if by any, then by one already on the front."""
+    front: list[tuple] = []
+    for key, trial_id in sorted((key, t.trial_id) for t in trials if t.status in ("terminated", "stopped_early")
+                                and (key := rank_key(t, objectives)) is not None):
+        values = key[:-1]
+        if not any(dominates(kept[:-1], values) for kept in front):
+            front.append(key)
+    return [key[-1] for key in front]
 
 
 # ============================================================================ queries
 SORT_KEYS = {"epochs": lambda t: -t.epochs, "seconds": lambda t: -t.seconds, "trial": lambda t: t.trial_id}
 
 
-def sort_trials(trials: list[TrialSummary], objective: Objective, key: str) -> list[TrialSummary]:
-    """Trials sorted for a table: by the objective or a metric (best first, unscored last), or by
+def sort_trials(trials: list[TrialSummary], objective: Objective, key: str,
+                then: Iterable[Objective] = ()) -> list[TrialSummary]:
+    """Trials sorted for a table: by the objective (``then``: a multi-objective sweep's others, for
+    ties) or a metric with a direction (best first; unscored and infeasible last), or by
     epochs/seconds (most first) or trial id. One rule for CLI and API."""
     if key in SORT_KEYS:
         return sorted(trials, key=SORT_KEYS[key])
-    metric = objective.metric if key == "objective" else key
-    if metric not in ("val_acc", "val_loss", "train_acc", "train_loss"):
-        raise UserError(f"cannot sort by {key!r}: use objective, val_acc, val_loss, train_acc, train_loss, "
+    if key == "objective":
+        scored = ranked(trials, objective, then)
+    elif key in BETTER:
+        scored = ranked(trials, Objective(metric=key, mode=BETTER[key]))
+    else:
+        raise UserError(f"cannot sort by {key!r}: use objective, a metric ({', '.join(BETTER)}), "
                         f"epochs, seconds or trial")
-    scored = ranked(trials, Objective(metric=metric, mode="min" if metric.endswith("loss") else "max"))
     placed = {t.trial_id for t in scored}
     return scored + [t for t in trials if t.trial_id not in placed]
 
 
 def trials_body(index: SweepIndex, *, sort: str = "objective", status: str | None = None) -> dict:
     """What `sweepctl trials --json` prints and GET /sweeps/{name}/trials answers."""
-    trials = sort_trials([t for t in index.trials if status is None or t.status == status], index.objective, sort)
-    return {"sweep": index.sweep, "status": index.status, "objective": index.objective.model_dump(),
+    trials = sort_trials([t for t in index.trials if status is None or t.status == status], index.objective, sort,
+                         index.objectives[1:])
+    body = {"sweep": index.sweep, "status": index.status, "objective": index.objective.model_dump(),
             "updated_at": index.updated_at, "total": len(trials),
             "trials": [t.model_dump(mode="json") for t in trials]}
+    if index.objectives:
+        body.update(objectives=[o.model_dump() for o in index.objectives], pareto_front=list(index.pareto_front))
+    return body
+
+
+# ============================================================================ cancel
+class CancelRequest(_Model):
+    """<sweep>/cancel.json: a cancel asked for (through the service, or `sweepctl cancel`), written
+    before the driver is stopped; the driver then records the sweep as cancelled, not interrupted,
+    with who and when. A resume withdraws it."""
+
+    requested_at: str  # ISO 8601, UTC
+    by: str  # who asked: "alice via the sweep service", "bob@laptop"
+    # The sweep's submitter, kept here because a backend may forget it (a cancel deletes its RayJob).
+    owner: str | None = None
+
+
+def unstarted_cancel_index(index: SweepIndex, *, created: str, cancel: CancelRequest) -> SweepIndex:
+    """``index`` (``new_index``'s, with attempt 0: no driver ran) as the record of a sweep cancelled
+    before its driver started (still pending): no trial, ``cancelled`` with who and when."""
+    index = index.model_copy(deep=True)
+    index.started_at = created or index.started_at
+    index.status, index.stopped_at = "cancelled", cancel.requested_at
+    index.stop_reason = f"cancelled by {cancel.by} at {cancel.requested_at}, before its driver started"
+    return index
 
 
 # ============================================================================ the layout
@@ -287,19 +445,45 @@ class SweepStore:
     def cancel_request_uri(self) -> str:
         return self.path(CANCEL_REQUEST)
 
-    def request_cancel(self, by: str) -> None:
-        """The service's cancel, written before it stops the driver (SIGTERM, or the RayJob
-        deleted): the driver then records the sweep as cancelled, not interrupted. A resume
-        withdraws it."""
-        storage.write_json_atomic(self.cancel_request_uri, {"requested_at": now_iso(), "by": by})
+    def request_cancel(self, by: str, owner: str | None = None) -> CancelRequest:
+        """A cancel, written before the driver is stopped (SIGTERM, or its RayJob deleted): the
+        driver then records the sweep as cancelled by ``by``, not interrupted. A resume withdraws it."""
+        request = CancelRequest(requested_at=now_iso(), by=by, owner=owner)
+        storage.write_json_atomic(self.cancel_request_uri, request.model_dump(mode="json"))
+        return request
+
+    def read_cancel_request(self) -> CancelRequest | None:
+        raw = storage.read_json_if_exists(self.cancel_request_uri)
+        return None if raw is None else _parse(CancelRequest, raw, self.cancel_request_uri)
 
     def mark_cancelled(self, by: str) -> None:
         """For a sweep whose driver is already gone (it cannot record the cancel itself)."""
         index = self.read_index()
         if index is not None and index.status in ("running", "interrupted", "failed"):
             index.status, index.stopped_at = "cancelled", now_iso()
-            index.stop_reason = f"cancelled by {by} (its driver had already stopped)"
+            index.stop_reason = f"cancelled by {by} at {index.stopped_at} (its driver had already stopped)"
             storage.write_text_atomic(self.index_uri, index.model_dump_json())
+
+    def keep_unstarted(self, spec_yaml: str, index: SweepIndex) -> None:
+        """A sweep cancelled before its driver wrote anything: its resolved spec and ``index``
+        (``unstarted_cancel_index``), each created only if absent (a driver that did start keeps its
+        own), so that it stays listed, and resumable, once its backend forgot it (a deleted RayJob)."""
+        storage.create_exclusive(self.spec_uri, spec_yaml.encode())
+        storage.create_exclusive(self.index_uri, index.model_dump_json().encode())
+
+    @property
+    def prefix(self) -> str:
+        """The sweep's prefix, its separator included: every object under it, and only those, is the sweep's."""
+        return self.uri + ("/" if storage.is_s3(self.uri) else os.sep)
+
+    def stored_objects(self) -> dict[str, int]:
+        """Every object under the sweep's prefix, by relative path, with its size in bytes."""
+        return storage.file_sizes(self.uri)
+
+    def delete(self) -> None:
+        """Remove every object under ``<storage>/<name>/`` and nothing else: the prefix ends with
+        the separator, so sweep ``abc`` never takes ``abc-2``'s objects with it."""
+        storage.delete_tree(self.uri)
 
     @property
     def space_reserve_uri(self) -> str:
@@ -571,10 +755,12 @@ class RecordWriter:
         self._states = dict.fromkeys(TRIAL_STATES, 0)
         for t in self.trials.values():
             self._states[t.status] += 1
+        self._ranking = [index.objective, *index.objectives[1:]]  # ranked()'s order: the objective, then the others
         self._best: TrialRecord | None = None
-        self._best_value: float | None = None
+        self._best_key: tuple | None = None
         for t in self.trials.values():
             self._consider_best(t)
+        self._front_stale = bool(index.objectives)  # multi-objective: recompute the front at the next snapshot
         self._last_index = -math.inf
         self._index_bytes = 0
         self.index_writes = 0  # index objects written (counted by tests and bench/sweep_scale.py)
@@ -595,6 +781,7 @@ class RecordWriter:
             self._states[record.status] -= 1
             self._states[status] += 1
             record.status = status
+            self._front_stale = bool(self.index.objectives)  # the front holds finished trials only
 
     def add_result(self, record: TrialRecord, entry: EpochResult) -> None:
         # A re-run epoch (after a crash or a PBT exploit) replaces what came after its checkpoint.
@@ -602,29 +789,36 @@ class RecordWriter:
             record.history = [h for h in record.history if h.epoch < entry.epoch]
         record.history.append(entry)
         record.epochs = entry.epoch
-        record.best = self.index.objective.best_epoch(record.history)
+        record.best = self.index.scored_epoch(record.history)
+        if record.status != "rejected":  # a rejection says why; no result can change it
+            record.infeasible = self.index.infeasibility(record)
+        if record.status in FINISHED_STATES:  # the front holds finished trials: a running one cannot change it
+            self._front_stale = bool(self.index.objectives)
+        self._consider_best(record)
+
+    def reject(self, record: TrialRecord, reason: str) -> None:
+        """The trial was refused before it trained: it broke a constraint known before training."""
+        record.infeasible = reason
+        record.stop_reason = f"rejected before training: {reason}"[:300]
+        self.set_status(record, "rejected")
         self._consider_best(record)
 
     def _consider_best(self, record: TrialRecord) -> None:
-        """Keep the sweep's best trial current in O(1) per result."""
-        metric, objective = self.index.objective.metric, self.index.objective
-        value = record.best.metric(metric) if record.best else None
-        if self._best is record and (value is None or objective.better(self._best_value, value)):
-            # The best trial lost its best epoch (a re-run after a PBT exploit replaced it): rare,
-            # so look at every trial again rather than claim a best that is gone.
-            self._best, self._best_value = None, None
+        """Keep the sweep's best trial (``ranked``'s first) current in O(1) per result."""
+        key = rank_key(record, self._ranking)
+        if self._best is record and (key is None or key > self._best_key):
+            # The best trial lost its best epoch (a re-run after a PBT exploit replaced it) or broke
+            # a constraint: rare, so look at every trial again rather than claim a best that is gone.
+            self._best, self._best_key = None, None
             for t in self.trials.values():
                 if t is not record:
                     self._consider_best(t)
-            if value is None:
-                return
-        if value is None:
+        if key is None:
             return
-        if self._best is None or objective.better(value, self._best_value) or (
-                value == self._best_value and record.trial_id < self._best.trial_id):
-            self._best, self._best_value = record, value
+        if self._best is None or key < self._best_key:
+            self._best, self._best_key = record, key
         elif self._best is record:
-            self._best_value = value
+            self._best_key = key
 
     # ---------------------------------------------------------------------- writes
     def changed(self, record: TrialRecord) -> None:
@@ -655,7 +849,14 @@ class RecordWriter:
         index.stopped_at = None if status == "running" else index.updated_at
         index.stop_reason = None if status in ("running", "finished") else stop_reason
         index.trial_states = {s: n for s, n in self._states.items() if n}
-        index.best_trial = self._best.trial_id if self._best else None
+        if index.objectives:
+            # O(trials × front), only when a trial ended or a finished trial changed since the last snapshot
+            if self._front_stale:
+                index.pareto_front = pareto_front(self.trials.values(), index.objectives)
+                self._front_stale = False
+            index.best_trial = index.pareto_front[0] if index.pareto_front else None  # the front is in ranking order
+        else:
+            index.best_trial = self._best.trial_id if self._best else None
         if wall_seconds is not None:
             index.wall_seconds = round(wall_seconds, 2)
         index.trials = [t.summary() for t in self.trials.values()]
@@ -712,7 +913,12 @@ class RecordWriter:
         return True
 
 
-def new_index(name: str, objective: Objective, *, max_epochs: int, num_trials: int, attempt: int) -> SweepIndex:
+def new_index(name: str, objective: Objective, *, max_epochs: int, num_trials: int, attempt: int,
+              objectives: list[Objective] = (), constraints: list[Constraint] = ()) -> SweepIndex:
+    """``objectives``: a multi-objective sweep's, ``objective`` their first."""
+    if objectives and objectives[0] != objective:
+        raise ValueError(f"objective {objective} must be the first of objectives {objectives}")
     started = now_iso()
     return SweepIndex(sweep=name, objective=objective, max_epochs=max_epochs, num_trials=num_trials,
-                      started_at=started, updated_at=started, driver_attempt=attempt)
+                      started_at=started, updated_at=started, driver_attempt=attempt,
+                      objectives=list(objectives), constraints=list(constraints))

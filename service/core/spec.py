@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Generic, Literal, TypeVar, Union
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -33,8 +34,11 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
+
+from service.core.record import BETTER, METRICS, Constraint
 
 T = TypeVar("T")
 
@@ -399,7 +403,9 @@ class LRScheduleSpec(_Strict):
 class TrainSpec(_Strict):
     epochs: Tunable[PositiveInt] = 10  # also the scheduler's max_t
     batch_size: Tunable[PositiveInt] = 64  # images per step per worker
-    optimizer: OptimizerSpec = OptimizerSpec()
+    # an optimizer, or a grid/choice over whole optimizers, each with its own primitives (a
+    # conditional space: {choice: [{name: sgd, momentum: {uniform: [...]}}, {name: adam}]})
+    optimizer: Tunable[OptimizerSpec] = OptimizerSpec()
     lr_schedule: LRScheduleSpec = LRScheduleSpec()
     label_smoothing: Tunable[Annotated[float, Field(ge=0, lt=1)]] = 0.0  # cross-entropy target smoothing
     # auto: bf16 on CUDA with bf16 and on CPUs with native bf16 (AVX512-BF16/AMX), fp16 on older
@@ -455,22 +461,66 @@ class SchedulerSpec(_Strict):
 
 _MUTATION_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}(\.[A-Za-z_][A-Za-z0-9_]{0,63}){0,15}")
 
-METRICS = {"val_acc": "max", "val_loss": "min", "train_acc": "max", "train_loss": "min"}
+def unknown_metric(name: str) -> str:
+    """The message for a metric the loop does not report, with the closest ones and every one."""
+    import difflib
+
+    close = difflib.get_close_matches(name, METRICS, n=2)
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    return f"unknown metric {short_repr(name)}{hint}: the training loop reports {', '.join(METRICS)}"
 
 
 class ObjectiveSpec(_Strict):
-    metric: Literal["val_acc", "val_loss", "train_acc", "train_loss"] = "val_acc"
-    mode: Literal["max", "min"] | None = None  # default: the metric's natural direction
+    # Any metric the loop reports (service/core/record.py's EpochResult: accuracies, losses, params,
+    # train_seconds, inference_ms, ...).
+    metric: str = "val_acc"
+    mode: Literal["max", "min"] | None = None  # default: the metric's natural direction (BETTER)
+
+    @field_validator("metric")
+    @classmethod
+    def _reported(cls, metric: str) -> str:
+        if metric not in METRICS:
+            raise ValueError(unknown_metric(metric))
+        return metric
 
     @model_validator(mode="after")
     def _sensible_mode(self):
-        natural = METRICS[self.metric]
+        natural = BETTER.get(self.metric)
+        if self.mode is None and natural is None:
+            raise SpecProblems([At(("mode",), f"{self.metric} has no natural direction: give mode: max or mode: min",
+                                   involves=(("metric",),))])
         if self.mode is None:
             object.__setattr__(self, "mode", natural)
-        elif self.mode != natural:
+        elif natural is not None and self.mode != natural:
             raise SpecProblems([At(("mode",), f"{self.metric} should be {natural}imized, not {self.mode}imized",
                                    involves=(("metric",),))])
         return self
+
+
+# "metric op number": params <= 2e6, inference_ms < 5, val_acc >= 0.9
+_CONSTRAINT = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|<|>)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*")
+
+
+def parse_constraint(text: str) -> Constraint:
+    """``"params <= 2e6"`` → Constraint(metric="params", op="<=", bound=2e6). ValueError saying what
+    is wrong otherwise (the form, or a metric the loop does not report)."""
+    match = _CONSTRAINT.fullmatch(text)
+    if match is None:
+        raise ValueError(f"{short_repr(text)} is not 'metric op number' (op: <=, <, >=, >), e.g. 'params <= 2e6'")
+    metric, op, bound = match.groups()
+    if metric not in METRICS:
+        raise ValueError(unknown_metric(metric))
+    return Constraint(metric=metric, op=op, bound=float(bound), text=" ".join(match.groups()))
+
+
+def _checked_constraint(text: str) -> str:
+    parse_constraint(text)
+    return text
+
+
+ConstraintText = Annotated[str, Field(max_length=200), AfterValidator(_checked_constraint)]
+# Schedulers that stop or exploit trials by one metric: in a multi-objective sweep, the first.
+ONE_METRIC_SCHEDULERS = ("asha", "hyperband", "median", "pbt")
 
 
 class ResourcesSpec(_Strict):
@@ -510,6 +560,14 @@ class MetricsSpec(_Strict):
     port: Annotated[int, Field(ge=0, le=65535)] = 9500
 
 
+class ReportSpec(_Strict):
+    # The sweep's report (report/report.html under its storage: service/analysis/report.py), written
+    # by the driver once the last trial has ended, when the sweep finished (not when it was
+    # interrupted, cancelled or failed). A report that fails is one line in the driver log and
+    # changes nothing else; `sweepctl report NAME` writes it again. false: only that command does.
+    auto: bool = True
+
+
 DNS1123 = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 
@@ -519,16 +577,46 @@ class SweepSpec(_Strict):
     # numpy's RandomState, which seeds Ray's grid/random searcher, accepts)
     seed: Annotated[int, Field(ge=0, lt=2**32)] = 0
     data: DataSpec
-    # a model, or a primitive over whole models: {grid: [{name: mlp, ...}, {name: cnn, ...}]}
+    # a model, or a grid/choice over whole models, each with its own primitives or none:
+    # {grid: [{name: mlp, ...}, {name: cnn, filters: {grid: [8, 16]}}]} (see conditional_sections)
     model: Tunable[ModelSpec]
     train: TrainSpec = TrainSpec()
     search: SearchSpec = SearchSpec()
     scheduler: SchedulerSpec = SchedulerSpec()
+    # The one objective; with ``objectives`` (exclusive), the first of them (set from it, and not
+    # written back: a dumped spec holds objectives only).
     objective: ObjectiveSpec = ObjectiveSpec()
+    # Several objectives: a multi-objective search (Optuna), the record keeps their Pareto front.
+    objectives: Annotated[list[ObjectiveSpec], Field(min_length=2, max_length=8)] | None = None
+    # "metric op number" each (params <= 2e6): a trial breaking one is infeasible, never ranked;
+    # one on params is checked before the trial trains (and a trial breaking it never trains).
+    constraints: Annotated[list[ConstraintText], Field(max_length=32)] = []
     resources: ResourcesSpec = ResourcesSpec()
     storage: StorageSpec = StorageSpec()
     checkpoint: CheckpointSpec = CheckpointSpec()
     metrics: MetricsSpec = MetricsSpec()
+    report: ReportSpec = ReportSpec()
+
+    @model_validator(mode="after")
+    def _first_objective(self):
+        if self.objectives:  # (both given: spec_wide_problems says so)
+            object.__setattr__(self, "objective", self.objectives[0])
+        return self
+
+    @model_serializer(mode="wrap")
+    def _objectives_only(self, handler):
+        """A multi-objective spec dumps ``objectives`` only (its ``objective`` is their first), so
+        that what is dumped validates again (spec.yaml, a trial's spec); a spec without objectives or
+        constraints dumps neither key, as before they existed (a spec.yaml an older sweepctl reads)."""
+        data = handler(self)
+        if isinstance(data, dict):
+            if self.objectives:
+                data.pop("objective", None)
+            else:
+                data.pop("objectives", None)
+            if not self.constraints:
+                data.pop("constraints", None)
+        return data
 
     @model_validator(mode="after")
     def _runs_as_written(self, info: ValidationInfo):
@@ -551,33 +639,35 @@ def spec_wide_problems(spec: SweepSpec, max_trials: int | None = None) -> list[A
     count), all of them, each at its most relevant key, with the other keys it read in ``involves``."""
     found: list[At] = []
     space = search_space(spec)
-    sampled = [path for path, p in space.items() if not isinstance(p, Grid)]
-    grids = [path for path, p in space.items() if isinstance(p, Grid)]
-    if isinstance(spec.model, (Grid, Choice)):
-        nested = [i for i, m in enumerate(primitive_values(spec.model)) if search_space(m)]
-        if nested:
-            found.append(At(("model",), (
-                f"model: the models listed at positions {nested} contain search primitives; a "
-                "primitive over whole models lists plain models (one trial each)"
-            )))
+    # every primitive, those inside the branches of a conditional section too, by where it is
+    # written (train.optimizer.choice[0].momentum) and its path in the spec
+    inner = branches(spec)
+    where = {path: _at(path) for path in space}
+    where.update({b.name_of(key): b.field_at(key) for b in inner for key in b.space})
+    every = {**space, **{b.name_of(key): p for b in inner for key, p in b.space.items()}}
+    sampled = [path for path, p in every.items() if not isinstance(p, Grid)]
+    grids = [path for path, p in every.items() if isinstance(p, Grid)]
     algorithm, scheduler = spec.search.algorithm, spec.scheduler
     if algorithm == "grid" and sampled:
         found.append(At(("search", "algorithm"), (
             f"search.algorithm 'grid' needs {{grid: [...]}} everywhere, but {sampled} are "
             "sampled: use search.algorithm: random, or list the values with grid"
-        ), involves=tuple(_at(p) for p in sampled)))
+        ), involves=tuple(where[p] for p in sampled)))
     if algorithm in ("optuna", "hyperopt") and grids:
         found.append(At(("search", "algorithm"), (
             f"search.algorithm {algorithm!r} samples every value, it cannot walk a grid: "
             f"write {grids} as {{choice: [...]}}"
-        ), involves=tuple(_at(p) for p in grids)))
+        ), involves=tuple(where[p] for p in grids)))
+    if algorithm == "random":
+        found += _grids_in_drawn_branches(spec)
     if scheduler.name in ("asha", "median") and scheduler.grace_period > max_epochs(spec):
         found.append(At(("scheduler", "grace_period"), (
             f"scheduler.grace_period ({scheduler.grace_period}) exceeds train.epochs "
             f"({max_epochs(spec)}): no trial could ever be stopped early"
         ), involves=(("scheduler", "name"), ("train", "epochs"))))
     if scheduler.name == "pbt":
-        found += _pbt_problems(spec, grids)
+        found += _pbt_problems(spec, [p for p in grids if p in space])
+    found += _objectives_problems(spec)
     if max_trials is not None:
         too_many = trial_count_problem(spec, max_trials)
         if too_many is not None:
@@ -585,11 +675,51 @@ def spec_wide_problems(spec: SweepSpec, max_trials: int | None = None) -> list[A
     return found
 
 
+def _objectives_problems(spec: SweepSpec) -> list[At]:
+    """Several objectives: distinct metrics, and a searcher that handles several (Optuna)."""
+    if not spec.objectives:
+        return []
+    found, seen = [], {}
+    if "objective" in spec.model_fields_set:
+        found.append(At(("objective",), "give either objective (one) or objectives (several), not both",
+                        involves=(("objectives",),)))
+    for i, objective in enumerate(spec.objectives):
+        if objective.metric in seen:
+            found.append(At(("objectives", i, "metric"), (
+                f"{objective.metric} is objectives[{seen[objective.metric]}] already: each objective names "
+                "another metric"), involves=(("objectives", seen[objective.metric], "metric"),)))
+        seen.setdefault(objective.metric, i)
+    if spec.search.algorithm != "optuna":
+        found.append(At(("objectives",), (
+            f"several objectives need search.algorithm: optuna (its samplers search for the Pareto front); "
+            f"{spec.search.algorithm!r} ranks trials by one number: set search.algorithm: optuna, "
+            "or keep one objective"), involves=(("search", "algorithm"),)))
+    return found
+
+
+def spec_notes(spec: SweepSpec) -> list[str]:
+    """What a valid spec does that its author may not expect: printed by `sweepctl validate` and
+    `sweepctl run`, not errors."""
+    notes = []
+    if spec.objectives and spec.scheduler.name in ONE_METRIC_SCHEDULERS:
+        first = spec.objectives[0]
+        notes.append(f"scheduler {spec.scheduler.name} judges trials by {first.metric}, the first objective "
+                     f"({first.mode}): it stops trials that are behind on {first.metric} alone")
+    return notes
+
+
 def _pbt_problems(spec: SweepSpec, grids: list[str]) -> list[At]:
     scheduler, found = spec.scheduler, []
     if spec.search.algorithm in ("optuna", "hyperopt"):
         found.append(At(("scheduler", "name"), "scheduler 'pbt' changes configs during training: use search grid or random",
                         involves=(("search", "algorithm"),)))
+    conditional = list(conditional_sections(spec))
+    if conditional:
+        found.append(At(("scheduler", "name"), (
+            f"scheduler 'pbt' cannot run a conditional search space ({', '.join(conditional)}: search "
+            "primitives inside the branches): an exploit copies a donor's config, perhaps of another branch, "
+            "and mutates it; use scheduler fifo, asha, hyperband or median, or list plain branches"
+        ), involves=tuple(b.field_at(next(iter(b.space))) for b in branches(spec) if b.space)[:1]))
     if not scheduler.mutations:
         found.append(At(("scheduler", "mutations"), "scheduler 'pbt' needs scheduler.mutations (dotted path -> distribution)",
                         involves=(("scheduler", "name"),)))
@@ -706,7 +836,7 @@ def trial_count_problem(spec: SweepSpec, max_trials: int = MAX_TRIALS) -> At | N
     total = num_trials(spec)
     if total <= max_trials:
         return None
-    factors = [(path, len(p.grid)) for path, p in search_space(spec).items() if isinstance(p, Grid)]
+    factors = list(_grid_sizes(spec).items())
     factors.append(("search.num_samples", spec.search.num_samples))
     shown = " × ".join(f"{path} {n:,}" for path, n in factors if n > 1)
     largest = max(factors, key=lambda f: f[1])[0]
@@ -726,10 +856,22 @@ def _mutation_value_problems(spec: SweepSpec) -> list[At]:
     into a copy of the spec and validated; the rest of a choice list by the leaf's type alone (one
     validation for the whole list, so a long list costs milliseconds, not a spec per value)."""
     found, base = [], None
+    # A section searched as a grid/choice over whole sections: a mutation inside it is checked in
+    # one member of each class it lists (model: mlp, cnn, ...), put in the section's place.
+    listed = {path: p for path, p in search_space(spec).items() if path in CONDITIONAL_SECTIONS
+              and isinstance(p, (Grid, Choice)) and any(isinstance(m, BaseModel) for m in primitive_values(p))}
+    conditional = conditional_sections(spec)
     for path, primitive in spec.scheduler.mutations.items():
         if base is None:
             base = spec.model_dump(mode="json", exclude={"scheduler"})
-        problem = _mutation_value_problem(base, path, primitive)
+        section = next((s for s in listed if path.startswith(s + ".")), None)
+        if section in conditional:
+            continue  # PBT refuses a conditional space (_pbt_problems)
+        bases = [base]
+        if section is not None:
+            members = {type(m): m for m in reversed(primitive_values(listed[section]))}.values()
+            bases = [_put(base, section, m.model_dump(mode="json")) for m in members]
+        problem = next((p for b in bases if (p := _mutation_value_problem(b, path, primitive))), None)
         if problem:
             found.append(At(("scheduler", "mutations", path), problem, involves=(_at(path),)))
     return found
@@ -873,10 +1015,115 @@ def primitive_values(primitive: BaseModel) -> Any:
 
 def num_trials(spec: SweepSpec) -> int:
     """Grid points × num_samples (Ray Tune's rule: every sample is crossed with every grid point)."""
-    grid_points = math.prod(
-        len(p.grid) for p in search_space(spec).values() if isinstance(p, Grid)
-    )
-    return grid_points * spec.search.num_samples
+    return math.prod(_grid_sizes(spec).values()) * spec.search.num_samples
+
+
+def _grid_sizes(spec: SweepSpec) -> dict[str, int]:
+    """The points of each grid, by path: a grid's values; a grid over the branches of a conditional
+    section, the sum over its branches of each branch's own grid points (the product of its grids)."""
+    sections = conditional_sections(spec)
+    sizes = {}
+    for path, primitive in search_space(spec).items():
+        if isinstance(primitive, Grid) and path in sections:
+            sizes[path] = sum(math.prod(len(p.grid) for p in branch.space.values() if isinstance(p, Grid))
+                              for branch in sections[path])
+        elif isinstance(primitive, Grid):
+            sizes[path] = len(primitive.grid)
+    return sizes
+
+
+# ----------------------------------------------------------------------------- conditional spaces
+# A grid or choice over whole sections whose branches hold search primitives of their own:
+#
+#     train:
+#       optimizer: {choice: [{name: sgd, lr: {loguniform: [1e-3, 1e-1]}, momentum: {uniform: [0.8, 0.99]}},
+#                            {name: adam, lr: {loguniform: [1e-4, 1e-2]}}]}
+#
+# Each trial has one branch and samples only that branch's primitives. Its config (Tune's, the
+# record's) is flat, by the section's dotted paths: everything the branch sets, plain or sampled,
+# and always its name: {"train.optimizer.name": "sgd", "train.optimizer.lr": 0.012,
+# "train.optimizer.momentum": 0.83} for an SGD trial, no momentum for an Adam one. A searcher names
+# a branch's primitive by where it is written (train.optimizer.choice[0].lr): TPE models SGD's lr
+# and Adam's lr apart (trainer/driver/conditional.py translates). A grid or choice over sections
+# that hold no primitive is not conditional: its config holds the whole section as one value.
+CONDITIONAL_SECTIONS = ("model", "train.optimizer")
+
+
+@dataclass(frozen=True)
+class Branch:
+    """One member of a grid/choice over a whole section."""
+
+    section: str  # the section's dotted path: "train.optimizer"
+    kind: str  # "grid" or "choice"
+    index: int  # its position in the list
+    fixed: dict[str, Any]  # what it sets to plain values, name always, by config key: {"train.optimizer.name": "sgd"}
+    space: dict[str, BaseModel]  # its primitives by config key: {"train.optimizer.lr": LogUniform(...)}
+
+    @property
+    def where(self) -> str:
+        """As written, the loader's dotted form: train.optimizer.choice[0]."""
+        return f"{self.section}.{self.kind}[{self.index}]"
+
+    def name_of(self, key: str) -> str:
+        """A config key as a searcher's parameter name: train.optimizer.lr → train.optimizer.choice[0].lr."""
+        return f"{self.where}.{key.removeprefix(self.section + '.')}"
+
+    def field_at(self, key: str) -> tuple:
+        """A config key's place in the spec: ("train", "optimizer", "choice", 0, "lr")."""
+        return (*_at(self.section), self.kind, self.index, key.removeprefix(self.section + "."))
+
+
+def conditional_sections(spec: SweepSpec) -> dict[str, list[Branch]]:
+    """The sections searched as a grid/choice over branches of which at least one holds a primitive."""
+    found = {}
+    for path, primitive in search_space(spec).items():
+        if path not in CONDITIONAL_SECTIONS or not isinstance(primitive, (Grid, Choice)):
+            continue
+        members = primitive_values(primitive)
+        if not any(isinstance(m, BaseModel) and search_space(m) for m in members):
+            continue
+        kind = "grid" if isinstance(primitive, Grid) else "choice"
+        found[path] = [_branch(path, kind, i, m) for i, m in enumerate(members)]
+    return found
+
+
+def _branch(section: str, kind: str, index: int, member: BaseModel) -> Branch:
+    space = {f"{section}.{key}": p for key, p in search_space(member).items()}
+    written = member.model_dump(mode="json", exclude_unset=True)
+    fixed = {} if f"{section}.name" in space else {f"{section}.name": member.name}  # its default, when unset
+    fixed.update({f"{section}.{key}": value for key, value in written.items() if f"{section}.{key}" not in space})
+    return Branch(section, kind, index, fixed, space)
+
+
+def branches(spec: SweepSpec) -> list[Branch]:
+    """Every branch of every conditional section."""
+    return [b for section in conditional_sections(spec).values() for b in section]
+
+
+def config_keys(spec: SweepSpec) -> list[str]:
+    """Every key a trial's config may hold (before PBT mutations), in the spec's order: each
+    primitive's path; for a conditional section, the keys of every one of its branches."""
+    sections = conditional_sections(spec)
+    keys: dict[str, None] = {}
+    for path in search_space(spec):
+        for key in [k for b in sections[path] for k in [*b.fixed, *b.space]] if path in sections else [path]:
+            keys.setdefault(key)
+    return list(keys)
+
+
+def _grids_in_drawn_branches(spec: SweepSpec) -> list[At]:
+    """A random search draws one branch of a {choice: [...]} per trial: a grid inside a branch has
+    no fixed set of trials to walk (a {grid: [...]} over the branches crosses each with its grids)."""
+    found = []
+    for b in branches(spec):
+        for key, primitive in b.space.items():
+            if b.kind == "choice" and isinstance(primitive, Grid):
+                found.append(At(b.field_at(key), (
+                    f"a grid inside a branch of {b.section}'s {{choice: [...]}}: each trial draws one branch, "
+                    f"so its grid has no fixed set of points to walk; write {{choice: [...]}} here, or make "
+                    f"{b.section} a {{grid: [...]}} over its branches (each branch crossed with its own grids)"
+                )))
+    return found
 
 
 def apply_overrides(spec_dict: dict, flat: dict[str, Any]) -> dict:
@@ -896,10 +1143,16 @@ def apply_overrides(spec_dict: dict, flat: dict[str, Any]) -> dict:
 
 
 def concrete(spec: SweepSpec, trial_config: dict[str, Any]) -> SweepSpec:
-    """The spec with one trial's sampled values in place of its primitives."""
-    missing = set(search_space(spec)) - set(trial_config)
+    """The spec with one trial's sampled values in place of its primitives (a conditional section:
+    built from the trial's branch keys alone, see conditional_sections)."""
+    sections = conditional_sections(spec)
+    needed = {f"{path}.name" if path in sections else path for path in search_space(spec)}
+    missing = needed - set(trial_config)
     if missing:
         raise ValueError(f"trial config lacks values for {sorted(missing)}")
-    merged = apply_overrides(spec.model_dump(mode="json"), trial_config)
+    merged = spec.model_dump(mode="json")
+    for path in sections:
+        merged = _put(merged, path, {})  # the branch's keys fill it; defaults stand in for the rest
+    merged = apply_overrides(merged, trial_config)
     return SweepSpec.model_validate(merged)
 

@@ -206,6 +206,9 @@ def sweep_view(store: SweepStore, info, cache: RecordCache, selected: list[str] 
             "best_trial": best.trial_id if best else None,
             "best_value": _finite(best.best.metric(index.objective.metric)) if best and best.best else None,
             "best_epoch": best.best.epoch if best and best.best else None,
+            "objectives": [o.model_dump() for o in index.objectives],  # several: the Pareto front's
+            "pareto_front": index.pareto_front,
+            "constraints": [c.text for c in index.constraints],
         },
         "scheduler": scheduler,
         "config_keys": config_keys,

@@ -8,11 +8,14 @@ from __future__ import annotations
 import base64
 import io
 import json
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from service.analysis import stats
@@ -50,8 +53,9 @@ def assert_page_has(page: str, out: Path, figures: set[str]) -> None:
 
 
 def report_and_evaluate(storage: str, name: str, *extra: str) -> tuple[Path, str, dict, dict]:
-    assert sweepctl(["report", name, "--storage", storage, *extra]) == 0
     out = Path(storage) / name / "report"
+    assert not out.exists()  # report.auto is false here (tests/conftest.py BASE_SPEC): the driver wrote none
+    assert sweepctl(["report", name, "--storage", storage, *extra]) == 0
     assert "Not evaluated yet" in (out / "report.html").read_text()
     assert sweepctl(["evaluate", name, "--storage", storage, "--worst", "6"]) == 0
     return out, (out / "report.html").read_text(), read_json(out / "report.json"), read_json(out / "evaluation.json")
@@ -182,3 +186,40 @@ def test_optuna_sweep_report_scatters_its_two_most_important_continuous_paramete
     assert imp["scales"]["train.optimizer.lr"].startswith("log10 over [0.0001, 0.01] (loguniform)")
     assert rep["budget"]["mode"] == "common" and rep["budget"]["epoch"] == 2  # FIFO: all ran 2 epochs
     assert "Caveat: 4 trials for 2 parameters" in page
+
+
+def test_a_report_that_cannot_be_written_leaves_the_sweep_finished_and_sweepctl_report_writes_it(
+        ray_local, make_spec, tmp_path, capsys):
+    """report.auto on, and a file where the report's directory goes (put there while the sweep
+    runs): the sweep still finishes, `sweepctl run` exits 0, the driver log has one line saying
+    so; once the place is free, `sweepctl report` writes the report."""
+    spec = make_spec(name="report-blocked", train={"epochs": 1}, report={"auto": True})
+    spec_file = tmp_path / "report-blocked.yaml"
+    spec_file.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    store = SweepStore(spec.storage.uri, spec.name)
+    blocker = Path(spec.storage.uri) / spec.name / "report"
+
+    def block_the_report_directory():  # once the driver has made the sweep's directory (its spec.yaml)
+        deadline = time.monotonic() + 300
+        while not Path(store.spec_uri).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        blocker.write_text("a file, not a directory")
+
+    blocking = threading.Thread(target=block_the_report_directory, daemon=True)
+    blocking.start()
+    assert sweepctl(["run", str(spec_file)]) == 0
+    blocking.join()
+    out = capsys.readouterr().out
+
+    index = store.read_index()
+    assert index.status == "finished" and index.trial_states == {"terminated": 1}
+    said = [line for line in store.read_driver_log().splitlines() if "report" in line]
+    assert len(said) == 1 and "the sweep finished but its report was not written" in said[0], said
+    assert f"{blocker}/" in said[0]  # the storage error, naming where
+    assert said[0].endswith(f"sweepctl report {spec.name} --storage {spec.storage.uri} writes it")
+    assert "report: not written" in out and "Top " in out
+    assert blocker.read_text() == "a file, not a directory"  # nothing written over it
+
+    blocker.unlink()
+    assert sweepctl(["report", spec.name, "--storage", spec.storage.uri]) == 0
+    assert index.best_trial in (blocker / "report.html").read_text()

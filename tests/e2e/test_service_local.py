@@ -1,5 +1,7 @@
 """A real sweep through the service: uvicorn + the API + the local backend (a `sweepctl run` subprocess
-with its own embedded Ray), driven by `sweepctl submit/status/list/logs/cancel` as a user would."""
+with its own embedded Ray), driven by `sweepctl submit/status/list/logs/cancel/resume/delete` as a user
+would: one sweep runs to completion, another goes through the whole lifecycle (cancelled with a trial
+finished and one training, listed as cancelled, resumed to the end, its data deleted)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from live_service import serve, sweepctl
 from conftest import BASE_SPEC
 from service.control.api import create_app
 from service.control.backends import LocalBackend
+from service.control.client import SweepClient
 from service.core.record import SweepStore
 
 TOKEN = "e2e-token"
@@ -27,18 +30,18 @@ def _spec_file(tmp_path, name: str, **changes) -> str:
     return str(path)
 
 
-def _wait_for(predicate, what: str, timeout: float = 420):
+def _wait_for(predicate, what: str, timeout: float = 420, every: float = 2):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = predicate()
         if result:
             return result
-        time.sleep(2)
+        time.sleep(every)
     raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.slow
-def test_a_sweep_runs_to_completion_through_the_service_and_another_is_cancelled(tmp_path):
+def test_a_sweep_runs_to_completion_through_the_service_and_another_is_cancelled_resumed_and_deleted(tmp_path):
     backend = LocalBackend(tmp_path / "service", grace_seconds=45)
     with serve(create_app(backend, token=TOKEN)) as url:
         def cli(*args):
@@ -78,28 +81,61 @@ def test_a_sweep_runs_to_completion_through_the_service_and_another_is_cancelled
         logs = cli("logs", "svc-digits").stdout
         assert "svc-digits: 2 trials" in logs and "results:" in logs  # the driver's own output
 
-        # A long sweep, cancelled once it has started training: its whole process group ends.
-        long_train = {**BASE_SPEC["train"], "epochs": 1000}
-        assert cli("submit", _spec_file(tmp_path, "svc-cancel", train=long_train)).returncode == 0
-        _wait_for(lambda: "trials: running 1" in cli("status", "svc-cancel").stdout, "svc-cancel to train")
-        cancelled = cli("cancel", "svc-cancel")
-        assert cancelled.returncode == 0 and cancelled.stdout.strip() == "svc-cancel: cancelled"
+        # Two trials one after the other (1 epoch, then 60: ~4 s of training), cancelled once the first
+        # has finished and the second trains: the process group ends, the sweep stays, cancelled.
+        train = {**BASE_SPEC["train"], "epochs": {"grid": [1, 60]}}
+        resources = {**BASE_SPEC["resources"], "max_concurrent_trials": 1}
+        assert cli("submit", _spec_file(tmp_path, "svc-cancel", train=train, resources=resources)).returncode == 0
+        store = SweepStore(str(tmp_path / "runs"), "svc-cancel")
+
+        def one_finished_one_training():
+            index = store.read_index()
+            running = [t for t in index.trials if t.status == "running" and t.epochs >= 1] if index else []
+            return index is not None and index.trial_states.get("terminated") == 1 and running
+
+        _wait_for(one_finished_one_training, "svc-cancel's first trial to finish and its second to train", every=0.2)
+        # sweepctl's own client, in this process: the cancel lands within milliseconds of the second
+        # trial's first epoch (a `sweepctl cancel` process would take a second to start).
+        assert SweepClient(url, TOKEN).cancel("svc-cancel")["state"] == "cancelled"
         exit_code = tmp_path / "service" / "svc-cancel" / "exit_code"
-        _wait_for(exit_code.exists, "the cancelled sweep's process to end", timeout=60)
+        _wait_for(exit_code.exists, "the cancelled sweep's process to end", timeout=60, every=0.5)
         assert int(exit_code.read_text()) != 0
-        assert cli("status", "svc-cancel").stdout.startswith("svc-cancel: cancelled")
+        status = cli("status", "svc-cancel").stdout
+        assert status.startswith("svc-cancel: cancelled") and "cancelled by admin via the sweep service at " in status
+        listed = cli("list").stdout
+        assert any(line.split()[:3] == ["svc-cancel", "cancelled", "admin"] for line in listed.splitlines()), listed
         again = cli("cancel", "svc-cancel")
         assert again.returncode == 2 and "already cancelled" in again.stderr
-        final = SweepStore(str(tmp_path / "runs"), "svc-cancel").read_index()
-        # The driver was stopped, not allowed to finish, and the record says it was a cancel.
-        assert final.status == "cancelled" and final.stop_reason.startswith("cancelled by the sweep service")
-        assert "running" not in final.trial_states
+        stopped = store.read_index()
+        # The driver was stopped, not allowed to finish, and the record says it was a cancel, by whom.
+        assert stopped.status == "cancelled" and stopped.stop_reason.startswith("cancelled by admin via the sweep service at")
+        assert "running" not in stopped.trial_states
+        (finished,) = [t.trial_id for t in stopped.trials if t.status == "terminated"]
+        finished_before = store.read_trial(finished)
+        assert [h.attempt for h in finished_before.history] == [1]
 
-        # A cancelled sweep is not stuck: resubmitting its spec resumes it.
-        assert cli("submit", _spec_file(tmp_path, "svc-cancel", train=long_train)).returncode == 0
-        resumed = SweepStore(str(tmp_path / "runs"), "svc-cancel")
-        _wait_for(lambda: cli("status", "svc-cancel").stdout.startswith("svc-cancel: running")
-                  and resumed.read_index().driver_attempt == 2, "svc-cancel to resume as attempt 2")
-        assert cli("cancel", "svc-cancel").returncode == 0
-        _wait_for(exit_code.exists, "the resumed sweep's process to end", timeout=60)
-        assert resumed.read_index().status == "cancelled"
+        # Resumed through the API (`sweepctl resume` with a server): it runs to the end; the finished
+        # trial is untouched, the other one continued from its checkpoint (each epoch recorded once).
+        resumed = cli("resume", "svc-cancel")
+        assert resumed.returncode == 0 and resumed.stdout.startswith("svc-cancel: running"), resumed.stderr
+        _wait_for(exit_code.exists, "the resumed svc-cancel to finish", every=0.5)
+        done = cli("status", "svc-cancel").stdout
+        assert done.startswith("svc-cancel: succeeded"), done + cli("logs", "svc-cancel").stdout
+        final = store.read_index()
+        assert final.status == "finished" and final.driver_attempt == 2 and final.trial_states == {"terminated": 2}
+        assert store.read_trial(finished) == finished_before
+        (other,) = [t for t in store.read_trials() if t.trial_id != finished]
+        assert [h.epoch for h in other.history] == list(range(1, 61))
+        assert {h.attempt for h in other.history} == {1, 2}
+
+        # Deleting its data: refused without --yes (what it would delete is said), then gone.
+        objects = store.stored_objects()
+        refused = cli("delete", "svc-cancel")
+        assert refused.returncode == 2, refused.stderr
+        assert f"{len(objects)} objects" in refused.stdout and store.prefix in refused.stdout
+        assert store.stored_objects() == objects
+        deleted = cli("delete", "svc-cancel", "--yes")
+        assert deleted.returncode == 0, deleted.stderr
+        assert not store.exists() and not (tmp_path / "service" / "svc-cancel").exists()
+        assert [line.split()[0] for line in cli("list").stdout.splitlines()[1:]] == ["svc-digits"]
+        assert SweepStore(str(tmp_path / "runs"), "svc-digits").read_index().trial_states == {"terminated": 2}

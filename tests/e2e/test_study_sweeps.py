@@ -1,5 +1,6 @@
 """Every study in sweeps/ runs end to end at smoke scale through `sweepctl run`, using the smoke
-overrides its own header documents (synthetic data, 1-2 epochs, at most 4 trials)."""
+overrides its own header documents (synthetic data or real digits that need no download, 1-2
+epochs, at most 4 trials)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,16 @@ FULL_SCALE_TRIALS = {
 }
 
 
+# The real MNIST subset a smoke line's `make mnist5k` writes (service/core/mnist5k.py): 4,000 train
+# images. The studies whose smoke run trains on it:
+MNIST5K_DIR = "data/mnist5k"
+MNIST5K_TRAIN = 4000
+ON_REAL_DIGITS = {"mnist_cnn_ladder"}
+# The study whose smoke run also gets the report its driver writes at the end (report.auto, the
+# default); the others turn it off (2-5 s each).
+REPORTED = "mnist_cnn_ladder"
+
+
 def smoke_overrides(path: Path) -> list[str]:
     """The --set values of the '# Smoke:' line in the spec's header."""
     line = next((l for l in path.read_text().splitlines() if l.startswith("# Smoke:")), None)
@@ -51,15 +62,35 @@ def test_every_study_is_listed_with_its_full_scale_trial_count():
 @pytest.mark.parametrize("path", SWEEPS, ids=[p.stem for p in SWEEPS])
 def test_study_runs_at_smoke_scale(ray_local, tmp_path, path, capsys):
     overrides = smoke_overrides(path) + [f"storage.uri={tmp_path}", "metrics.port=0"]
+    real_digits = f"data.path={MNIST5K_DIR}" in overrides
+    assert real_digits == (path.stem in ON_REAL_DIGITS), path.name
+    if real_digits:  # what the smoke line's `make mnist5k` runs, into this test's directory
+        assert main(["data", "mnist5k", str(tmp_path / "mnist5k")]) == 0
+        overrides = [f"data.path={tmp_path / 'mnist5k'}" if o == f"data.path={MNIST5K_DIR}" else o for o in overrides]
+    if path.stem != REPORTED:
+        overrides.append("report.auto=false")
     spec = load_spec(path, overrides)
     assert num_trials(spec) <= 4 and max_epochs(spec) <= 2
-    assert spec.data.name in ("synthetic", "digits"), "smoke runs must not need a dataset download"
+    assert spec.data.name in ("synthetic", "digits") or (real_digits and not spec.data.download), \
+        "smoke runs must not need a dataset download"
 
     args = ["run", str(path)] + [arg for o in overrides for arg in ("--set", o)]
     assert main(args) == 0, capsys.readouterr().err
 
-    index = SweepStore(str(tmp_path), spec.name).read_index()
+    store = SweepStore(str(tmp_path), spec.name)
+    index = store.read_index()
     assert len(index.trials) == num_trials(spec)
     assert index.status == "finished"
     assert all(t.status in ("terminated", "stopped_early") for t in index.trials), index.trial_states
-    assert "Top " in capsys.readouterr().out  # the leaderboard was printed
+    out = capsys.readouterr().out
+    assert "Top " in out  # the leaderboard was printed
+    if real_digits:  # it trained on the real subset's 4,000 training digits, val_fraction of them held out
+        held_out = round(MNIST5K_TRAIN * spec.data.val_fraction)
+        for trial in store.read_trials(index):
+            first = trial.history[0]
+            assert (first.train_samples, first.val_samples) == (MNIST5K_TRAIN - held_out, held_out), trial.trial_id
+        assert index.best.best.val_acc > 0.5  # real digits: one epoch takes a CNN far above chance (0.1)
+    report = tmp_path / spec.name / "report" / "report.html"
+    assert report.is_file() == (path.stem == REPORTED)  # written by the driver, without a separate command
+    if report.is_file():
+        assert f"report: {report}" in out and index.best_trial in report.read_text()

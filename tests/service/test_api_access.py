@@ -64,6 +64,14 @@ def of(user: str) -> dict:
     return bearer(USERS[user][1])
 
 
+def started(process: subprocess.Popen, token: str) -> subprocess.Popen:
+    """``process`` once exec has set it up (Popen may return while its environ still reads empty)."""
+    deadline = time.monotonic() + 5
+    while not ProcessIdentity(process.pid, _start_time(process.pid) or -1, token).alive() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return process
+
+
 class SleepBackend(LocalBackend):
     """LocalBackend whose sweeps' processes are `sleep 60`, started exactly as it starts the real ones."""
 
@@ -93,6 +101,7 @@ class World:
             assert self.submit(user, name).status_code == 201
             self.record_progress(name)
         assert self.client.delete("/sweeps/sues-old", headers=of("sue")).status_code == 200
+        self.backend._processes["sues-old"].wait(timeout=10)  # ended: resumable (not while it still stops)
 
     def spec(self, name: str) -> str:
         return yaml.safe_dump({**BASE_SPEC, "name": name, "storage": {"uri": str(self.storage)}})
@@ -111,6 +120,11 @@ class World:
         log = SegmentedLog(store.trial_log_uri(TRIAL), attempt=1, stream="trial")
         log.write("epoch 1\n")
         log.close()
+
+    def stop(self, name: str) -> None:
+        """Cancel the sweep (as an admin) and wait for its process to end: then it may be resumed or deleted."""
+        assert self.client.delete(f"/sweeps/{name}", headers=of("ada")).status_code in (200, 409)
+        self.backend._processes[name].wait(timeout=10)
 
     def close(self):
         self.backend.stop_all()
@@ -153,6 +167,10 @@ EXPECTED = {  # route: status per column of WHO
     ("POST", "/sweeps"):                               (401, 401, 403, 201, 403, 201, 201),
     ("GET", "/sweeps/{name}"):                         (401, 401, 200, 200, 200, 200, 200),
     ("DELETE", "/sweeps/{name}"):                      (401, 401, 403, 200, 403, 200, 200),
+    # on the sweep cancelled first (STOPPED_FIRST): resume it; delete its data (?confirm=NAME)
+    ("POST", "/sweeps/{name}/resume"):                 (401, 401, 403, 200, 403, 200, 200),
+    ("GET", "/sweeps/{name}/data"):                    (401, 401, 200, 200, 200, 200, 200),
+    ("DELETE", "/sweeps/{name}/data"):                 (401, 401, 403, 200, 403, 200, 200),
     ("GET", "/sweeps/{name}/best"):                    (401, 401, 200, 200, 200, 200, 200),
     ("GET", "/sweeps/{name}/logs"):                    (401, 401, 200, 200, 200, 200, 200),
     ("GET", "/sweeps/{name}/trials"):                  (401, 401, 200, 200, 200, 200, 200),
@@ -173,7 +191,9 @@ EXPECTED = {  # route: status per column of WHO
     ("GET", "/ui/data/sweeps/{name}/trials/{trial_id}"): (303, 303, 200, 200, 200, 200, 200),
     ("GET", "/ui/sweeps/{name}/report"):               (303, 303, 404, 404, 404, 404, 404),  # none written
 }
-MUTATING = {("POST", "/sweeps"), ("DELETE", "/sweeps/{name}")}
+MUTATING = {("POST", "/sweeps"), ("DELETE", "/sweeps/{name}"), ("POST", "/sweeps/{name}/resume"),
+            ("DELETE", "/sweeps/{name}/data")}
+STOPPED_FIRST = {("POST", "/sweeps/{name}/resume"), ("DELETE", "/sweeps/{name}/data")}
 
 
 def _every_route(app) -> set[tuple[str, str]]:
@@ -192,7 +212,11 @@ def test_every_route_answers_each_kind_of_caller_as_the_table_says(make_world):
         for who, want in zip(WHO, expected):
             world = make_world() if (method, template) in MUTATING else shared
             token, sweep, submitted = CALLERS[who]
+            if (method, template) in STOPPED_FIRST:
+                world.stop(sweep)
             path = template.replace("{name}", sweep).replace("{trial_id}", TRIAL).replace("{asset}", "ui.css")
+            if template == "/sweeps/{name}/data" and method == "DELETE":
+                path += f"?confirm={sweep}"
             if method == "POST":
                 response = world.client.post(path, content=world.spec(submitted), follow_redirects=False,
                                              headers={**bearer(token), "Content-Type": "application/yaml"})
@@ -220,6 +244,10 @@ def test_the_submitter_is_the_owner_shown_by_status_list_and_kept_by_a_resume(ma
     assert resumed.status_code == 201 and resumed.json()["owner"] == "sue" and resumed.json()["state"] == "running"
     assert client.delete("/sweeps/sues-old", headers=of("ada")).status_code == 200
     again = world.submit("ada", "sues-old")
+    if again.status_code == 409:  # its process was still stopping: a resume waits for it to end
+        assert "still stopping" in again.json()["detail"]
+        world.backend._processes["sues-old"].wait(timeout=10)
+        again = world.submit("ada", "sues-old")
     assert again.status_code == 201 and again.json()["owner"] == "sue"
     refused = world.submit("sam", "sues-old")
     assert refused.status_code == 409  # running again: nothing to resume, whoever asks
@@ -234,6 +262,14 @@ def test_a_forbidden_call_changes_nothing(make_world):
     assert not (world.backend.workdir / "sues-sweep" / "cancelled").exists()
     assert world.submit("vera", "vera-sweep").status_code == 403
     assert not (world.backend.workdir / "vera-sweep").exists()
+    # sue's cancelled sweep: sam may neither resume it nor delete its data
+    stored = SweepStore(str(world.storage), "sues-old").stored_objects()
+    assert world.client.post("/sweeps/sues-old/resume", headers=of("sam")).status_code == 403
+    assert world.client.delete("/sweeps/sues-old/data?confirm=sues-old", headers=of("sam")).status_code == 403
+    assert world.client.delete("/sweeps/sues-old/data?confirm=sues-old", headers=of("vera")).status_code == 403
+    assert world.client.get("/sweeps/sues-old", headers=of("ada")).json()["state"] == "cancelled"
+    assert SweepStore(str(world.storage), "sues-old").stored_objects() == stored != {}
+    assert (world.backend.workdir / "sues-old" / "sweep.json").exists()
 
 
 # ---------------------------------------------------------------------------- the tokens file
@@ -294,8 +330,8 @@ class Decoy:
 
     def __init__(self, root: Path, workdir: Path):
         token = secrets.token_hex(16)
-        self.process = subprocess.Popen(["sleep", "60"], env={**os.environ, LocalBackend.TOKEN_ENV: token},
-                                        start_new_session=True)
+        self.process = started(subprocess.Popen(["sleep", "60"], env={**os.environ, LocalBackend.TOKEN_ENV: token},
+                                                start_new_session=True), token)
         record = {"name": "victim", "pid": self.process.pid, "start_time": _start_time(self.process.pid),
                   "process_token": token, "owner": "ada", "created": "2030-01-01T00:00:00+00:00",
                   "storage_uri": str(root / "outside" / "storage")}
@@ -355,6 +391,7 @@ def hostile_names(root: Path) -> list[str]:
 
 ROUTES_WITH_A_NAME = [
     ("GET", "/sweeps/{name}"), ("DELETE", "/sweeps/{name}"), ("GET", "/sweeps/{name}/best"),
+    ("POST", "/sweeps/{name}/resume"), ("GET", "/sweeps/{name}/data"), ("DELETE", "/sweeps/{name}/data?confirm=sams-sweep"),
     ("GET", "/sweeps/{name}/logs"), ("GET", "/sweeps/{name}/trials"),
     ("GET", "/sweeps/{name}/trials/" + TRIAL), ("GET", "/sweeps/{name}/trials/" + TRIAL + "/logs"),
     ("GET", "/sweeps/{name}/trials/" + TRIAL + "/checkpoint"),
@@ -370,7 +407,7 @@ def test_hostile_names_on_every_route_are_404_or_422_and_nothing_outside_is_touc
     (world.backend.workdir / "evil").symlink_to(root / "outside" / "victim", target_is_directory=True)
     admin = USERS["ada"][1]
     # every route that takes a name
-    assert {(m, p.replace(TRIAL, "{trial_id}")) for m, p in ROUTES_WITH_A_NAME} == {
+    assert {(m, p.replace(TRIAL, "{trial_id}").split("?")[0]) for m, p in ROUTES_WITH_A_NAME} == {
         (m, p) for m, p in _every_route(world.app) if "{name}" in p}
     refused = []
     try:
@@ -431,7 +468,8 @@ def test_the_trial_id_pattern_is_record_pys_rule():
 def test_a_process_is_signalled_only_when_pid_start_time_and_token_all_match(tmp_path):
     backend = SleepBackend(tmp_path / "local", grace_seconds=1)
     token = secrets.token_hex(16)
-    target = subprocess.Popen(["sleep", "60"], env={**os.environ, LocalBackend.TOKEN_ENV: token}, start_new_session=True)
+    target = started(subprocess.Popen(["sleep", "60"], env={**os.environ, LocalBackend.TOKEN_ENV: token},
+                                      start_new_session=True), token)
     try:
         start = _start_time(target.pid)
         forged = {
@@ -501,6 +539,9 @@ def test_sweepctl_shows_the_owner_and_the_servers_refusal(make_world, tmp_path):
             ("sams-sweep", "running", "sam"), ("sues-sweep", "running", "sue"), ("sues-old", "cancelled", "sue")}
         refused = sweepctl("cancel", "sues-sweep", server=url, token=USERS["sam"][1], home=tmp_path)
         assert refused.returncode == 2 and "(HTTP 403)" in refused.stderr and "submitted by user 'sue'" in refused.stderr
+        cancelled = sweepctl("cancel", "sams-sweep", server=url, token=USERS["sam"][1], home=tmp_path)
+        assert cancelled.returncode == 0 and cancelled.stdout.strip() == "sams-sweep: cancelled", cancelled.stderr
+        assert world.client.get("/sweeps/sams-sweep", headers=of("vera")).json()["cancelled_by"] == "sam via the sweep service"
         spec = tmp_path / "new.yaml"
         spec.write_text(world.spec("sams-new"))
         submitted = sweepctl("submit", str(spec), server=url, token=USERS["sam"][1], home=tmp_path)

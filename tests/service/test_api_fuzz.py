@@ -62,6 +62,9 @@ def test_every_guarded_operation_declares_its_refusals_with_their_models(documen
         ("POST", "/sweeps"): {"201", "400", "401", "403", "409", "413", "415", "422", "502", "503"},
         ("GET", "/sweeps"): {"200", "401", "502", "503"},
         ("DELETE", "/sweeps/{name}"): {"200", "401", "403", "404", "409", "422", "502", "503"},
+        # 409: running (or succeeded: nothing to resume); 422: also a ?confirm= that is not {name}
+        ("POST", "/sweeps/{name}/resume"): {"200", "401", "403", "404", "409", "422", "502", "503"},
+        ("DELETE", "/sweeps/{name}/data"): {"200", "401", "403", "404", "409", "422", "502", "503"},
         # 409: a checkpoint that does not match its manifest (found before anything is sent)
         ("GET", "/sweeps/{name}/trials/{trial_id}/checkpoint"): {"200", "401", "404", "409", "422", "502", "503"},
     }

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -164,3 +167,132 @@ def test_amp_off_unquoted_as_documented_validates(tmp_path):
     assert result.returncode == 0, result.stderr
     result = sweepctl("validate", str(spec), "--set", "train.amp=on")
     assert result.returncode == 0, result.stderr
+
+
+# ---------------------------------------------------------------------------- cancel, delete, resume here
+def _sweep_in_storage(runs: Path, name: str, driver: dict | None = None) -> SweepStore:
+    """A sweep's record as a driver leaves it: spec, index (running), a trial's file, driver.json."""
+    store = SweepStore(str(runs), name)
+    (runs / name / "t_00000").mkdir(parents=True)
+    (runs / name / "spec.yaml").write_text(yaml.safe_dump({**BASE_SPEC, "name": name}))
+    (runs / name / "t_00000" / "trial.json").write_text('{"trial_id": "t_00000"}')
+    index = new_index(name, Objective(metric="val_acc", mode="max"), max_epochs=2, num_trials=1, attempt=1)
+    (runs / name / "sweep.json").write_text(index.model_dump_json())
+    if driver is not None:
+        (runs / name / "driver.json").write_text(json.dumps(driver))
+    return store
+
+
+def _driver_record(pid: int, **changes) -> dict:
+    """driver.json as trainer/driver/lock.py writes it for a driver with this pid, on this host."""
+    from service.control.backends import _start_time
+
+    record = {"attempt": 1, "host": socket.gethostname(), "pid": pid, "state": "running", "heartbeat_at": time.time(),
+              "boot_id": Path("/proc/sys/kernel/random/boot_id").read_text().strip(), "pid_start_time": _start_time(pid)}
+    return {**record, **changes}
+
+
+@pytest.fixture
+def here(capsys, monkeypatch, tmp_path):
+    """here(*args, server=None): sweepctl's main() in this process (no interpreter start per call),
+    isolated as a user's shell would be: no SWEEPCTL_* but ``server``, an empty HOME."""
+    from types import SimpleNamespace
+
+    from service.cli import main
+
+    def run(*args: str, server: str | None = None):
+        for name in ("SWEEPCTL_SERVER", "SWEEPCTL_TOKEN", "XDG_CONFIG_HOME"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HOME", str(tmp_path))
+        if server:
+            monkeypatch.setenv("SWEEPCTL_SERVER", server)
+            monkeypatch.setenv("SWEEPCTL_TOKEN", "t")
+        try:
+            code = main(list(args))
+        except SystemExit as exit:  # argparse's refusals, and a service that cannot be reached (exit 1)
+            code = exit.code
+        out = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
+
+    return run
+
+
+def test_cancel_here_signals_only_a_driver_it_can_prove_and_marks_a_gone_one_cancelled(tmp_path, here):
+    runs = tmp_path / "runs"
+    stand_in = subprocess.Popen(["sleep", "60"])  # a process under the driver's pid: only its record differs
+    try:
+        records = {
+            "unproven": _driver_record(stand_in.pid, boot_id=None, pid_start_time=None),  # an older driver.json
+            "elsewhere": _driver_record(stand_in.pid, host="another-host"),  # heartbeat fresh: alive there
+        }
+        for why, record in records.items():
+            store = _sweep_in_storage(runs, why, record)
+            refused = here("cancel", why, "--storage", str(runs))
+            assert refused.returncode == 2 and "nothing was changed" in refused.stderr, (why, refused.stderr)
+            assert store.read_index().status == "running" and not Path(store.cancel_request_uri).exists(), why
+        assert stand_in.poll() is None
+
+        # Another start time: the pid is another process's now, the driver is gone; nothing is signalled.
+        store = _sweep_in_storage(runs, "reused", _driver_record(stand_in.pid, pid_start_time=1))
+        marked = here("cancel", "reused", "--storage", str(runs))
+        assert marked.returncode == 0 and "its driver had already stopped" in marked.stdout, marked.stderr
+        assert store.read_index().status == "cancelled" and stand_in.poll() is None
+        user = store.read_cancel_request().by
+        assert user.endswith("@" + socket.gethostname()) and store.read_index().stop_reason.startswith(f"cancelled by {user} at ")
+
+        # The record proves the process: SIGTERM to it (a real driver records the cancel itself; this one
+        # cannot, so the record is marked once it is gone).
+        store = _sweep_in_storage(runs, "ours", _driver_record(stand_in.pid))
+        stopped = here("cancel", "ours", "--storage", str(runs))
+        assert stopped.returncode == 0, stopped.stderr
+        assert f"SIGTERM to its driver, pid {stand_in.pid}" in stopped.stdout and stand_in.wait(timeout=10) == -15
+        assert store.read_index().status == "cancelled"
+        again = here("cancel", "ours", "--storage", str(runs))
+        assert again.returncode == 2 and "already cancelled" in again.stderr
+    finally:
+        stand_in.kill()
+        stand_in.wait()
+
+
+def test_delete_here_says_what_it_would_delete_refuses_a_live_driver_and_spares_a_prefix_sibling(tmp_path, here):
+    runs = tmp_path / "runs"
+    driver = subprocess.Popen(["sleep", "60"])
+    try:
+        store = _sweep_in_storage(runs, "abc", _driver_record(driver.pid))
+        sibling = _sweep_in_storage(runs, "abc-2")
+        objects, sibling_objects = store.stored_objects(), sibling.stored_objects()
+
+        running = here("delete", "abc", "--storage", str(runs), "--yes")
+        assert running.returncode == 2 and "cancel it first" in running.stderr and store.stored_objects() == objects
+        (runs / "abc" / "driver.json").write_text(json.dumps(_driver_record(driver.pid, state="cancelled")))
+        objects = store.stored_objects()
+        preview = here("delete", "abc", "--storage", str(runs))
+        assert preview.returncode == 2 and "Traceback" not in preview.stderr
+        assert f"{len(objects)} objects ({sum(objects.values())} bytes) under {store.prefix}" in preview.stdout
+        assert "nothing deleted" in preview.stdout and store.stored_objects() == objects
+
+        deleted = here("delete", "abc", "--storage", str(runs), "--yes")
+        assert deleted.returncode == 0 and f"deleted sweep abc: {len(objects)} objects" in deleted.stdout
+        assert not (runs / "abc").exists() and sibling.stored_objects() == sibling_objects
+        assert driver.poll() is None  # deleting never signals anything
+        gone = here("delete", "abc", "--storage", str(runs), "--yes")
+        assert gone.returncode == 2 and "no sweep 'abc'" in gone.stderr
+    finally:
+        driver.kill()
+        driver.wait()
+
+
+def test_cancel_resume_and_delete_go_to_the_service_unless_storage_is_given(tmp_path, here):
+    from live_service import free_port
+
+    nowhere = f"http://127.0.0.1:{free_port()}"  # a service that is configured but not running
+    for verb in ("cancel", "resume", "delete"):
+        served = here(verb, "some-sweep", server=nowhere)
+        assert served.returncode == 1 and f"cannot reach the sweep service at {nowhere}" in served.stderr, verb
+        extra = ["--no-preflight"] if verb == "resume" else []
+        local = here(verb, "some-sweep", "--storage", str(tmp_path / "runs"), *extra, server=nowhere)
+        assert local.returncode == 2 and "no sweep 'some-sweep' under" in local.stderr, (verb, local.stderr)
+    both = here("resume", "some-sweep", "--storage", "x", "--server", nowhere)
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
+    local_only = here("resume", "some-sweep", "--top", "3", server=nowhere)
+    assert local_only.returncode == 2 and "--top: only for a resume here" in local_only.stderr

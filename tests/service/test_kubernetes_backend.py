@@ -25,8 +25,10 @@ from service.core import storage
 from service.control.api import create_app
 from service.control.backends import OWNER_ANNOTATION, KubernetesBackend, rayjob_state
 from service.core.loading import parse_spec
-from service.core.record import EpochResult, Objective, SegmentedLog, SweepStore, TrialSummary, new_index
-from service.control.rayjob import RenderOptions, render_rayjob
+from service.core.record import (
+    EpochResult, Objective, SegmentedLog, SweepStore, TrialRecord, TrialSummary, new_index,
+)
+from service.control.rayjob import SPEC_ENV, RenderOptions, render_rayjob
 
 TOKEN = "api-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -276,8 +278,14 @@ def test_rayjob_status_to_state(status, state):
     assert rayjob_state(status)[0] == state
 
 
-def test_list_selects_the_services_rayjobs_and_cancel_deletes_one(api_server, client, bucket):
+def _embedded_spec(rayjob: dict) -> str:
+    head = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    return next(e["value"] for e in head["env"] if e["name"] == SPEC_ENV)
+
+
+def test_list_selects_the_services_rayjobs_and_a_cancel_while_pending_keeps_the_sweep(api_server, client, bucket):
     assert _submit(client).status_code == 201
+    submitted = json.loads(json.dumps(api_server.objects[(NAMESPACE, "k8s-sweep")]))
     # A RayJob somebody else made in the namespace is not the service's.
     api_server.objects[(NAMESPACE, "other")] = {"metadata": {"name": "other", "labels": {}}}
     listed = client.get("/sweeps", headers=AUTH).json()["sweeps"]
@@ -289,10 +297,26 @@ def test_list_selects_the_services_rayjobs_and_cancel_deletes_one(api_server, cl
     assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
     assert [r["path"] for r in api_server.calls("DELETE")] == [f"{RAYJOBS}/k8s-sweep"]
     assert (NAMESPACE, "k8s-sweep") not in api_server.objects
-    # Before deleting, the service told the driver (through storage) that this stop is a cancel.
-    request = storage.read_json(SweepStore(f"s3://{bucket}/runs", "k8s-sweep").cancel_request_uri)
-    assert request["by"] == "the sweep service" and request["requested_at"]
-    assert client.get("/sweeps/k8s-sweep", headers=AUTH).status_code == 404
+    # Before deleting, the service told the driver (through storage) that this stop is a cancel, by whom.
+    store = SweepStore(f"s3://{bucket}/runs", "k8s-sweep")
+    request = storage.read_json(store.cancel_request_uri)
+    assert request["by"] == "admin via the sweep service" and request["requested_at"] and request["owner"] == "admin"
+
+    # Cancelled while pending (no driver wrote anything): the sweep stays, listed as cancelled, its owner kept.
+    body = client.get("/sweeps/k8s-sweep", headers=AUTH).json()
+    assert (body["state"], body["owner"], body["cancelled_by"]) == ("cancelled", "admin", "admin via the sweep service")
+    assert body["cancelled_at"] == request["requested_at"] and body["progress"]["num_trials"] == 1
+    listed = client.get("/sweeps", headers=AUTH).json()["sweeps"]
+    assert [(s["name"], s["state"], s["owner"]) for s in listed] == [("k8s-sweep", "cancelled", "admin")]
+    assert store.read_index().driver_attempt == 0 and store.read_spec_text() == _embedded_spec(submitted)
+    assert _submit(client, query="?set=train.epochs=1").status_code == 409  # another spec: the name is taken
+    # The very same spec resumes it (as POST /sweeps/{name}/resume does): the RayJob it was, rendered
+    # from the spec kept in storage (the driver's `run - --resume` continues the sweep from there).
+    resumed = _submit(client)
+    assert resumed.status_code == 201 and resumed.json()["state"] == "pending" and resumed.json()["owner"] == "admin"
+    again = api_server.calls("POST")[-1]["body"]
+    assert _embedded_spec(again) == _embedded_spec(submitted) and again["spec"] == submitted["spec"]
+    assert again["metadata"]["annotations"] == {OWNER_ANNOTATION: "admin"}
 
 
 def test_a_finished_sweep_cannot_be_cancelled_and_outlives_its_rayjob(api_server, client, bucket):
@@ -313,6 +337,74 @@ def test_a_finished_sweep_cannot_be_cancelled_and_outlives_its_rayjob(api_server
     # And its name stays taken: resubmitting would resume a finished sweep.
     resubmit = _submit(client)
     assert resubmit.status_code == 409 and "already exists (state: succeeded)" in resubmit.json()["detail"]
+
+
+def _driver_ran(store: SweepStore, rayjob: dict, finished: list[str], status: str = "running") -> None:
+    """What a driver leaves in storage: the spec it ran, trial records with histories, the index."""
+    storage.write_text_atomic(store.spec_uri, _embedded_spec(rayjob))
+    trials = []
+    for trial_id in finished:
+        record = TrialRecord(trial_id=trial_id, status="terminated", config={}, epochs=2,
+                             history=[EpochResult(epoch=e, val_acc=0.5 + e / 10) for e in (1, 2)])
+        storage.write_text_atomic(store.trial_record_uri(trial_id), record.model_dump_json())
+        trials.append(TrialSummary.model_validate(record.model_dump(include=set(TrialSummary.model_fields))))
+    index = new_index(store.name, Objective(metric="val_acc", mode="max"), max_epochs=2, num_trials=4, attempt=1)
+    index.status, index.trials, index.trial_states = status, trials, {"terminated": len(trials)}
+    storage.write_text_atomic(store.index_uri, index.model_dump_json())
+
+
+def test_cancel_keeps_it_resume_makes_a_new_rayjob_and_delete_frees_the_name(api_server, client, options, bucket):
+    assert _submit(client).status_code == 201
+    _set_status(api_server, "k8s-sweep", jobDeploymentStatus="Running", jobStatus="RUNNING")
+    store = SweepStore(f"s3://{bucket}/runs", "k8s-sweep")
+    _driver_ran(store, api_server.objects[(NAMESPACE, "k8s-sweep")], ["t_00000", "t_00001"])
+    sibling = SweepStore(f"s3://{bucket}/runs", "k8s-sweep-2")  # its name starts with this one's
+    _driver_ran(sibling, api_server.objects[(NAMESPACE, "k8s-sweep")], [], status="finished")
+    sibling_objects = sibling.stored_objects()
+
+    assert client.delete("/sweeps/k8s-sweep", headers=AUTH).json()["state"] == "cancelled"
+    assert (NAMESPACE, "k8s-sweep") not in api_server.objects
+    # The driver is still stopping (its record says running): cancelled all the same, and listed.
+    body = client.get("/sweeps/k8s-sweep", headers=AUTH).json()
+    assert (body["state"], body["owner"], body["cancelled_by"]) == ("cancelled", "admin", "admin via the sweep service")
+    assert body["progress"]["trial_states"] == {"terminated": 2}
+    listed = {s["name"]: s["state"] for s in client.get("/sweeps", headers=AUTH).json()["sweeps"]}
+    assert listed == {"k8s-sweep": "cancelled", "k8s-sweep-2": "succeeded"}
+
+    resumed = client.post("/sweeps/k8s-sweep/resume", headers=AUTH)
+    assert resumed.status_code == 200, resumed.text
+    created = api_server.calls("POST")[-1]["body"]
+    expected = render_rayjob(parse_spec(store.read_spec_text()), options)
+    expected["metadata"]["annotations"] = {OWNER_ANNOTATION: "admin"}
+    assert created == expected and "sweepctl run - --resume" in created["spec"]["entrypoint"]
+    assert client.post("/sweeps/k8s-sweep/resume", headers=AUTH).status_code == 409  # pending: nothing to resume
+    refused = client.delete("/sweeps/k8s-sweep/data?confirm=k8s-sweep", headers=AUTH)
+    assert refused.status_code == 409 and "cancel it first" in refused.json()["detail"]
+
+    # A failed RayJob still holds the name: the resume deletes it before creating the new one.
+    _set_status(api_server, "k8s-sweep", jobDeploymentStatus="Failed", jobStatus="FAILED")
+    before = len(api_server.requests)
+    assert client.post("/sweeps/k8s-sweep/resume", headers=AUTH).status_code == 200
+    assert [(r["method"], r["path"]) for r in api_server.requests[before:] if r["method"] != "GET"] == [
+        ("DELETE", f"{RAYJOBS}/k8s-sweep"), ("POST", RAYJOBS)]
+    assert api_server.objects[(NAMESPACE, "k8s-sweep")]["metadata"]["annotations"][OWNER_ANNOTATION] == "admin"
+
+    # Delete: only an ended sweep, only with ?confirm=NAME; every object under its prefix, nothing else.
+    _set_status(api_server, "k8s-sweep", jobDeploymentStatus="Complete", jobStatus="SUCCEEDED")
+    objects = store.stored_objects()
+    plan = client.get("/sweeps/k8s-sweep/data", headers=AUTH).json()
+    assert plan == {"name": "k8s-sweep", "state": "succeeded", "prefix": f"s3://{bucket}/runs/k8s-sweep/",
+                    "objects": len(objects), "bytes": sum(objects.values()), "deleted": False}
+    assert client.delete("/sweeps/k8s-sweep/data?confirm=k8s-sweep-2", headers=AUTH).status_code == 422
+    assert client.delete("/sweeps/k8s-sweep/data", headers=AUTH).status_code == 422
+    assert store.stored_objects() == objects
+    deleted = client.delete("/sweeps/k8s-sweep/data?confirm=k8s-sweep", headers=AUTH)
+    assert deleted.status_code == 200 and deleted.json() == {**plan, "deleted": True}
+    assert store.stored_objects() == {} and (NAMESPACE, "k8s-sweep") not in api_server.objects
+    assert sibling.stored_objects() == sibling_objects
+    assert client.get("/sweeps/k8s-sweep", headers=AUTH).status_code == 404
+    assert [s["name"] for s in client.get("/sweeps", headers=AUTH).json()["sweeps"]] == ["k8s-sweep-2"]
+    assert _submit(client).status_code == 201  # the name is free again
 
 
 def test_a_local_storage_path_is_refused_before_anything_is_created(api_server, client):

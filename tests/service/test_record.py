@@ -233,3 +233,107 @@ def test_sweepctl_refuses_a_trial_id_that_is_a_path_without_a_traceback(tmp_path
     assert main(["logs", "s", "--trial", "../../etc", "--storage", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: not a trial id: '../../etc'") and "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------- several objectives, constraints
+def _scored(trial_id: str, acc: float, params: int, status: str = "terminated", **fields) -> TrialRecord:
+    entry = EpochResult(epoch=1, val_acc=acc, params=params)
+    return TrialRecord(trial_id=trial_id, status=status, epochs=1, history=[entry], best=entry, **fields)
+
+
+ACC_PARAMS = [MAX, Objective(metric="params", mode="min")]
+
+
+def _brute_force_front(trials, objectives) -> set[str]:
+    """Non-dominated by the definition, pair by pair (the test's own, independent of the record's)."""
+    def values(t):
+        return [(-1 if o.mode == "max" else 1) * t.best.metric(o.metric) for o in objectives]
+    pool = [t for t in trials if t.status in ("terminated", "stopped_early") and not t.infeasible]
+    return {t.trial_id for t in pool
+            if not any(all(a <= b for a, b in zip(values(u), values(t))) and values(u) != values(t) for u in pool)}
+
+
+def test_the_pareto_front_keeps_ties_and_duplicates_and_leaves_out_the_unfinished_and_infeasible():
+    from service.core.record import pareto_front
+
+    trials = [
+        _scored("a", 0.90, 5000), _scored("b", 0.90, 5000),  # duplicates: neither dominates, both stay
+        _scored("c", 0.90, 6000),  # same accuracy, more parameters: dominated by a and b
+        _scored("d", 0.80, 1000), _scored("e", 0.80, 1000, status="stopped_early"),
+        _scored("f", 0.70, 1000),  # same size as d, worse: dominated
+        _scored("g", 0.95, 9000),  # the most accurate: on the front
+        _scored("h", 0.99, 100, status="running"),  # would dominate all, but unfinished (Optuna has no value yet)
+        _scored("i", 0.99, 100, status="error"),  # Optuna saw it fail
+        _scored("j", 0.99, 100, infeasible="inference_ms = 9 breaks 'inference_ms < 5'"),
+        TrialRecord(trial_id="k", status="rejected", infeasible="params = 3,000,000 breaks 'params <= 2e6'"),
+    ]
+    front = pareto_front(trials, ACC_PARAMS)
+    assert set(front) == _brute_force_front(trials, ACC_PARAMS) == {"a", "b", "d", "e", "g"}
+    assert front == ["g", "a", "b", "d", "e"]  # ranking order: by val_acc, then params, then trial id
+    # three objectives: a trial dominated in two may be saved by the third
+    third = [*ACC_PARAMS, Objective(metric="inference_ms", mode="min")]
+    for t, ms in zip(trials, [1.0, 1.0, 0.5, 2.0, 2.0, 2.0, 3.0, 1.0, 1.0, 1.0]):
+        t.history[0].inference_ms = ms
+    assert set(pareto_front(trials, third)) == _brute_force_front(trials, third) == {"a", "b", "c", "d", "e", "g"}
+
+
+def test_ranking_never_ranks_an_infeasible_trial_and_breaks_ties_by_the_next_objective():
+    trials = [_scored("a", 0.9, 900), _scored("b", 0.9, 500), _scored("c", 0.95, 100, infeasible="breaks it")]
+    assert [t.trial_id for t in ranked(trials, MAX)] == ["a", "b"]  # one objective: ties by trial id
+    assert [t.trial_id for t in ranked(trials, MAX, ACC_PARAMS[1:])] == ["b", "a"]  # then by params
+
+
+def test_constraints_hold_or_say_by_how_much_they_break():
+    from service.core.spec import parse_constraint
+
+    params, ms = parse_constraint("params <= 2e6"), parse_constraint("inference_ms < 5")
+    assert params.violation(2_000_000) is None and ms.violation(4.99) is None
+    assert params.violation(2_000_001) == "params = 2,000,001 breaks 'params <= 2e6'"
+    assert ms.violation(5.0) == "inference_ms = 5 breaks 'inference_ms < 5'"
+    assert ms.violation(None) == "inference_ms was not reported, so 'inference_ms < 5' cannot hold"
+
+
+def test_the_writer_judges_constraints_on_results_and_never_makes_an_infeasible_trial_best(tmp_path):
+    from service.core.spec import parse_constraint
+
+    index = new_index("s", MAX, max_epochs=3, num_trials=3, attempt=1,
+                      constraints=[parse_constraint("inference_ms < 5"), parse_constraint("train_seconds <= 10")])
+    writer = RecordWriter(SweepStore(str(tmp_path), "s"), index)
+    fast, slow, late = (writer.trial(t) for t in ("fast", "slow", "late"))
+    writer.add_result(fast, EpochResult(epoch=1, val_acc=0.8, inference_ms=1.0, train_seconds=2.0))
+    writer.add_result(slow, EpochResult(epoch=1, val_acc=0.9, inference_ms=7.5, train_seconds=2.0))
+    assert slow.infeasible == "inference_ms = 7.5 breaks 'inference_ms < 5'"
+    assert writer.snapshot().best_trial == "fast"  # slow is the more accurate, and infeasible
+    # per-epoch metrics: the best epoch among those that keep every constraint
+    writer.add_result(late, EpochResult(epoch=1, val_acc=0.85, inference_ms=1.0, train_seconds=6.0))
+    writer.add_result(late, EpochResult(epoch=2, val_acc=0.95, inference_ms=1.0, train_seconds=12.0))
+    assert late.best.epoch == 1 and late.infeasible is None and writer.snapshot().best_trial == "late"
+    writer.reject(fast, "params = 3,000 breaks 'params <= 2000'")  # (as a rejected trial would be, before results)
+    assert fast.status == "rejected" and fast.stop_reason.startswith("rejected before training: params = 3,000")
+    # re-run from epoch 1 (a restart, measured on a slower machine): no epoch keeps every constraint now
+    writer.add_result(late, EpochResult(epoch=1, val_acc=0.85, inference_ms=9.0, train_seconds=5.0))
+    assert late.infeasible == "inference_ms = 9 breaks 'inference_ms < 5'"
+    assert writer.snapshot().best_trial is None and SweepIndex.model_validate_json(index.model_dump_json()).ranked() == []
+
+
+def test_a_multi_objective_index_keeps_its_front_current_as_trials_end_and_its_best_on_it(tmp_path):
+    index = new_index("s", MAX, max_epochs=2, num_trials=3, attempt=1, objectives=ACC_PARAMS)
+    writer = RecordWriter(SweepStore(str(tmp_path), "s"), index)
+    big, small, worse = (writer.trial(t) for t in ("big", "small", "worse"))
+    for record, accs, params in ((big, [0.95, 0.90], 9000), (small, [0.8, 0.85], 1000), (worse, [0.7], 5000)):
+        writer.set_status(record, "running")
+        for epoch, acc in enumerate(accs, 1):
+            writer.add_result(record, EpochResult(epoch=epoch, val_acc=acc, params=params))
+    assert big.best.epoch == 2 and big.best.val_acc == 0.90  # scored at the last epoch: what Optuna was told
+    assert writer.snapshot().pareto_front == [] and index.best_trial is None  # none finished yet
+    writer.set_status(worse, "terminated")
+    assert writer.snapshot().pareto_front == ["worse"] and index.best_trial == "worse"
+    writer.set_status(small, "terminated")
+    writer.set_status(big, "stopped_early")
+    index = writer.snapshot()
+    assert index.pareto_front == ["big", "small"] and index.best_trial == "big"
+    assert [t.trial_id for t in index.ranked()] == ["big", "small", "worse"]
+    body = trials_body(index)
+    assert body["pareto_front"] == ["big", "small"] and [o["metric"] for o in body["objectives"]] == ["val_acc", "params"]
+    with pytest.raises(ValueError, match="must be the first of objectives"):
+        new_index("s", Objective(metric="params", mode="min"), max_epochs=1, num_trials=1, attempt=1, objectives=ACC_PARAMS)

@@ -244,3 +244,164 @@ def test_the_pbt_mutable_model_fields_leave_every_models_state_dict_unchanged():
             assert all(v == variants[0] for v in variants), f"{spec.name}.{field}"
     cnn = families[1]
     assert shapes(cnn.model_copy(update={"dropout": 0.0})) != shapes(cnn.model_copy(update={"dropout": 0.3}))
+
+
+# ----------------------------------------------------------------------------- conditional spaces
+CONDITIONAL = """\
+name: conditional
+data: {name: digits}
+model: {name: cnn, filters: 8}
+train:
+  epochs: 1
+  optimizer:
+    grid:
+      - name: sgd
+        lr: {grid: [0.1, 0.01]}
+        momentum: {grid: [0.8, 0.9, 0.95]}
+      - name: adam
+        lr: {grid: [1.0e-3, 3.0e-3]}
+      - {name: adagrad}
+search: {algorithm: grid, num_samples: 2}
+"""
+
+
+def test_a_grid_over_branches_crosses_each_branch_with_its_own_grids_and_a_trial_has_its_branch_only():
+    from service.core.spec import config_keys
+
+    spec = parse_spec(CONDITIONAL)
+    assert num_trials(spec) == (2 * 3 + 2 + 1) * 2  # sgd's 6 points, adam's 2, adagrad's 1; × num_samples
+    assert config_keys(spec) == ["train.optimizer.name", "train.optimizer.lr", "train.optimizer.momentum"]
+    sgd = concrete(spec, {"train.optimizer.name": "sgd", "train.optimizer.lr": 0.1, "train.optimizer.momentum": 0.95})
+    assert (sgd.train.optimizer.name, sgd.train.optimizer.lr, sgd.train.optimizer.momentum) == ("sgd", 0.1, 0.95)
+    adam = concrete(spec, {"train.optimizer.name": "adam", "train.optimizer.lr": 3e-3})
+    assert (adam.train.optimizer.name, adam.train.optimizer.lr) == ("adam", 3e-3)
+    assert adam.train.optimizer.momentum == 0.9  # the default: nothing of the SGD branch
+    assert search_space(sgd) == search_space(adam) == {}
+    with pytest.raises(ValueError, match=r"lacks values for \['train.optimizer.name'\]"):
+        concrete(spec, {"train.optimizer.lr": 0.1})
+    found = problems_of(CONDITIONAL, max_trials=10)  # the cap counts the branches' points
+    assert found["train.optimizer"][1].startswith("train.optimizer 9 × search.num_samples 2 = 18 trials > 10")
+    # a grid over whole models that are plain, as before: one trial each, the model its config
+    plain = parse_spec(CONDITIONAL.replace("model: {name: cnn, filters: 8}",
+                                           "model: {grid: [{name: mlp, hidden_sizes: [32]}, {name: cnn, filters: 8}]}"))
+    assert num_trials(plain) == 2 * 9 * 2 and config_keys(plain)[0] == "model"
+
+
+def test_a_bad_branch_value_is_reported_at_its_branch_path_with_every_other_problem():
+    text = CONDITIONAL.replace("epochs: 1", "epochs: 0").replace(
+        "momentum: {grid: [0.8, 0.9, 0.95]}", "momentum: {grid: [0.8, 1.5]}").replace(
+        "{name: adagrad}", "{name: adagrad, lrr: 0.1}")
+    text = text.replace("model: {name: cnn, filters: 8}", "model:\n  choice:\n    - {name: mlp, dropout: {uniform: [0, 0.5]}}\n"
+                        "    - {name: cnn, filters: 8}")
+    found = problems_of(text)
+    assert found["train.epochs"] == (8, "Input should be greater than 0, got 0")
+    assert found["train.optimizer.grid[0].momentum.grid[1]"] == (13, "Input should be less than 1, got 1.5")
+    assert found["train.optimizer.grid[2].lrr"][0] == 16
+    assert "did you mean 'lr'?" in found["train.optimizer.grid[2].lrr"][1]  # the branch's own keys
+    # spec-wide, on what parsed (the bad values set aside): a grid search cannot sample, not even in a branch
+    line, message = found["search.algorithm"]
+    assert line == 17 and "['model', 'model.choice[0].dropout'] are sampled" in message
+    assert len(found) == 4
+
+
+def test_conditional_spaces_refuse_what_their_searcher_or_scheduler_cannot_run():
+    drawn = CONDITIONAL.replace("grid:\n      - name: sgd", "choice:\n      - name: sgd").replace(
+        "algorithm: grid", "algorithm: random")
+    found = problems_of(drawn)  # a random search draws a branch per trial: its grids have no fixed points
+    assert set(found) == {"train.optimizer.choice[0].lr", "train.optimizer.choice[0].momentum", "train.optimizer.choice[1].lr"}
+    assert found["train.optimizer.choice[0].momentum"][0] == 10
+    assert "write {choice: [...]} here, or make train.optimizer a {grid: [...]}" in found["train.optimizer.choice[1].lr"][1]
+    tpe = drawn.replace("{grid: [0.1, 0.01]}", "{loguniform: [1.0e-3, 1.0e-1]}").replace(
+        "{grid: [0.8, 0.9, 0.95]}", "{uniform: [0.8, 0.99]}").replace("{grid: [1.0e-3, 3.0e-3]}", "{choice: [1.0e-3, 3.0e-3]}")
+    assert num_trials(parse_spec(tpe.replace("random", "optuna"))) == 2
+    pbt = problems_of(tpe + "scheduler: {name: pbt, mutations: {train.label_smoothing: {uniform: [0, 0.2]}}}\n"
+                      "checkpoint: {keep: 3}\n")
+    ((line, message),) = pbt.values()
+    assert list(pbt) == ["scheduler.name"] and line == 15
+    assert message.startswith("scheduler 'pbt' cannot run a conditional search space (train.optimizer:")
+
+
+# ----------------------------------------------------------------------------- objectives and constraints
+OPTUNA = """\
+name: mo-test
+data: {name: digits}
+model: {name: mlp, hidden_sizes: {choice: [[8], [32]]}}
+search: {algorithm: optuna, num_samples: 4}
+"""
+
+
+@pytest.mark.parametrize("metric, mode", [("params", "min"), ("inference_ms", "min"), ("train_seconds", "min"),
+                                          ("samples_per_second", "max"), ("train_acc", "max")])
+def test_the_objective_may_be_any_reported_metric_with_its_natural_mode(metric, mode):
+    assert parse_spec(GOOD + f"objective: {{metric: {metric}}}\n").objective.mode == mode
+
+
+def test_an_unknown_objective_metric_lists_the_reported_ones_and_one_without_a_direction_needs_a_mode():
+    from service.core.record import METRICS
+
+    with pytest.raises(SpecError) as err:
+        parse_spec(GOOD + "objective: {metric: val_accuracy}\n")
+    (problem,) = err.value.problems
+    assert problem.path == "objective.metric" and problem.line == 10
+    assert "did you mean val_acc" in problem.message
+    assert all(m in problem.message for m in METRICS)  # every valid name, from the record's EpochResult
+    with pytest.raises(SpecError, match="lr has no natural direction: give mode"):
+        parse_spec(GOOD + "objective: {metric: lr}\n")
+    assert parse_spec(GOOD + "objective: {metric: lr, mode: max}\n").objective.mode == "max"
+
+
+def test_objectives_set_the_first_as_the_objective_and_dump_without_it():
+    spec = parse_spec(OPTUNA + "objectives: [{metric: val_acc}, {metric: params}]\n")
+    assert [(o.metric, o.mode) for o in spec.objectives] == [("val_acc", "max"), ("params", "min")]
+    assert spec.objective == spec.objectives[0]
+    dumped = spec.model_dump(mode="json")
+    assert "objective" not in dumped and SweepSpec.model_validate(dumped) == spec  # spec.yaml validates again
+    assert concrete(spec, {"model.hidden_sizes": [8]}).objectives == spec.objectives
+    one = parse_spec(OPTUNA).model_dump(mode="json")
+    assert "objectives" not in one and "constraints" not in one  # as before they existed
+
+
+def test_objectives_are_checked_together_each_at_its_key():
+    text = (OPTUNA.replace("optuna", "random") + "objective: {metric: val_acc}\n"
+            "objectives:\n  - {metric: val_acc}\n  - {metric: val_acc}\n")
+    with pytest.raises(SpecError) as err:
+        parse_spec(text)
+    found = {p.path: (p.line, p.message) for p in err.value.problems}
+    assert found["objective"][0] == 5 and "either objective" in found["objective"][1]
+    assert found["objectives[1].metric"][0] == 8 and "val_acc is objectives[0] already" in found["objectives[1].metric"][1]
+    assert "need search.algorithm: optuna" in found["objectives"][1] and "'random'" in found["objectives"][1]
+    with pytest.raises(SpecError, match="at least 2 items"):
+        parse_spec(OPTUNA + "objectives: [{metric: val_acc}]\n")
+
+
+def test_a_scheduler_that_judges_by_one_metric_is_allowed_with_a_note():
+    from service.core.spec import spec_notes
+
+    spec = parse_spec(OPTUNA + "scheduler: {name: asha}\nobjectives: [{metric: val_loss}, {metric: inference_ms}]\n")
+    assert spec_notes(spec) == ["scheduler asha judges trials by val_loss, the first objective (min): it stops "
+                                "trials that are behind on val_loss alone"]
+    assert spec_notes(parse_spec(OPTUNA + "objectives: [{metric: val_loss}, {metric: params}]\n")) == []
+    assert spec_notes(parse_spec(GOOD + "scheduler: {name: asha}\n")) == []
+
+
+@pytest.mark.parametrize("text, metric, op, bound", [
+    ("params <= 2e6", "params", "<=", 2e6), ("inference_ms<5", "inference_ms", "<", 5.0),
+    ("  val_acc >= 0.9 ", "val_acc", ">=", 0.9), ("train_seconds > .5", "train_seconds", ">", 0.5),
+    ("val_loss <= -1.5E-1", "val_loss", "<=", -0.15)])
+def test_a_constraint_is_metric_op_number(text, metric, op, bound):
+    from service.core.spec import parse_constraint
+
+    c = parse_constraint(text)
+    assert (c.metric, c.op, c.bound) == (metric, op, bound)
+    assert c.before_training == (metric == "params")
+
+
+def test_bad_constraints_are_reported_with_their_index_and_line():
+    text = OPTUNA + 'constraints:\n  - "params <= 2e6"\n  - "params == 3"\n  - "size < 3"\n  - "params < inf"\n'
+    with pytest.raises(SpecError) as err:
+        parse_spec(text)
+    found = {p.path: (p.line, p.message) for p in err.value.problems}
+    assert set(found) == {"constraints[1]", "constraints[2]", "constraints[3]"}
+    assert found["constraints[1]"][0] == 7 and "'params == 3' is not 'metric op number'" in found["constraints[1]"][1]
+    assert found["constraints[2]"][0] == 8 and "unknown metric 'size'" in found["constraints[2]"][1]
+    assert found["constraints[3]"][0] == 9

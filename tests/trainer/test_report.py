@@ -320,6 +320,46 @@ def test_importance_finds_the_parameter_that_drives_the_objective_of_a_grid():
     assert analyses.parameter_importance(*sweep_of(trials, 2)) == imp  # seeded: the same numbers every time
 
 
+def test_parameters_of_one_branch_are_listed_not_ranked_and_compared_among_the_trials_that_have_them():
+    """A conditional space (SGD with lr and momentum, Adam with lr only): momentum is absent from
+    the Adam trials. Importance ranks what every trial has (the branch's name: it drives the
+    objective here); the heatmap and the scatter of lr × momentum use the SGD trials."""
+    data = deep_update(BASE_SPEC, {"name": "synthetic", "search": {"algorithm": "random", "num_samples": 24}})
+    data["train"]["optimizer"] = {"choice": [
+        {"name": "sgd", "lr": {"loguniform": [1e-3, 1e-1]}, "momentum": {"uniform": [0.8, 0.99]}},
+        {"name": "adam", "lr": {"loguniform": [1e-4, 1e-2]}}]}
+    spec = SweepSpec.model_validate(data)
+    rng = np.random.default_rng(0)
+    trials = []
+    for i in range(24):
+        if i % 2:
+            config = {"train.optimizer.name": "adam", "train.optimizer.lr": float(10 ** rng.uniform(-4, -2))}
+        else:
+            config = {"train.optimizer.name": "sgd", "train.optimizer.lr": float(10 ** rng.uniform(-3, -1)),
+                      "train.optimizer.momentum": float(rng.uniform(0.8, 0.99))}
+        acc = (0.9 if i % 2 else 0.6) + rng.normal(0, 0.005)
+        trials.append(trial(f"c{i:02d}", config, curve(acc, 2)))
+    index, _ = sweep_of(trials, 2)
+    assert analyses.varied_params(trials) == ["train.optimizer.name", "train.optimizer.lr", "train.optimizer.momentum"]
+    imp = analyses.parameter_importance(index, trials, spec=spec)
+    assert imp["n_trials"] == 24 and set(imp["params"]) == {"train.optimizer.name", "train.optimizer.lr"}
+    assert imp["absent"] == {"train.optimizer.momentum": 12} and "train.optimizer.momentum (12 of 24)" in imp["absent_note"]
+    assert max(imp["params"], key=imp["params"].get) == "train.optimizer.name"
+    # lr: one loguniform over both branches' bounds
+    assert imp["scales"]["train.optimizer.lr"].startswith("log10 over [0.0001, 0.1] (loguniform)")
+
+    scores = {t.trial_id: t.best.val_acc for t in trials}
+    assert analyses.heatmap_axes(spec, trials, imp, scores) == ("train.optimizer.name", "train.optimizer.lr")
+    table = analyses.heatmap(index, trials, spec, "train.optimizer.lr", "train.optimizer.momentum", scores, "x")
+    assert table["kind"] == "scatter" and table["x_log"]
+    assert sorted(p["trial_id"] for p in table["points"]) == [f"c{i:02d}" for i in range(0, 24, 2)]  # SGD's
+    labels = analyses.config_labels(trials[:2], analyses.short_names(analyses.varied_params(trials)))
+    assert "momentum=" in labels["c00"] and "momentum" not in labels["c01"]
+    assert is_png(figures.fig_parallel(index, trials, {}, scores))
+    only_sgd = [t for t in trials if "train.optimizer.momentum" in t.config]  # momentum alone is absent nowhere
+    assert analyses.heatmap_axes(spec, only_sgd, imp, scores) == ("train.optimizer.lr", "train.optimizer.momentum")
+
+
 # ----------------------------------------------------------------------------- leaderboard, heatmap
 def test_leaderboard_rows_are_the_record_numbers_best_first():
     index, trials = grid_sweep()
@@ -499,6 +539,15 @@ def write_sweep(root: Path, sweep: tuple[SweepIndex, list[TrialRecord]], spec_te
         storage.write_text_atomic(store.spec_uri, spec_text)
 
 
+def test_a_fenced_out_driver_writes_no_report(tmp_path):
+    """The driver's report (write_sweep_report) is drawn aside and copied into the sweep's storage
+    only while the driver still owns the sweep: one that lost it to a newer attempt writes nothing."""
+    write_sweep(tmp_path, grid_sweep())
+    before = storage.file_sizes(str(tmp_path))
+    assert report.write_sweep_report(str(tmp_path), "synthetic", fenced=lambda: True) is None
+    assert storage.file_sizes(str(tmp_path)) == before
+
+
 def test_report_writes_every_figure_embeds_and_links_it(tmp_path):
     from markupsafe import escape  # as the template escapes
 
@@ -641,3 +690,47 @@ def test_test_set_figures_render_for_gray_and_colour_images_and_many_classes(num
                 figures.fig_worst_images(images, worst, names),
                 figures.fig_tsne(rng.normal(size=(300, 2)), labels, preds != labels, names)):
         assert is_png(png)
+
+
+def test_a_multi_objective_report_draws_the_records_front_and_lists_the_infeasible_trials(tmp_path):
+    """Three objectives and two constraints, recorded by the driver's own RecordWriter: the page's
+    front is the record's, every infeasible trial is listed with its reason and none is ranked."""
+    from service.core.record import RecordWriter, new_index
+    from service.core.spec import parse_constraint
+
+    objectives = [Objective(metric="val_acc", mode="max"), Objective(metric="params", mode="min"),
+                  Objective(metric="inference_ms", mode="min")]
+    index = new_index("synthetic", objectives[0], max_epochs=2, num_trials=7, attempt=1, objectives=objectives,
+                      constraints=[parse_constraint("params <= 5000"), parse_constraint("inference_ms < 2")])
+    writer = RecordWriter(SweepStore(str(tmp_path), "synthetic"), index)
+    rows = [("a", 0.90, 4000, 1.0), ("b", 0.85, 1000, 0.5), ("c", 0.80, 1000, 0.4), ("d", 0.70, 3000, 1.5),
+            ("e", 0.95, 4500, 3.0)]  # e: the most accurate, too slow
+    for trial_id, acc, params, ms in rows:
+        record = writer.trial(trial_id, {"model.filters": params // 100})
+        writer.set_status(record, "running")
+        for epoch in (1, 2):
+            writer.add_result(record, EpochResult(epoch=epoch, val_acc=acc - 0.1 * (2 - epoch), val_loss=1 - acc,
+                                                  val_samples=N_VAL, params=params, inference_ms=ms, train_seconds=epoch))
+        writer.set_status(record, "terminated")
+        writer.changed(record)
+    big = writer.trial("f", {"model.filters": 90})
+    writer.reject(big, "params = 9,000 breaks 'params <= 5000'")
+    writer.changed(big)
+    assert writer.write_index("finished", wall_seconds=5.0)
+    index = SweepStore(str(tmp_path), "synthetic").read_index()
+    assert index.pareto_front == ["a", "b", "c"] and index.best_trial == "a"  # d: dominated by b; e: infeasible
+
+    out = tmp_path / "out"
+    assert sweepctl(["report", "synthetic", "--storage", str(tmp_path), "-o", str(out)]) == 0
+    page, rep = (out / "report.html").read_text(), json.loads((out / "report.json").read_text())
+    assert is_png((out / "pareto.png").read_bytes()) and "pareto.png" in rep["figures"]
+    assert rep["pareto"]["front"] == index.pareto_front
+    assert [r["trial_id"] for r in rep["pareto"]["rows"]] == ["a", "b", "c"]
+    assert {p["trial_id"]: p["front"] for p in rep["pareto"]["points"]} == {
+        "a": True, "b": True, "c": True, "d": False, "e": False}
+    assert "first two of the 3 objectives" in page
+    assert {r["trial_id"]: r["reason"] for r in rep["infeasible"]} == {
+        "e": "inference_ms = 3 breaks 'inference_ms < 2'", "f": "params = 9,000 breaks 'params <= 5000'"}
+    assert [r["trial_id"] for r in rep["leaderboard"]] == ["a", "b", "c", "d"]  # never an infeasible trial
+    assert '<h3 id="infeasible">' in page and "rejected" in page
+    assert {c["label"]: c["value"] for c in rep["cards"]}["Pareto front"] == "3 of 5"

@@ -15,27 +15,7 @@ from conftest import BASE_SPEC, deep_update
 from service.core import checkpoint as checkpoint_format
 from service.core.spec import SweepSpec
 from trainer.loop import fit, restore_checkpoint
-
-
-class Session:
-    """What ``fit`` needs of ``ray.tune``: starts from ``start_from``, and stores each reported
-    checkpoint as Tune does, as <trial_dir>/checkpoint_<k> (k counts from ``first_index``)."""
-
-    Checkpoint = ray.train.Checkpoint
-
-    def __init__(self, trial_dir: Path, start_from: Path | None = None, first_index: int = 0):
-        self.trial_dir, self.start_from, self.next_index = trial_dir, start_from, first_index
-        self.trial_id = trial_dir.name
-        self.reports: list[dict] = []
-
-    def get_checkpoint(self):
-        return ray.train.Checkpoint(str(self.start_from)) if self.start_from else None
-
-    def report(self, metrics: dict, checkpoint=None) -> None:
-        self.reports.append(dict(metrics))
-        if checkpoint is not None:
-            shutil.copytree(checkpoint.path, self.trial_dir / f"checkpoint_{self.next_index:06d}")
-            self.next_index += 1
+from tune_session import Session
 
 
 def _spec(tmp_path: Path, epochs: int, **model) -> SweepSpec:

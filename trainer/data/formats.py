@@ -92,6 +92,19 @@ def read_raw(spec: DataSpec, seed: int, downloader: Downloader) -> RawData:
     raise ValueError(f"unknown dataset {spec.name!r}; expected synthetic, digits or one of {ON_DISK}")
 
 
+# (C, H, W) of one image and the number of classes, as the readers below return them.
+_SHAPES = {"digits": ((1, 8, 8), 10), "mnist": ((1, 28, 28), 10), "fashion_mnist": ((1, 28, 28), 10),
+           "cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100)}
+
+
+def dataset_shape(spec: DataSpec) -> tuple[tuple[int, int, int], int]:
+    """(image shape (C, H, W), number of classes) of ``spec``'s dataset without reading it: what a
+    model is built for (a constraint on its size is checked before any data is loaded)."""
+    if spec.name == "synthetic":
+        return (spec.channels, spec.image_size, spec.image_size), spec.num_classes
+    return _SHAPES[spec.name]
+
+
 def _synthetic(spec: DataSpec, seed: int) -> RawData:
     """Class prototypes plus Gaussian noise, entirely determined by ``seed``.
 

@@ -25,12 +25,14 @@ from typing import Callable
 from ray.tune import Callback
 
 from service.core import storage
+from service.core.errors import TrialRejected
 from service.core.record import (
     TOP_LEVEL_JSON, FINISHED_STATES, RESULT_KEYS, CheckpointRef, EpochResult, Exploit, Objective, RecordWriter,
-    SkippedCheckpoint, SweepIndex, TrialError, now_iso,
+    SkippedCheckpoint, SweepIndex, TrialError, now_iso, violations,
 )
-from service.core.spec import SweepSpec, search_space
+from service.core.spec import SweepSpec, config_keys
 from trainer.driver.progress import Progress
+from trainer.driver.retries import final_marker
 
 
 class SweepEvents(Callback):
@@ -48,7 +50,7 @@ class SweepEvents(Callback):
         self.attempt = attempt
         self.started = time.time()
         self.seconds_before = seconds_before  # wall time of earlier driver attempts
-        self._keys = list(dict.fromkeys([*search_space(spec), *spec.scheduler.mutations]))
+        self._keys = list(dict.fromkeys([*config_keys(spec), *spec.scheduler.mutations]))
         self._seen = 0  # Tune's trial list only grows: trials[_seen:] are new
         self._running: dict[str, object] = {}  # trial id → Tune trial, for pause detection
 
@@ -124,9 +126,11 @@ class SweepEvents(Callback):
             return  # another driver owns the sweep: this one registers nothing
         record = self._added(trial)
         latest = record.history[-1] if record.history else None
+        # An epoch that breaks a constraint is no best checkpoint: unscored, retention keeps it only as the latest.
+        kept = latest is not None and violations(self.writer.index.constraints, latest) is None
         ref = CheckpointRef(uri=self.writer.store.checkpoint_uri(checkpoint.path),
                             epoch=latest.epoch if latest else 0,
-                            objective=latest.metric(self.spec.objective.metric) if latest else None)
+                            objective=latest.metric(self.spec.objective.metric) if kept else None)
         record.checkpoints = [c for c in record.checkpoints if c.uri != ref.uri] + [ref]
         record.checkpoint = _best_checkpoint(record.checkpoints, self.writer.index.objective)
 
@@ -199,7 +203,16 @@ class SweepEvents(Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         record = self._added(trial)
         self._running.pop(trial.trial_id, None)
-        record.error = trial_error(_exception_of(trial), log=record.log, attempt=record.restarts + 1)
+        exception = _exception_of(trial)
+        rejected = final_marker(exception)
+        if isinstance(rejected, TrialRejected):  # refused before training by a constraint: no failure
+            self.writer.reject(record, rejected.message)
+            self.writer.changed(record)
+            self._sink("trial_rejected", trial.trial_id)
+            self.progress.say(f"trial {trial.trial_id} {record.stop_reason}")
+            self._tick()
+            return
+        record.error = trial_error(exception, log=record.log, attempt=record.restarts + 1)
         self.writer.set_status(record, "error")
         record.stop_reason = f"{record.error.type}: {_headline(record.error.message)}"[:300]
         self._retention_after_snapshot(record)

@@ -118,7 +118,7 @@ class DriverLock:
         self.attempt = (owner or {}).get("attempt", 0) + 1
         now = time.time()
         mine = {"attempt": self.attempt, "host": socket.gethostname(), "pid": os.getpid(), "token": self.token,
-                "claimed_at": _iso(now), "claimed_at_s": now}
+                "claimed_at": _iso(now), "claimed_at_s": now, **_process_identity()}
         if not storage.create_exclusive(self.store.attempt_claim_uri(self.attempt), json.dumps(mine).encode()):
             raise SweepBusy(f"another driver started sweep at {self.sweep_uri} at the same moment and claimed "
                             f"attempt {self.attempt}; nothing else was written.")
@@ -177,6 +177,19 @@ class DriverLock:
         self._thread = None
         if not self._fenced_out():
             self._beat(state, reason)
+
+
+def _process_identity() -> dict:
+    """What tells this driver apart from a later process given the same pid, so that `sweepctl
+    cancel` signals it only if it is provably this one (service/control/backends.py DriverProcess):
+    the boot it runs in and its start time (/proc/self/stat field 22, clock ticks since boot).
+    Empty where there is no /proc: such a driver is never signalled by a cancel."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as boot, open("/proc/self/stat") as stat:
+            boot_id, start_time = boot.read().strip(), int(stat.read().rsplit(")", 1)[1].split()[22 - 3])
+    except (OSError, IndexError, ValueError):
+        return {}
+    return {"boot_id": boot_id, "pid_start_time": start_time}
 
 
 def _without(record: dict, key: str) -> dict:

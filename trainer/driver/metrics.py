@@ -68,8 +68,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 log = logging.getLogger(__name__)
 
-STATES = ("pending", "running", "paused", "terminated", "stopped_early", "error")
-FINISHED = ("terminated", "stopped_early", "error")
+STATES = ("pending", "running", "paused", "terminated", "stopped_early", "error", "rejected")
+FINISHED = ("terminated", "stopped_early", "error", "rejected")
 KEEP_FINISHED = 10  # finished trials whose per-trial series stay exposed (the best ones)
 EPOCH_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)  # seconds
 CHECKPOINT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60)
@@ -326,6 +326,10 @@ class SweepMetrics:
         self._inc("sweep_trial_errors_total")
         self._finish(trial_id, "error")
 
+    def trial_rejected(self, trial_id: str) -> None:
+        """The trial was refused before training: its config breaks a constraint (no failure)."""
+        self._finish(trial_id, "rejected")
+
     def trial_restarted(self, trial_id: str) -> None:
         """The trial crashed and will restart from its last checkpoint (pending until it does)."""
         self._inc("sweep_trial_retries_total")
@@ -557,7 +561,7 @@ class SweepExporter:
     Binds the port in the constructor, so a busy port fails before anything else happens."""
 
     def __init__(self, spec, *, addr: str | None = None, targets_dir=None, keep_finished: int = KEEP_FINISHED):
-        from service.core.spec import num_trials, search_space
+        from service.core.spec import config_keys, num_trials
 
         self.metrics = SweepMetrics(
             spec.name,
@@ -566,7 +570,7 @@ class SweepExporter:
             planned_trials=num_trials(spec),
             scheduler=spec.scheduler.name,
             keep_finished=keep_finished,
-            config_keys=[*search_space(spec), *spec.scheduler.mutations],  # what a trial's config holds
+            config_keys=[*config_keys(spec), *spec.scheduler.mutations],  # what a trial's config holds
         )
         addr = addr or os.environ.get(ADDR_ENV, "0.0.0.0")
         self.server = MetricsServer(self.metrics.registry, spec.metrics.port, addr)

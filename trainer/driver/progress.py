@@ -249,7 +249,7 @@ class _TrialRows:
 
 
 def progress_line(index: SweepIndex, elapsed: float | None = None) -> str:
-    order = ("pending", "running", "paused", "terminated", "stopped_early", "error")
+    order = ("pending", "running", "paused", "terminated", "stopped_early", "error", "rejected")
     counts = ", ".join(f"{index.trial_states[s]} {s.replace('_', ' ')}" for s in order if index.trial_states.get(s))
     best, metric = index.best, index.objective.metric
     best_text = (f"best {metric} {best.best.metric(metric):.4f} (trial {best.trial_id}, epoch {best.best.epoch})"

@@ -15,6 +15,7 @@ from service.core.spec import (
     RandInt,
     SweepSpec,
     Uniform,
+    conditional_sections,
     max_epochs,
     primitive_values,
     search_space,
@@ -23,6 +24,8 @@ from service.core.spec import (
 
 def param_space(spec: SweepSpec) -> dict[str, Any]:
     """Flat Tune param space keyed by dotted spec paths: {"model.filters": tune.grid_search([..])}."""
+    if conditional_sections(spec):
+        return {}  # the searcher holds the whole space (trainer/driver/conditional.py)
     if runs_grid_shuffled(spec):
         from ray import tune
 
@@ -42,11 +45,16 @@ def runs_grid_shuffled(spec: SweepSpec) -> bool:
     primitives = search_space(spec).values()
     return (
         spec.search.algorithm == "grid"
-        and spec.scheduler.name in ("asha", "hyperband", "median")
+        and early_stopping(spec)
         and bool(primitives)
         and all(isinstance(p, Grid) for p in primitives)
         and all(isinstance(v, (int, float, str, bool)) for p in primitives for v in primitive_values(p))
     )
+
+
+def early_stopping(spec: SweepSpec) -> bool:
+    """A scheduler that judges trials against those that reached a rung before them."""
+    return spec.scheduler.name in ("asha", "hyperband", "median")
 
 
 def shuffled_grid_points(spec: SweepSpec) -> list[dict]:
@@ -62,7 +70,12 @@ def shuffled_grid_points(spec: SweepSpec) -> list[dict]:
 
 
 def num_samples(spec: SweepSpec) -> int:
-    """Tune's num_samples: a shuffled grid is a list of points, one trial each."""
+    """Tune's num_samples: a shuffled grid is a list of points, one trial each (so is a
+    conditional space's grid/random search)."""
+    if conditional_sections(spec):
+        from trainer.driver import conditional
+
+        return conditional.trials_planned(spec)
     return len(shuffled_grid_points(spec)) if runs_grid_shuffled(spec) else spec.search.num_samples
 
 
@@ -103,6 +116,13 @@ def searcher(spec: SweepSpec, max_concurrent: int | None = None):
     ``max_concurrent`` caps running trials (None: as many as the cluster's resources allow);
     for TPE it also bounds how many proposals are made without the results of the others."""
     algorithm = spec.search.algorithm
+    if conditional_sections(spec):  # primitives inside the branches of a grid/choice over sections
+        from ray.tune.search import ConcurrencyLimiter
+
+        from trainer.driver import conditional
+
+        search = conditional.searcher(spec)
+        return ConcurrencyLimiter(search, max_concurrent=max_concurrent) if max_concurrent else search
     if algorithm in ("grid", "random"):
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
@@ -115,7 +135,13 @@ def searcher(spec: SweepSpec, max_concurrent: int | None = None):
         from ray.tune.search.optuna import OptunaSearch
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        tpe = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=spec.seed))
+        # Several objectives: the searcher gets them all (Tune's metric stays unset, see judged_by).
+        # The same seeded TPESampler serves: it is multi-objective itself (MOTPE: past trials split by
+        # non-domination rank, then hypervolume contribution), where NSGA-II would sample at random
+        # for its first population of 50 trials, i.e. for the whole of most of our sweeps.
+        several = ({"metric": [o.metric for o in spec.objectives], "mode": [o.mode for o in spec.objectives]}
+                   if spec.objectives else {})
+        tpe = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=spec.seed), **several)
     else:
         from ray.tune.search.hyperopt import HyperOptSearch
 
@@ -140,6 +166,19 @@ def clamp_to_ranges(config: dict, bounds: dict[str, tuple]) -> dict:
     return config
 
 
+def tune_metric(spec: SweepSpec) -> dict:
+    """TuneConfig's metric and mode: the one objective's. A multi-objective sweep sets none there
+    (Tune would hand its one metric to the searcher, over the searcher's list): the searcher has
+    them all, the scheduler the first (``judged_by``)."""
+    return {} if spec.objectives else {"metric": spec.objective.metric, "mode": spec.objective.mode}
+
+
+def judged_by(spec: SweepSpec) -> dict:
+    """A multi-objective sweep's scheduler judges trials by the first objective (`sweepctl
+    validate` says so: service/core/spec.py ``spec_notes``); otherwise Tune hands it its metric."""
+    return {"metric": spec.objective.metric, "mode": spec.objective.mode} if spec.objectives else {}
+
+
 def scheduler(spec: SweepSpec):
     """Trial schedulers count time in epochs (Tune's training_iteration: one report per epoch)."""
     from ray.tune.schedulers import (
@@ -158,12 +197,15 @@ def scheduler(spec: SweepSpec):
             grace_period=s.grace_period,
             reduction_factor=s.reduction_factor,
             brackets=s.brackets,
+            **judged_by(spec),
         )
     if s.name == "hyperband":
-        return HyperBandScheduler(time_attr="training_iteration", max_t=max_t, reduction_factor=s.reduction_factor)
+        return HyperBandScheduler(time_attr="training_iteration", max_t=max_t, reduction_factor=s.reduction_factor,
+                                  **judged_by(spec))
     if s.name == "median":
         return MedianStoppingRule(
-            time_attr="training_iteration", grace_period=s.grace_period, min_samples_required=s.min_samples
+            time_attr="training_iteration", grace_period=s.grace_period, min_samples_required=s.min_samples,
+            **judged_by(spec),
         )
     if s.name == "pbt":
         return PopulationBasedTraining(

@@ -42,7 +42,7 @@ from service.core.errors import SweepStopped, UserError  # noqa: E402
 from service.core.record import (  # noqa: E402
     Objective, RecordWriter, SegmentedLog, SweepIndex, SweepStore, new_index,
 )
-from service.core.spec import SweepSpec, max_epochs, num_trials  # noqa: E402
+from service.core.spec import SweepSpec, max_epochs, num_trials, parse_constraint  # noqa: E402
 from trainer.driver import space  # noqa: E402
 from trainer.driver.lock import DriverLock  # noqa: E402
 
@@ -156,8 +156,7 @@ def run_sweep(
                     trainable,
                     param_space=space.param_space(spec),
                     tune_config=tune.TuneConfig(
-                        metric=spec.objective.metric,
-                        mode=spec.objective.mode,
+                        **space.tune_metric(spec),  # none for several objectives: the searcher has them
                         search_alg=space.searcher(spec, max_concurrent=_max_concurrent(spec)),
                         scheduler=space.scheduler(spec),
                         num_samples=space.num_samples(spec),
@@ -185,6 +184,8 @@ def run_sweep(
             events.apply_pending_retention(snapshot_landed=True)
             if stop.signal is None:
                 index = events.finish()
+                if spec.report.auto:
+                    write_report(spec, lock, events.progress)
                 lock.release("finished")
                 return index
             raise KeyboardInterrupt  # interrupted: Tune saved its state and stopped the trials
@@ -198,6 +199,29 @@ def run_sweep(
                 events.writer.release_reserve()
             if exporter:
                 exporter.stop()  # up → 0, one last scrape if Prometheus is watching, then the port is free
+
+
+def write_report(spec: SweepSpec, lock: DriverLock, progress) -> None:
+    """The finished sweep's report (spec ``report.auto``): report/report.html in its storage, as
+    `sweepctl report` writes it, while this driver still holds the lock (fenced out: nothing).
+
+    Best effort: the sweep has finished and its record says so, so an error here, or a signal
+    meanwhile, is one warning line (terminal and driver log) and changes neither the record nor
+    the exit code; `sweepctl report NAME` writes the report again. Interrupted, cancelled and
+    failed sweeps get none: the resumed sweep writes it when it finishes, and a driver told to
+    stop stops at once (a pod has 30 s) instead of drawing figures for minutes."""
+    try:
+        from service.analysis.report import write_sweep_report  # matplotlib, jinja2: once the trials are done
+
+        written = not lock.lost and write_sweep_report(spec.storage.uri, spec.name, fenced=lambda: lock.lost)
+    except (Exception, KeyboardInterrupt) as err:  # noqa: BLE001 - nothing here may fail the finished sweep
+        reason = " ".join(str(err).split())[:300] or "interrupted"
+        progress.say(f"warning: the sweep finished but its report was not written ({type(err).__name__}: {reason}); "
+                     f"sweepctl report {spec.name} --storage {spec.storage.uri} writes it")
+        progress.close()  # the driver log was closed by events.finish(): this flushes the line after it
+        return
+    if not written:  # said on the terminal only: the driver log is the newer attempt's
+        progress.say(f"no report from driver attempt {lock.attempt}: a newer attempt owns sweep {spec.name} now")
 
 
 class DriverFenced(Exception):
@@ -360,7 +384,9 @@ def _events(spec: SweepSpec, store: SweepStore, lock: "DriverLock", echo, *, res
     objective = Objective(metric=spec.objective.metric, mode=spec.objective.mode)
     previous = store.read_index() if resume else None
     index = new_index(spec.name, objective, max_epochs=max_epochs(spec), num_trials=num_trials(spec),
-                      attempt=lock.attempt)
+                      attempt=lock.attempt,
+                      objectives=[Objective(metric=o.metric, mode=o.mode) for o in spec.objectives or ()],
+                      constraints=[parse_constraint(c) for c in spec.constraints])
     if previous is not None:
         index.started_at = previous.started_at
     trials = store.read_trials(previous) if previous is not None else []

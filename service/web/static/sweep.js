@@ -5,7 +5,12 @@
   const name = view.sweep;
   const selected = new Set();
   let sortKey = "objective", sortDescending = null;  // null: the record's own order (best first)
-  const metrics = ["val_acc", "val_loss", "train_acc", "train_loss"];
+  const standard = ["val_acc", "val_loss", "train_acc", "train_loss"];
+  // the standard metrics, then any objective's own (params, inference_ms, ...)
+  function metrics() {
+    const ix = view.index, objectives = ix ? (ix.objectives && ix.objectives.length ? ix.objectives : [ix.objective]) : [];
+    return [...standard, ...objectives.map(o => o.metric).filter(m => !standard.includes(m))];
+  }
 
   function headline() {
     const ix = view.index;
@@ -19,12 +24,15 @@
       UI.el("span", { id: "best", "data-trial": ix.best_trial || "", "data-value": ix.best_value ?? "" }, best), " · ",
       UI.el("span", { id: "epochs-run" }, `${ix.epochs_run} of ${ix.epoch_budget} epochs run`), " · ",
       `${ix.num_trials} trials: ${states || "none yet"} · ${Math.floor(wall / 60)}:${String(wall % 60).padStart(2, "0")} wall · ${ix.objective.mode} ${ix.objective.metric}` +
+      (ix.objectives && ix.objectives.length ? ` · objectives ${ix.objectives.map(o => `${o.mode} ${o.metric}`).join(", ")}: Pareto front of ${ix.pareto_front.length}` : "") +
+      (ix.constraints && ix.constraints.length ? ` · constraints ${ix.constraints.join(", ")}` : "") +
       (ix.stop_reason ? ` · stopped: ${ix.stop_reason}` : ""));
   }
 
   function columns() {
+    const infeasible = view.trials.some(t => t.infeasible) ? [["infeasible", "infeasible (never ranked)"]] : [];
     return [["trial_id", "trial"], ["status", "status"], ...view.config_keys.map(k => ["config." + k, k]),
-            ["stop_reason", "stop reason"], ...metrics.map(m => ["best." + m, m]), ["epochs", "epochs"], ["seconds", "seconds"]];
+            ["stop_reason", "stop reason"], ...infeasible, ...metrics().map(m => ["best." + m, m]), ["epochs", "epochs"], ["seconds", "seconds"]];
   }
   function value(trial, key) {
     if (key.startsWith("config.")) return trial.config[key.slice(7)];
@@ -65,7 +73,9 @@
         UI.el("td", {}, box),
         ...cols.map(([key]) => key === "trial_id"
           ? UI.el("td", {}, UI.el("a", { href: `/ui/sweeps/${name}/trials/${t.trial_id}` }, t.trial_id))
-          : key === "status" ? UI.el("td", {}, UI.el("span", { class: "state " + t.status }, t.status))
+          : key === "status" ? UI.el("td", {}, UI.el("span", { class: "state " + t.status }, t.status),
+              ...(t.infeasible && t.status !== "rejected" ? [" ", UI.el("span", { class: "state infeasible", title: t.infeasible }, "infeasible")] : []),
+              ...(view.index && (view.index.pareto_front || []).includes(t.trial_id) ? [" ", UI.el("span", { class: "state pareto", title: "on the Pareto front" }, "front")] : []))
           : UI.el("td", { class: typeof value(t, key) === "number" ? "num" : "" }, UI.fmt(value(t, key), key.split(".").pop()))));
     });
     document.querySelector("#trials tbody").replaceChildren(...body);
