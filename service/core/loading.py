@@ -637,10 +637,41 @@ def _data_path(loc: tuple, data: Any, missing: bool = False) -> tuple:
     return tuple(path)
 
 
+# Ray Tune's names for what the spec calls otherwise, where users bring them (section, key) → the
+# pointer; None: under any section.
+RAY_TUNE_NAMES: dict[tuple[str | None, str], str] = {
+    ("scheduler", "max_t"): "this is train.epochs here (every scheduler counts time in epochs)",
+    ("scheduler", "time_attr"): "time is always epochs here (train.epochs is the budget)",
+    ("scheduler", "metric"): "the metric is the spec's objective.metric (one for the whole sweep)",
+    ("scheduler", "mode"): "the mode is the spec's objective.mode",
+    ("scheduler", "hyperparam_mutations"): "this is scheduler.mutations here (dotted spec path -> distribution)",
+    ("scheduler", "quantile_fraction"): "this is scheduler.quantile here",
+    ("scheduler", "grace_period_epochs"): "this is scheduler.grace_period here (epochs)",
+    ("search", "metric"): "the metric is the spec's objective.metric",
+    ("search", "mode"): "the mode is the spec's objective.mode",
+    ("search", "max_concurrent_trials"): "this is resources.max_concurrent_trials here",
+    (None, "num_samples"): "this is search.num_samples here (data.num_samples: synthetic images)",
+    (None, "metric"): "this is objective.metric here",
+    (None, "mode"): "this is objective.mode here",
+    (None, "param_space"): "the search space is written in place: a primitive where the value goes (model.filters: {grid: [...]})",
+    (None, "config"): "the search space is written in place: a primitive where the value goes (model.filters: {grid: [...]})",
+}
+
+
+def _ray_tune_name(path: tuple) -> str | None:
+    key = str(path[-1])
+    section = str(path[0]) if len(path) == 2 else None
+    if len(path) > 2:
+        return None
+    return RAY_TUNE_NAMES.get((section, key)) if section else RAY_TUNE_NAMES.get((None, key))
+
+
 def _message(error: dict, path: tuple, data: Any) -> str:
     kind, msg = error["type"], error["msg"]
     if kind == "extra_forbidden":
         allowed = _allowed_keys(path[:-1], data)
+        if (pointer := _ray_tune_name(path)) is not None:
+            return f"unknown key: Ray Tune's {path[-1]!s}? {pointer}"
         close = difflib.get_close_matches(str(path[-1]), allowed, n=1, cutoff=0.6)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         return f"unknown key{hint} (allowed: {', '.join(allowed)})" if allowed else f"unknown key{hint}"

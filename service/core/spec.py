@@ -26,6 +26,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar, Union
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -231,8 +232,14 @@ class Affine(_Strict):
     shear: Annotated[float, Field(ge=0, lt=90)] = 0  # max shear, degrees
 
 
+def _bare_name(value: Any) -> Any:
+    """``hflip`` for ``{name: hflip}``: an augmentation with its defaults, written by name alone."""
+    return {"name": value} if isinstance(value, str) else value
+
+
 Augmentation = Annotated[
-    Union[HFlip, VFlip, RandomCrop, Rotation, ColorJitter, Affine], Field(discriminator="name")
+    Union[HFlip, VFlip, RandomCrop, Rotation, ColorJitter, Affine], Field(discriminator="name"),
+    BeforeValidator(_bare_name),
 ]
 
 
@@ -246,7 +253,8 @@ class DataSpec(_Strict):
     download: bool = False  # fetch the official files into `path` with torchvision when missing
     val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1  # of the official training split
     val_split: Literal["random", "stratified"] = "random"  # stratified: same class mix as train
-    augment: Tunable[list[Augmentation]] = []  # applied to training batches only, never to validation
+    # applied to training batches only, never to validation; each {name: ..., params} or a bare name
+    augment: Tunable[list[Augmentation]] = []
     # synthetic only: a class-dependent pattern plus noise
     num_samples: PositiveInt = 2048  # train+val images (a test split of the same size/4 is added)
     image_size: PositiveInt = 16  # pixels per side

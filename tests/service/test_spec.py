@@ -405,3 +405,26 @@ def test_bad_constraints_are_reported_with_their_index_and_line():
     assert found["constraints[1]"][0] == 7 and "'params == 3' is not 'metric op number'" in found["constraints[1]"][1]
     assert found["constraints[2]"][0] == 8 and "unknown metric 'size'" in found["constraints[2]"][1]
     assert found["constraints[3]"][0] == 9
+
+
+def test_an_augmentation_without_parameters_may_be_written_by_its_name_alone():
+    spec = parse_spec("name: t\ndata:\n  name: digits\n  augment: [hflip, {name: random_crop, padding: 2}]\n"
+                      "model: {name: cnn}\n")
+    assert spec.data.augment == parse_spec(
+        "name: t\ndata:\n  name: digits\n  augment: [{name: hflip}, {name: random_crop, padding: 2}]\n"
+        "model: {name: cnn}\n").data.augment
+    assert [a.name for a in spec.data.augment] == ["hflip", "random_crop"] and spec.data.augment[0].p == 0.5
+    grid = parse_spec("name: t\nseed: 0\ndata:\n  name: digits\n  augment: {grid: [[], [hflip, random_crop]]}\n"
+                      "model: {name: cnn}\n")
+    assert [[a.name for a in option] for option in grid.data.augment.grid] == [[], ["hflip", "random_crop"]]
+    found = problems_of("name: t\ndata:\n  name: digits\n  augment: [hflp]\nmodel: {name: cnn}\n")
+    line, message = found["data.augment[0].name"]
+    assert line == 4 and "did you mean 'hflip'?" in message
+
+
+def test_ray_tunes_names_point_at_ours_and_every_one_is_reported():
+    found = problems_of("name: t\ndata: {name: digits}\nmodel: {name: cnn}\n"
+                        "scheduler: {name: asha, max_t: 10, time_attr: training_iteration}\nnum_samples: 4\n")
+    assert found["scheduler.max_t"] == (4, found["scheduler.max_t"][1]) and "train.epochs" in found["scheduler.max_t"][1]
+    assert "epochs" in found["scheduler.time_attr"][1]
+    assert found["num_samples"][0] == 5 and "search.num_samples" in found["num_samples"][1]
