@@ -352,11 +352,24 @@ def heatmap_table(index: SweepIndex, trials: list[TrialSummary], x_param: str, y
 
 def scatter_table(index: SweepIndex, trials: list[TrialSummary], x_param: str, y_param: str,
                   scores: dict[str, float], label: str, x_log: bool = False, y_log: bool = False) -> dict:
-    """Every compared trial as a point (x, y) coloured by its objective."""
-    points = [{"trial_id": t.trial_id, "x": t.config[x_param], "y": t.config[y_param], "value": scores[t.trial_id]}
-              for t in trials if t.trial_id in scores and x_param in t.config and y_param in t.config]
-    return {"kind": "scatter", "metric": index.objective.metric, "label": label, "x_param": x_param,
-            "y_param": y_param, "x_log": x_log, "y_log": y_log, "points": points}
+    """Every compared trial as a point (x, y) coloured by its objective. An axis whose parameter is
+    not a number (a choice of lists or of names, beside a continuous one) is drawn at its values'
+    positions, 0..k-1, listed in ``x_categories``/``y_categories``."""
+    shown = [t for t in trials if t.trial_id in scores and x_param in t.config and y_param in t.config]
+    table = {"kind": "scatter", "metric": index.objective.metric, "label": label, "x_param": x_param,
+             "y_param": y_param, "x_log": x_log, "y_log": y_log}
+    position = {}
+    for axis, param in (("x", x_param), ("y", y_param)):
+        values = distinct(shown, param)
+        if all(_is_number(v) for v in values):
+            position[axis] = lambda value: value
+            continue
+        slots = {hashable(v): k for k, v in enumerate(values)}
+        position[axis] = lambda value, slots=slots: slots[hashable(value)]
+        table[f"{axis}_categories"], table[f"{axis}_log"] = values, False
+    table["points"] = [{"trial_id": t.trial_id, "x": position["x"](t.config[x_param]),
+                        "y": position["y"](t.config[y_param]), "value": scores[t.trial_id]} for t in shown]
+    return table
 
 
 # ============================================================================= importance

@@ -266,6 +266,10 @@ def fig_scatter(table: dict, names: dict[str, str], mode: str) -> bytes:
         ax.set_xscale("log")
     if table.get("y_log"):
         ax.set_yscale("log")
+    if "x_categories" in table:  # a parameter that is not a number, at its values' positions
+        ax.set_xticks(range(len(table["x_categories"])), [format_param(v) for v in table["x_categories"]])
+    if "y_categories" in table:
+        ax.set_yticks(range(len(table["y_categories"])), [format_param(v) for v in table["y_categories"]])
     ax.set_xlabel(names.get(table["x_param"], table["x_param"]) + (" (log scale)" if table.get("x_log") else ""))
     ax.set_ylabel(names.get(table["y_param"], table["y_param"]) + (" (log scale)" if table.get("y_log") else ""))
     fig.colorbar(art, ax=ax, label=table["label"])

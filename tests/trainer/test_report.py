@@ -420,6 +420,22 @@ def test_the_heatmap_defaults_to_the_two_most_important_parameters_and_continuou
     assert is_png(figures.fig_scatter(table, {}, "max"))
 
 
+def test_a_choice_of_lists_beside_a_continuous_parameter_is_scattered_at_its_values_positions():
+    """A continuous lr against a choice of hidden sizes (lists): the scatter puts each list at a
+    position of its own and names it on the axis (it used to fail converting a list to a float)."""
+    widths = [[64], [128, 64], [256, 128]]
+    trials = [trial(f"t{k}", {"train.optimizer.lr": 10 ** (-4 + k / 4), "model.hidden_sizes": widths[k % 3]},
+                    curve(0.7 + 0.02 * k, 2)) for k in range(9)]
+    index, _ = sweep_of(trials, 2)
+    scores = {t.trial_id: t.best.val_acc for t in trials}
+    table = analyses.scatter_table(index, trials, "train.optimizer.lr", "model.hidden_sizes", scores, "val_acc", x_log=True)
+    assert table["y_categories"] == sorted(widths, key=analyses.sort_key) and "x_categories" not in table
+    for point, t in zip(table["points"], trials):
+        assert table["y_categories"][point["y"]] == t.config["model.hidden_sizes"]
+        assert point["x"] == t.config["train.optimizer.lr"]
+    assert is_png(figures.fig_scatter(table, {}, "max"))
+
+
 def test_no_heatmap_crash_when_its_parameters_are_absent_from_the_scored_trials(tmp_path):
     trials = grid_trials()
     for t in trials:
