@@ -683,9 +683,11 @@ def create_app(backend: Backend | None = None, token: str | None = None,
             raise HTTPProblem(404, f"trial {trial_id} of sweep '{name}' has no checkpoint (yet)")
         store = SweepStore(info.storage_uri, name)
         uri = storage.normalize(trial.checkpoint)
-        # The record names the checkpoint; the service reads only what lies under the sweep itself.
-        if not uri.startswith(store.uri.rstrip("/") + ("/" if storage.is_s3(uri) else os.sep)):
-            raise HTTPProblem(409, f"trial {trial_id}'s checkpoint {uri} is outside sweep '{name}' ({store.uri}); "
+        # The record names the checkpoint; the service reads only what lies under the sweep itself,
+        # or, for a warm start's copy of an earlier trial, under that sweep when it is in the same storage.
+        within = _checkpoint_root(store, trial.copied_from, info.storage_uri)
+        if not _under(uri, within):
+            raise HTTPProblem(409, f"trial {trial_id}'s checkpoint {uri} is outside sweep '{name}' ({within}); "
                                    "refusing to read it")
         try:
             tar = checkpoint_format.CheckpointTar(uri)
@@ -919,3 +921,18 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _under(uri: str, root: str) -> bool:
+    return uri.startswith(root.rstrip("/") + ("/" if storage.is_s3(uri) else os.sep))
+
+
+def _checkpoint_root(store: SweepStore, copied_from: str | None, storage_uri: str) -> str:
+    """Where a trial's checkpoints may be: its sweep, or the earlier sweep a warm start copied it
+    from when that one is in the same storage (service/core/warm_start.py, ``copied_from``)."""
+    if copied_from:
+        earlier = storage.normalize(copied_from.split("#", 1)[0])
+        if _under(earlier, storage.normalize(storage_uri)):
+            return earlier
+    return store.uri
+

@@ -12,7 +12,8 @@ raises ``PreflightError`` (a ``SpecError``: exit code 2, no traceback) listing e
 * an ``s3://`` ``data.path`` answers with the given credentials (an object, or objects under the
   prefix);
 * the storage (``storage.uri``) is reachable and writable: a probe object/file is written under it
-  and deleted again (a local storage directory is created).
+  and deleted again (a local storage directory is created);
+* a warm start's earlier sweeps exist and match this spec (service/core/warm_start.py).
 
 Network checks run side by side, each bounded (HTTP ``HTTP_TIMEOUT_S``, S3 ``S3_TIMEOUT_S``), so a
 dead endpoint costs seconds, not a sweep. Torch-free (no torch, torchvision or ray); boto3 only for
@@ -182,7 +183,20 @@ def check(spec: SweepSpec, *, source: str = "<spec>", local_only: bool = False, 
     problems = data_problems(spec.data, local_only=local_only)
     if check_storage and not local_only:
         problems += storage_problems(spec.storage.uri)
+    if not local_only:
+        problems += warm_start_problems(spec)
     raise_if(problems, source)
+
+
+def warm_start_problems(spec: SweepSpec) -> list[Problem]:
+    """The earlier sweeps of search.warm_start: there, readable, and answering the same question."""
+    from service.core import warm_start
+
+    try:
+        warm_start.load(spec)
+    except warm_start.WarmStartError as err:
+        return err.problems
+    return []
 
 
 def raise_if(problems: list[Problem], source: str) -> None:

@@ -247,6 +247,9 @@ class TrialSummary(_Model):
     # the sweep's best. A "rejected" trial was refused before training; any other was judged on its
     # scored epoch (``best``: no epoch kept every constraint).
     infeasible: str | None = None
+    # A warm start's copy of an earlier sweep's trial (grid/random skip a configuration evaluated
+    # there): "<that sweep's URI>#<its trial id>". Its results, checkpoints and log are that trial's.
+    copied_from: str | None = None
 
 
 class TrialRecord(TrialSummary):
@@ -794,6 +797,15 @@ class RecordWriter:
             record.infeasible = self.index.infeasibility(record)
         if record.status in FINISHED_STATES:  # the front holds finished trials: a running one cannot change it
             self._front_stale = bool(self.index.objectives)
+        self._consider_best(record)
+
+    def rescore(self, record: TrialRecord) -> None:
+        """Judge a record made elsewhere (a warm start's copy of an earlier sweep's trial) by this
+        sweep's objectives and constraints."""
+        record.best = self.index.scored_epoch(record.history)
+        if record.status != "rejected":
+            record.infeasible = self.index.infeasibility(record)
+        self._front_stale = bool(self.index.objectives)
         self._consider_best(record)
 
     def reject(self, record: TrialRecord, reason: str) -> None:

@@ -39,6 +39,7 @@ from pydantic import (
     model_validator,
 )
 
+from service.core import storage
 from service.core.record import BETTER, METRICS, Constraint
 
 T = TypeVar("T")
@@ -431,10 +432,43 @@ class TrainSpec(_Strict):
 
 
 # ----------------------------------------------------------------------------- search
+MAX_WARM_START_SWEEPS = 16
+
+
+def _earlier_sweep(ref: str) -> str:
+    """A warm start's sweep: a NAME in this spec's storage, or the sweep's own URI (its storage
+    and name: s3://bucket/prefix/NAME, file:///runs/NAME, runs/NAME)."""
+    name = ref.rstrip("/").rsplit("/", 1)[-1]
+    if not re.fullmatch(DNS1123, name) or len(name) > 40:
+        raise ValueError(f"{short_repr(ref)} is not a sweep: give a sweep's name (lowercase letters, digits, '-') "
+                         "or its URI, s3://bucket/prefix/NAME or a path ending in its name")
+    if "/" in ref.rstrip("/"):
+        known_storage_scheme(ref)
+    return ref
+
+
+class WarmStartSpec(_Strict):
+    # Earlier sweeps whose finished trials this one starts from: the TPE searchers (optuna,
+    # hyperopt) are told their results, grid/random skip a configuration one of them evaluated and
+    # copy its trial into the record, marked as copied. Their space, data and training must match
+    # this spec's (service/core/warm_start.py says what differs).
+    sweeps: Annotated[list[Annotated[str, Field(max_length=1024), AfterValidator(_earlier_sweep)]],
+                      Field(min_length=1, max_length=MAX_WARM_START_SWEEPS)]
+
+
 class SearchSpec(_Strict):
     # grid/random: Tune's variant generator; optuna/hyperopt: TPE, proposing from past results.
     algorithm: Literal["grid", "random", "optuna", "hyperopt"] = "grid"
     num_samples: PositiveInt = 1  # grid: repeats of the whole grid; otherwise: number of trials
+    warm_start: WarmStartSpec | None = None
+
+    @model_serializer(mode="wrap")
+    def _no_empty_warm_start(self, handler):
+        """A spec without a warm start dumps no key for it (a spec.yaml an older sweepctl reads)."""
+        data = handler(self)
+        if isinstance(data, dict) and self.warm_start is None:
+            data.pop("warm_start", None)
+        return data
 
 
 class SchedulerSpec(_Strict):
@@ -548,14 +582,18 @@ class StorageSpec(_Strict):
     @field_validator("uri")
     @classmethod
     def _known_scheme(cls, uri: str) -> str:
-        scheme = uri.split("://", 1)[0] if "://" in uri else "file"
-        if scheme == "s3":
-            bucket = uri.removeprefix("s3://").split("/", 1)[0]
-            if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
-                raise ValueError(f"{uri!r} needs a bucket name (3-63 lowercase letters, digits, '.', '-'): s3://bucket/prefix")
-        elif scheme != "file":
-            raise ValueError(f"unsupported storage scheme {scheme!r}: use s3://bucket/prefix, file://PATH or a plain path")
-        return uri
+        return known_storage_scheme(uri)
+
+
+def known_storage_scheme(uri: str) -> str:
+    scheme = uri.split("://", 1)[0] if "://" in uri else "file"
+    if scheme == "s3":
+        bucket = uri.removeprefix("s3://").split("/", 1)[0]
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
+            raise ValueError(f"{short_repr(uri)} needs a bucket name (3-63 lowercase letters, digits, '.', '-'): s3://bucket/prefix")
+    elif scheme != "file":
+        raise ValueError(f"unsupported storage scheme {scheme!r}: use s3://bucket/prefix, file://PATH or a plain path")
+    return uri
 
 
 class CheckpointSpec(_Strict):
@@ -676,11 +714,44 @@ def spec_wide_problems(spec: SweepSpec, max_trials: int | None = None) -> list[A
     if scheduler.name == "pbt":
         found += _pbt_problems(spec, [p for p in grids if p in space])
     found += _objectives_problems(spec)
+    found += _warm_start_problems(spec)
     if max_trials is not None:
         too_many = trial_count_problem(spec, max_trials)
         if too_many is not None:
             found.append(too_many)
     return found
+
+
+def _warm_start_problems(spec: SweepSpec) -> list[At]:
+    """What a warm start cannot do, known from the spec alone (whether the earlier sweeps exist and
+    match is trainer/driver/warm_start.py's, once storage can be read)."""
+    if spec.search.warm_start is None:
+        return []
+    found = []
+    if spec.scheduler.name == "pbt":
+        found.append(At(("search", "warm_start"), (
+            "scheduler 'pbt' trains its population together and changes their configs as it goes: "
+            "earlier trials cannot join it. Drop search.warm_start, or use another scheduler"),
+            involves=(("scheduler", "name"),)))
+    for i, ref in enumerate(spec.search.warm_start.sweeps):
+        if earlier_sweep_location(ref, spec.storage.uri) == (_normal_uri(spec.storage.uri), spec.name):
+            found.append(At(("search", "warm_start", "sweeps", i), (
+                f"{short_repr(ref)} is this sweep: a warm start reads earlier sweeps (to continue this one: "
+                f"sweepctl resume {spec.name})")))
+    return found
+
+
+def earlier_sweep_location(ref: str, storage_uri: str) -> tuple[str, str]:
+    """(storage URI, sweep name) of a warm start's sweep: a NAME is in ``storage_uri``."""
+    ref = ref.rstrip("/")
+    if "/" not in ref:
+        return _normal_uri(storage_uri), ref
+    parent, name = ref.rsplit("/", 1)
+    return _normal_uri(parent if parent not in ("", "file:/", "file://") else "/"), name
+
+
+def _normal_uri(uri: str) -> str:
+    return storage.normalize(uri)
 
 
 def _objectives_problems(spec: SweepSpec) -> list[At]:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from conftest import BASE_SPEC, deep_update
+from service.core import storage
 from service.core.record import SweepStore
 from service.core.spec import SweepSpec
 from trainer import load_model
@@ -227,3 +228,69 @@ def test_a_params_constraint_rejects_oversized_grid_points_before_training_and_r
     assert {t["trial_id"]: t["infeasible"] for t in view["trials"]} == {t: r.infeasible for t, r in trials.items()}
     assert view["index"]["constraints"] == ["params <= 50000", "val_acc >= 0.3"]
     assert client.get(f"/ui/sweeps/{spec.name}").status_code == 200
+
+
+def test_a_warm_started_grid_reruns_none_of_the_earlier_configurations_and_copies_their_trials(ray_local, make_spec):
+    mlp = {"name": "mlp", "hidden_sizes": [16]}
+    first = make_spec(name="warm-grid-a", model=mlp, train={"epochs": 1, "optimizer": {"lr": {"grid": [1e-2, 3e-3]}}})
+    before = run_sweep(first, echo=quiet)
+    earlier = {t.trial_id: t for t in SweepStore(first.storage.uri, first.name).read_trials(before)}
+    said: list[str] = []
+    second = make_spec(name="warm-grid-b", model=mlp, train={"epochs": 1, "optimizer": {"lr": {"grid": [1e-2, 3e-3, 1e-3]}}},
+                       search={"algorithm": "grid", "warm_start": {"sweeps": [first.name]}})
+    index = run_sweep(second, echo=said.append)
+    assert "warm start: 2 planned configurations were evaluated before: their trials are copied, not run" in said
+    trials = SweepStore(second.storage.uri, second.name).read_trials(index)
+    assert index.status == "finished" and index.trial_states == {"terminated": 3} and index.num_trials == 3
+    ran = [t for t in trials if t.copied_from is None]
+    assert [t.config["train.optimizer.lr"] for t in ran] == [1e-3]  # none of the earlier configurations again
+    copies = {t.trial_id: t for t in trials if t.copied_from is not None}
+    assert set(copies) == set(earlier)
+    for trial_id, copy in copies.items():
+        assert copy.copied_from == f"{SweepStore(first.storage.uri, first.name).uri}#{trial_id}"
+        assert (copy.config, copy.history, copy.checkpoint) == (earlier[trial_id].config, earlier[trial_id].history,
+                                                                earlier[trial_id].checkpoint)
+    best = max(trials, key=lambda t: (t.best.val_acc, t.trial_id))
+    assert index.best.best.val_acc == best.best.val_acc  # all three ranked together
+    assert SweepStore(first.storage.uri, first.name).read_index().trials == before.trials  # the earlier sweep untouched
+    # The service hands out a copy's checkpoint, which stays in the earlier sweep (same storage).
+    from urllib.parse import unquote
+
+    from fastapi.testclient import TestClient
+
+    from service.control.api import User, create_app
+    from service.control.backends import StorageBackend
+
+    client = TestClient(create_app(StorageBackend(second.storage.uri), token="", anonymous=User("local", "viewer")))
+    trial_id = next(iter(copies))
+    pulled = client.get(f"/sweeps/{second.name}/trials/{trial_id}/checkpoint")
+    assert pulled.status_code == 200, pulled.text
+    assert unquote(pulled.headers["X-Sweep-Checkpoint"]) == storage.normalize(earlier[trial_id].checkpoint)
+
+
+def test_a_warm_started_optuna_sweep_tells_its_searcher_the_earlier_trials_first(ray_local, make_spec, monkeypatch):
+    import optuna
+
+    from trainer.driver import conditional
+
+    changes = dict(model={"name": "mlp", "hidden_sizes": {"choice": [[16], [32]]}},
+                   train={"epochs": 1, "optimizer": {"lr": {"loguniform": [1e-3, 3e-2]}}},
+                   resources={"max_concurrent_trials": 1})
+    first = make_spec(name="warm-optuna-a", search={"algorithm": "optuna", "num_samples": 2}, **changes)
+    earlier = SweepStore(first.storage.uri, first.name).read_trials(run_sweep(first, echo=quiet))
+    searchers = []
+    real = conditional.searcher
+    monkeypatch.setattr(conditional, "searcher", lambda *a, **k: searchers.append(real(*a, **k)) or searchers[-1])
+    second = make_spec(name="warm-optuna-b", search={"algorithm": "optuna", "num_samples": 2,
+                                                     "warm_start": {"sweeps": [first.name]}}, **changes)
+    index = run_sweep(second, echo=quiet)
+    own = SweepStore(second.storage.uri, second.name).read_trials(index)
+    assert len(own) == 2 and all(t.copied_from is None and t.status == "terminated" for t in own)
+    (search,) = searchers
+    study = search.searcher._ot_study  # Canonical → the OptunaSearch Tune asked
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 4
+    told, asked = study.trials[:2], study.trials[2:]
+    assert [(search.plan.canonical(t.params), t.value) for t in told] == [
+        (t.config, t.history[-1].val_acc) for t in earlier]
+    assert sorted(search.plan.canonical(t.params)["train.optimizer.lr"] for t in asked) == sorted(
+        t.config["train.optimizer.lr"] for t in own)

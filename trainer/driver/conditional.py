@@ -15,6 +15,12 @@ what the trial trains with (``concrete``) and what the record keeps:
   branch, then only that branch's parameters;
 - hyperopt: HyperOptSearch (TPE, seeded) with a nested ``hp.choice`` per section.
 
+A warm start (spec search.warm_start) searches here too, whatever its space: grid/random leave out
+the planned points an earlier sweep evaluated (``warm_grid``: the driver copies those trials into
+the record), the TPE searchers are told the earlier results before their first proposal
+(``WarmOptunaSearch``, ``WarmHyperOptSearch``: Optuna study trials, hyperopt trial documents, each
+COMPLETE/DONE with its value, as if this searcher had proposed them).
+
 The TPE searchers name a branch's parameter by where it is written (train.optimizer.choice[0].lr,
 SGD's lr apart from Adam's: Optuna refuses one name with two distributions, and they are different
 parameters) and a branch by its index under the section's path; ``Canonical`` wraps them and
@@ -24,14 +30,16 @@ translates. A choice's value is searched as its index (Optuna's categorical hold
 from __future__ import annotations
 
 import itertools
+import math
 import pickle
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from ray.tune.search import Searcher
 
 from service.core.spec import Choice, Grid, SweepSpec, conditional_sections, num_trials, primitive_values, search_space
+from service.core.warm_start import Evaluated, config_key
 from trainer.driver import space as _space
 
 
@@ -53,6 +61,33 @@ class Param:
 
     def sample(self, rng) -> Any:
         return self.value(self.domain.sample(random_state=rng))
+
+    def raw(self, value: Any) -> Any:
+        """What a searcher would have proposed for this config value (``value``'s inverse), or
+        OUTSIDE when the value is not in this parameter's domain."""
+        if self.kind in ("choice", "grid"):
+            matches = [i for i, v in enumerate(self.values) if v == value and type(v) is type(value)]
+            return OUTSIDE if not matches else (matches[0] if self.kind == "choice" else value)
+        return value if _in_domain(self.domain, value) else OUTSIDE
+
+
+OUTSIDE = object()
+
+
+def _in_domain(domain, value: Any) -> bool:
+    from ray.tune.search.sample import Categorical, Float, Integer
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return isinstance(domain, Categorical) and value in domain.categories
+    step = getattr(domain.get_sampler(), "q", None)  # quniform/qrandint: values on their grid only
+    if step is not None and not math.isclose((value - domain.lower) / step, round((value - domain.lower) / step),
+                                             abs_tol=1e-9):
+        return False
+    if isinstance(domain, Integer):  # upper excluded (space._domain adds 1 for a spec's inclusive bound)
+        return float(value).is_integer() and domain.lower <= value < domain.upper + (1 if step else 0)
+    if isinstance(domain, Float):
+        return domain.lower <= value <= domain.upper
+    return False
 
 
 @dataclass(frozen=True)
@@ -110,6 +145,28 @@ class Plan:
             else:
                 config[item.key] = item.value(flat[item.name])
         return config
+
+    def searcher_params(self, config: dict) -> dict | None:
+        """``canonical``'s inverse: a trial's config by the TPE searchers' names and values (a
+        section's branch index under its path, a choice's index), or None when the config lies
+        outside this space (a value out of range, a branch it does not have)."""
+        out = {}
+        for item in self.items:
+            if isinstance(item, Section):
+                chosen = [i for i, b in enumerate(item.branches)
+                          if all(config.get(k, OUTSIDE) == v for k, v in b.fixed.items())]
+                if len(chosen) != 1:
+                    return None
+                out[item.path] = chosen[0]
+                params = item.branches[chosen[0]].params
+            else:
+                params = (item,)
+            for param in params:
+                raw = param.raw(config.get(param.key, OUTSIDE))
+                if raw is OUTSIDE:
+                    return None
+                out[param.name] = raw
+        return out
 
     def points(self, num_samples: int, seed: int, shuffled: bool) -> list[dict]:
         """grid/random: every grid point × num_samples, in Tune's order (samples outer, grid
@@ -244,6 +301,18 @@ class OptunaSpace:
         self.items = [(item.path, tuple(distributions(b.params) for b in item.branches)) if isinstance(item, Section)
                       else (None, (distributions([item]),)) for item in plan.items]
 
+    def distributions(self) -> dict:
+        """Every name this space may suggest, with its distribution (a section: of its branch indices)."""
+        import optuna.distributions as od
+
+        out = {}
+        for section, branches in self.items:
+            if section:
+                out[section] = od.CategoricalDistribution(list(range(len(branches))))
+            for branch in branches:
+                out.update(dict(branch))
+        return out
+
     def __call__(self, trial) -> None:
         for section, branches in self.items:
             chosen = branches[trial.suggest_categorical(section, list(range(len(branches))))] if section else branches[0]
@@ -281,28 +350,110 @@ def hyperopt_space(plan: Plan) -> dict:
     return out
 
 
-def searcher(spec: SweepSpec) -> Searcher:
-    """The seeded searcher of a conditional space (the caller adds a ConcurrencyLimiter)."""
+def searcher(spec: SweepSpec, evaluated: Sequence[Evaluated] = ()) -> Searcher:
+    """The seeded searcher of a conditional or warm-started space (the caller adds a
+    ConcurrencyLimiter). ``evaluated``: a warm start's earlier trials (service/core/warm_start.py)."""
     plan, metric, mode = Plan(spec), spec.objective.metric, spec.objective.mode
     objectives = getattr(spec, "objectives", None)
     if objectives:  # several: the searcher gets them all, as space.searcher does
         metric, mode = [o.metric for o in objectives], [o.mode for o in objectives]
     algorithm = spec.search.algorithm
     if algorithm in ("grid", "random"):
-        shuffled = algorithm == "grid" and _space.early_stopping(spec)
-        return Variants(plan.points(spec.search.num_samples, spec.seed, shuffled), metric, mode)
+        return Variants(warm_grid(spec, evaluated)[0], metric, mode)
+    told = [(params, e.values) for e in evaluated if (params := plan.searcher_params(e.config)) is not None]
     if algorithm == "optuna":
         import optuna
-        from ray.tune.search.optuna import OptunaSearch
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        inner = OptunaSearch(space=OptunaSpace(plan), metric=metric, mode=mode,
-                             sampler=optuna.samplers.TPESampler(seed=spec.seed))
+        inner = WarmOptunaSearch(told, space=OptunaSpace(plan), metric=metric, mode=mode,
+                                 sampler=optuna.samplers.TPESampler(seed=spec.seed))
     else:
-        from ray.tune.search.hyperopt import HyperOptSearch
-
-        inner = HyperOptSearch(space=hyperopt_space(plan), metric=metric, mode=mode, random_state_seed=spec.seed)
+        inner = WarmHyperOptSearch(told, space=hyperopt_space(plan), metric=metric, mode=mode,
+                                   random_state_seed=spec.seed)
     return Canonical(inner, plan)
+
+
+def warm_grid(spec: SweepSpec, evaluated: Sequence[Evaluated] = ()) -> tuple[list[dict], list[Evaluated]]:
+    """grid/random: the planned points (every grid point × num_samples, see ``Plan.points``) that
+    no earlier trial evaluated, and the earlier trials that evaluated the others: one per point (a
+    grid repeated num_samples times takes as many earlier trials of a point as it plans)."""
+    shuffled = spec.search.algorithm == "grid" and _space.early_stopping(spec)
+    points = Plan(spec).points(spec.search.num_samples, spec.seed, shuffled)
+    available: dict[str, list[Evaluated]] = {}
+    for e in evaluated:
+        available.setdefault(config_key(e.config), []).append(e)
+    remaining, copied = [], []
+    for point in points:
+        earlier = available.get(config_key(point))
+        if earlier:
+            copied.append(earlier.pop(0))
+        else:
+            remaining.append(point)
+    return remaining, copied
+
+
+def told_count(spec: SweepSpec, evaluated: Sequence[Evaluated]) -> int:
+    """How many of a warm start's earlier trials a TPE searcher is told (those inside this space)."""
+    plan = Plan(spec)
+    return sum(plan.searcher_params(e.config) is not None for e in evaluated)
+
+
+def _optuna_search():
+    from ray.tune.search.optuna import OptunaSearch
+
+    return OptunaSearch
+
+
+def _hyperopt_search():
+    from ray.tune.search.hyperopt import HyperOptSearch
+
+    return HyperOptSearch
+
+
+class WarmOptunaSearch(_optuna_search()):
+    """OptunaSearch whose study starts with earlier results: each a COMPLETE trial with its
+    parameters and objective values. (Ray's own ``evaluated_rewards`` takes one objective and no
+    define-by-run space; this takes both.)"""
+
+    def __init__(self, told: list[tuple[dict, tuple]], **kwargs):
+        self._told = told
+        super().__init__(**kwargs)
+
+    def _setup_study(self, mode):
+        import optuna
+
+        super()._setup_study(mode)
+        distributions = self._space.distributions()
+        several = isinstance(self._metric, list)
+        for params, values in self._told:
+            trial = optuna.trial.create_trial(
+                state=optuna.trial.TrialState.COMPLETE, params=params,
+                distributions={name: distributions[name] for name in params},
+                **({"values": list(values)} if several else {"value": values[0]}))
+            self._ot_study.add_trial(trial)
+
+
+class WarmHyperOptSearch(_hyperopt_search()):
+    """HyperOptSearch whose trial history starts with earlier results: each a DONE trial document
+    with its loss (hyperopt minimizes: a maximized metric's value negated)."""
+
+    def __init__(self, told: list[tuple[dict, tuple]], **kwargs):
+        self._told = told
+        super().__init__(**kwargs)
+
+    def _setup_hyperopt(self) -> None:
+        import hyperopt
+        from hyperopt.fmin import generate_trials_to_calculate
+
+        super()._setup_hyperopt()
+        if not self._told:
+            return
+        trials = generate_trials_to_calculate([params for params, _ in self._told])
+        for doc, (_, values) in zip(trials._dynamic_trials, self._told):
+            doc["state"] = hyperopt.JOB_STATE_DONE
+            doc["result"] = {"loss": self.metric_op * values[0], "status": hyperopt.STATUS_OK}
+        trials.refresh()
+        self._hpopt_trials = trials
 
 
 def trials_planned(spec: SweepSpec) -> int:

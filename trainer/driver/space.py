@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Sequence
 
 from pydantic import BaseModel
 
@@ -20,12 +20,20 @@ from service.core.spec import (
     primitive_values,
     search_space,
 )
+from service.core.warm_start import Evaluated
+
+
+def searcher_holds_the_space(spec: SweepSpec) -> bool:
+    """A conditional space, or a warm start (its earlier results go to the searcher, or take
+    points out of a grid's plan): the searcher in trainer/driver/conditional.py holds the whole space
+    and Tune's param space is empty."""
+    return bool(conditional_sections(spec)) or spec.search.warm_start is not None
 
 
 def param_space(spec: SweepSpec) -> dict[str, Any]:
     """Flat Tune param space keyed by dotted spec paths: {"model.filters": tune.grid_search([..])}."""
-    if conditional_sections(spec):
-        return {}  # the searcher holds the whole space (trainer/driver/conditional.py)
+    if searcher_holds_the_space(spec):
+        return {}
     if runs_grid_shuffled(spec):
         from ray import tune
 
@@ -72,7 +80,7 @@ def shuffled_grid_points(spec: SweepSpec) -> list[dict]:
 def num_samples(spec: SweepSpec) -> int:
     """Tune's num_samples: a shuffled grid is a list of points, one trial each (so is a
     conditional space's grid/random search)."""
-    if conditional_sections(spec):
+    if searcher_holds_the_space(spec):
         from trainer.driver import conditional
 
         return conditional.trials_planned(spec)
@@ -111,17 +119,18 @@ def _plain(value):
     return value
 
 
-def searcher(spec: SweepSpec, max_concurrent: int | None = None):
+def searcher(spec: SweepSpec, max_concurrent: int | None = None, evaluated: Sequence[Evaluated] = ()):
     """The search algorithm, seeded by the spec's seed so its proposals repeat run to run.
     ``max_concurrent`` caps running trials (None: as many as the cluster's resources allow);
-    for TPE it also bounds how many proposals are made without the results of the others."""
+    for TPE it also bounds how many proposals are made without the results of the others.
+    ``evaluated``: a warm start's earlier trials (service/core/warm_start.py)."""
     algorithm = spec.search.algorithm
-    if conditional_sections(spec):  # primitives inside the branches of a grid/choice over sections
+    if searcher_holds_the_space(spec):
         from ray.tune.search import ConcurrencyLimiter
 
         from trainer.driver import conditional
 
-        search = conditional.searcher(spec)
+        search = conditional.searcher(spec, evaluated)
         return ConcurrencyLimiter(search, max_concurrent=max_concurrent) if max_concurrent else search
     if algorithm in ("grid", "random"):
         from ray.tune.search.basic_variant import BasicVariantGenerator

@@ -40,7 +40,7 @@ os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
 from service.core import storage  # noqa: E402
 from service.core.errors import SweepStopped, UserError  # noqa: E402
 from service.core.record import (  # noqa: E402
-    Objective, RecordWriter, SegmentedLog, SweepIndex, SweepStore, new_index,
+    Objective, RecordWriter, SegmentedLog, SweepIndex, SweepStore, TrialRecord, new_index,
 )
 from service.core.spec import SweepSpec, max_epochs, num_trials, parse_constraint  # noqa: E402
 from trainer.driver import space  # noqa: E402
@@ -82,6 +82,9 @@ def run_sweep(
     store = SweepStore(spec.storage.uri, spec.name)
     sweep_uri = store.uri
     fs, storage_path = storage.pyarrow_filesystem(spec.storage.uri)
+    # A resume's searcher is restored with what it was told; a fresh run reads the earlier sweeps
+    # (WarmStartError, before anything is written, when one is missing or answers another question).
+    evaluated = [] if resume else warm_start_trials(spec, echo)
     stop = StopRequest(spec, echo)
     with stop.catching_signals(), stop.before_the_sweep_starts():
         if not ray.is_initialized():
@@ -125,7 +128,8 @@ def run_sweep(
                 storage.delete_file(store.cancel_request_uri)
             else:
                 storage.write_text_atomic(store.spec_uri, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
-            events = _events(spec, store, lock, echo, resume=resume, exporter=exporter, metrics=metrics, stop=stop)
+            events = _events(spec, store, lock, echo, resume=resume, exporter=exporter, metrics=metrics, stop=stop,
+                             copied=warm_start_copies(spec, evaluated))
             trainable = tune.with_resources(
                 tune.with_parameters(tune_trial, spec_json=spec.model_dump_json()), _trial_resources(spec)
             )
@@ -157,7 +161,7 @@ def run_sweep(
                     param_space=space.param_space(spec),
                     tune_config=tune.TuneConfig(
                         **space.tune_metric(spec),  # none for several objectives: the searcher has them
-                        search_alg=space.searcher(spec, max_concurrent=_max_concurrent(spec)),
+                        search_alg=space.searcher(spec, max_concurrent=_max_concurrent(spec), evaluated=evaluated),
                         scheduler=space.scheduler(spec),
                         num_samples=space.num_samples(spec),
                         # A fresh Python worker per trial costs seconds; 1-worker trials reuse theirs.
@@ -373,11 +377,49 @@ def _quiet_tune_interrupt_messages():
         analysis_log.setLevel(level)
 
 
+def warm_start_trials(spec: SweepSpec, echo) -> list:
+    """A warm start's earlier evaluated trials (service/core/warm_start.py), each sweep's said in one line."""
+    from service.core import warm_start
+
+    evaluated = []
+    for earlier in warm_start.load(spec):
+        evaluated += earlier.trials
+        left_out = f" ({earlier.not_evaluated} not: errors, rejections, unfinished)" if earlier.not_evaluated else ""
+        echo(f"warm start: {len(earlier.trials)} evaluated trials of sweep {earlier.name} in {earlier.storage}{left_out}")
+    if evaluated and spec.search.algorithm in ("optuna", "hyperopt"):
+        from trainer.driver import conditional
+
+        told = conditional.told_count(spec, evaluated)
+        outside = f"; {len(evaluated) - told} lie outside this space" if told < len(evaluated) else ""
+        echo(f"warm start: the {spec.search.algorithm} searcher is told {told} earlier results{outside}")
+    return evaluated
+
+
+def warm_start_copies(spec: SweepSpec, evaluated: list) -> list[TrialRecord]:
+    """grid/random under a warm start: the earlier trials of planned points, as this sweep's records
+    (each once; an id already taken gets a suffix)."""
+    if not evaluated or spec.search.algorithm not in ("grid", "random"):
+        return []
+    from service.core.warm_start import copied_record
+    from trainer.driver import conditional
+
+    copies, taken = [], set()
+    for e in conditional.warm_grid(spec, evaluated)[1]:
+        trial_id = e.trial.trial_id
+        n = 2
+        while trial_id in taken:
+            trial_id, n = f"{e.trial.trial_id}-{n}", n + 1
+        taken.add(trial_id)
+        copies.append(copied_record(e, trial_id))
+    return copies
+
+
 def _events(spec: SweepSpec, store: SweepStore, lock: "DriverLock", echo, *, resume: bool, exporter, metrics,
-            stop: StopRequest):
+            stop: StopRequest, copied: list[TrialRecord] = ()):
     """The driver's one Tune callback, with its sinks: the record (continuing the stored one on
-    resume: finished trials are not run again and keep what they recorded), the exporter, the
-    progress line (terminal + the driver log in storage)."""
+    resume: finished trials are not run again and keep what they recorded; a warm start's
+    ``copied`` trials written first), the exporter, the progress line (terminal + the driver log
+    in storage)."""
     from trainer.driver.events import SweepEvents
     from trainer.driver.progress import Progress, live_progress_wanted
 
@@ -389,9 +431,14 @@ def _events(spec: SweepSpec, store: SweepStore, lock: "DriverLock", echo, *, res
                       constraints=[parse_constraint(c) for c in spec.constraints])
     if previous is not None:
         index.started_at = previous.started_at
-    trials = store.read_trials(previous) if previous is not None else []
+    trials = store.read_trials(previous) if previous is not None else list(copied)
     writer = RecordWriter(store, index, trials, fenced=lambda: lock.lost, warn=lambda m: echo(f"warning: {m}"))
     writer.reserve_space()  # freed when the disk fills up, so the record can still say so
+    for record in copied:
+        writer.rescore(record)  # judged by this spec's objectives and constraints
+        writer.changed(record)
+    if copied:
+        echo(f"warm start: {len(copied)} planned configurations were evaluated before: their trials are copied, not run")
     # On a terminal, a live table of the trials redrawn in place (SWEEP_PLAIN_PROGRESS=1: the plain
     # lines); anywhere else (CI, `kubectl logs`, a pipe) the plain lines. The driver log: plain lines.
     progress = Progress(echo, SegmentedLog(store.driver_log_uri(), attempt=lock.attempt, stream="driver"),
