@@ -84,11 +84,14 @@ def model_spec(model: dict, batch: int, classes: int, *, samples: int = MODEL_SA
 def study_spec(images: int, storage: str) -> SweepSpec:
     from service.core.loading import load_spec
 
-    return load_spec(STUDY_SPEC, [
-        "name=gpu-check-study", f"storage.uri={storage}", "metrics.port=0",
-        "data.name=synthetic", f"data.num_samples={images}", "data.num_classes=100", "data.channels=3",
-        "data.image_size=32", f"search.num_samples={STUDY_TRIALS}",
-    ])
+    study = load_spec(STUDY_SPEC, [
+        "name=gpu-check-study", f"storage.uri={storage}", "metrics.port=0", f"search.num_samples={STUDY_TRIALS}"])
+    # CIFAR-100's shape in synthetic images (no files on the GPU machine): the data section of
+    # another kind, with the study's split and augmentation
+    dumped = study.model_dump(mode="json")
+    dumped["data"] = {"name": "synthetic", "num_samples": images, "num_classes": 100, "channels": 3, "image_size": 32,
+                      **{k: dumped["data"][k] for k in ("val_fraction", "val_split", "augment")}}
+    return SweepSpec.model_validate(dumped)
 
 
 def flops_per_sample(model: dict, batch: int, classes: int, device: str) -> float:

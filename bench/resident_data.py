@@ -22,7 +22,7 @@ from common import add_common_arguments, describe, finish, interleave, machine, 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from service.core.spec import DataSpec, RandomCrop, HFlip  # noqa: E402
+from service.core.spec import data_spec, RandomCrop, HFlip  # noqa: E402
 from trainer.data import augment_batch, epoch_batches, load_dataset  # noqa: E402
 
 BATCH = 64
@@ -73,7 +73,7 @@ def main() -> None:
     print(f"machine: {describe(info)}")
     with tempfile.TemporaryDirectory() as tmp:
         write_cifar10(Path(tmp) / "cifar-10-batches-py", args.images)
-        held = load_dataset(DataSpec(name="cifar10", path=tmp, val_fraction=0.1), seed=0)
+        held = load_dataset(data_spec(name="cifar10", path=tmp, val_fraction=0.1), seed=0)
     as_float = dataclasses.replace(held, train_images=held.train_x, val_images=held.val_x, test_images=held.test_x)
     paths = {"float32-held": as_float, "uint8-held": held}
     on_device = {name: d.train_images.to(device) for name, d in paths.items()}

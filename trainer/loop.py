@@ -611,9 +611,9 @@ def _samples_seen_twice(batches, num_samples: int, device) -> int:
 @functools.lru_cache(maxsize=2)
 def _dataset(data_spec_json: str, seed: int) -> SplitData:
     """Loaded once per process: reused actors run the next trial without re-reading the data."""
-    from service.core.spec import DataSpec
+    from service.core.spec import DATA_SPEC
 
-    return load_dataset(DataSpec.model_validate_json(data_spec_json), seed)
+    return load_dataset(DATA_SPEC.validate_json(data_spec_json), seed)
 
 
 # ----------------------------------------------------------------------------- Ray entry points

@@ -106,7 +106,7 @@ def spec_primitive(spec: SweepSpec | None, param: str):
     found = search_space(spec).get(param)
     if found is None:
         found = _merged([b.space[param] for b in branches(spec) if param in b.space])
-    return found or spec.scheduler.mutations.get(param)
+    return found or spec.scheduler.mutated().get(param)
 
 
 def _merged(primitives: list):

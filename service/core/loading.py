@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import yaml
 from pydantic import ValidationError
 
 from service.core.spec import MAX_LIST_ITEMS, MAX_TRIALS, SpecProblems, SweepSpec, apply_overrides, short_repr
+from service.core.spec import _classes_in
 from service.core.spec import _section_class as _model_class  # one rule for which spec class a node is
 
 
@@ -434,7 +436,7 @@ def parse_spec(text: str, source: str = "<spec>", overrides: list[str] = (), max
         raise SpecError(source, [Problem("", "the spec must be a mapping of keys (name, data, model, ...)", 1)])
     flat, problems = parse_overrides(list(overrides))
     if flat:
-        data = apply_overrides(data, flat)
+        data = _kinds_switched(data, apply_overrides(data, flat), flat)
     context = {"max_trials": max_trials}
     try:
         spec = SweepSpec.model_validate(data, context=context)
@@ -672,11 +674,16 @@ def _message(error: dict, path: tuple, data: Any) -> str:
         allowed = _allowed_keys(path[:-1], data)
         if (pointer := _ray_tune_name(path)) is not None:
             return f"unknown key: Ray Tune's {path[-1]!s}? {pointer}"
+        if (elsewhere := _kinds_with_key(path)) is not None:
+            return elsewhere
         close = difflib.get_close_matches(str(path[-1]), allowed, n=1, cutoff=0.6)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         return f"unknown key{hint} (allowed: {', '.join(allowed)})" if allowed else f"unknown key{hint}"
     if kind == "missing":
         return "required key is missing"
+    if kind == "union_tag_not_found":
+        names = _kind_names(path)
+        return f"needs a name: one of {', '.join(map(repr, names))}" if names else "needs a name"
     if kind == "union_tag_invalid":
         expected = error.get("ctx", {}).get("expected_tags", "")
         name = error["input"].get("name") if isinstance(error["input"], dict) else error["input"]
@@ -686,6 +693,51 @@ def _message(error: dict, path: tuple, data: Any) -> str:
     if kind == "literal_error":
         return f"{msg}, got {short_repr(error['input'])}{_did_you_mean(error['input'], error.get('ctx', {}).get('expected', ''))}"
     return f"{msg}, got {short_repr(error['input'])}" if not isinstance(error.get("input"), (dict, list)) else msg
+
+
+def _kinds_switched(before: dict, after: dict, flat: dict[str, Any]) -> dict:
+    """``--set data.name=synthetic`` on a CIFAR spec asks for another kind of data: the file's keys
+    that only the old kind takes (path, download) go with it. A key an override sets stays, and is
+    checked against the new kind."""
+    for section in UNION_SECTIONS:
+        old, new = before.get(section), after.get(section)
+        if f"{section}.name" not in flat or not (isinstance(old, dict) and isinstance(new, dict)):
+            continue
+        if old.get("name") == new.get("name"):
+            continue
+        kind = _model_class(SweepSpec.model_fields[section].annotation, new)
+        if kind is None:  # an unknown name: validation says so
+            continue
+        overridden = {path.split(".")[1] for path in flat if path.startswith(f"{section}.") and path.count(".") >= 1}
+        after = {**after, section: {k: v for k, v in new.items() if k in kind.model_fields or k in overridden}}
+    return after
+
+
+UNION_SECTIONS = ("data", "model", "scheduler")  # top-level sections that are unions by name
+
+
+def _section_kinds(section: str) -> list[type]:
+    """The classes of a top-level section that is a union by ``name`` (data, model, scheduler)."""
+    field = SweepSpec.model_fields.get(section)
+    return [c for c in _classes_in(field.annotation) if "name" in c.model_fields] if field else []
+
+
+def _kind_names(path: tuple) -> list[str]:
+    if len(path) != 1:
+        return []
+    return [n for c in _section_kinds(str(path[0])) for n in typing.get_args(c.model_fields["name"].annotation)]
+
+
+def _kinds_with_key(path: tuple) -> str | None:
+    """data.image_size under data.name: digits → "applies to data.name 'synthetic' only"."""
+    if len(path) != 2:
+        return None
+    section, key = str(path[0]), str(path[1])
+    having = [n for c in _section_kinds(section) if key in c.model_fields
+              for n in typing.get_args(c.model_fields["name"].annotation)]
+    if not having:
+        return None
+    return f"applies to {section}.name {' or '.join(map(repr, having))} only: remove it here"
 
 
 def _did_you_mean(value: Any, expected: str) -> str:

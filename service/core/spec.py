@@ -244,23 +244,58 @@ Augmentation = Annotated[
 ]
 
 
-class DataSpec(_Strict):
-    name: Literal["synthetic", "digits", "mnist", "fashion_mnist", "cifar10", "cifar100"]
-    # mnist/fashion_mnist/cifar*: a local directory or file, or s3://bucket/key (fetched once per
-    # node into the cache), in the dataset's official format (CIFAR python pickles or their .tar.gz,
-    # MNIST idx files, gzipped or not).
-    path: str | None = None
-    sha256: str | None = None  # of the file at `path` (an archive), checked before it is read
-    download: bool = False  # fetch the official files into `path` with torchvision when missing
+class _DataCommon(_Strict):
+    """What every dataset takes. Each kind of dataset is its own class (``DataSpec``, by ``name``),
+    so that a resolved spec (spec.yaml, a RayJob's, a model card) holds only what applies to it."""
+
+    name: str  # each class's Literal (here: first in every dump)
     val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1  # of the official training split
     val_split: Literal["random", "stratified"] = "random"  # stratified: same class mix as train
     # applied to training batches only, never to validation; each {name: ..., params} or a bare name
     augment: Tunable[list[Augmentation]] = []
-    # synthetic only: a class-dependent pattern plus noise
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_defaults(cls, data: Any) -> Any:
+        return _without_older_defaults(cls, data, _DATA_DEFAULTS_BEFORE_UNIONS)
+
+
+# What a spec.yaml written before the data union held for every dataset (each field's default):
+# dropped where it does not apply, so that a stored sweep's spec validates as before.
+_DATA_DEFAULTS_BEFORE_UNIONS = {"path": None, "sha256": None, "download": False, "num_samples": 2048,
+                                "image_size": 16, "channels": 3, "num_classes": 10}
+
+
+def _without_older_defaults(cls: type[BaseModel], data: Any, defaults: dict) -> Any:
+    """``data`` without the fields ``cls`` lacks whose value is the default they had before the
+    section became a union; any other value of them stays (and is refused as not applying)."""
+    if not isinstance(data, dict):
+        return data
+    def the_default(key: str, value: Any) -> bool:  # 3.0 is reduction_factor's 3 (dumped as a float); True is not 1
+        return value == defaults[key] and isinstance(value, bool) == isinstance(defaults[key], bool)
+
+    return {k: v for k, v in data.items() if k in cls.model_fields or k not in defaults or not the_default(k, v)}
+
+
+class SyntheticDataSpec(_DataCommon):
+    name: Literal["synthetic"]  # a class-dependent pattern plus noise, generated from the seed
     num_samples: PositiveInt = 2048  # train+val images (a test split of the same size/4 is added)
     image_size: PositiveInt = 16  # pixels per side
     channels: PositiveInt = 3
     num_classes: Annotated[int, Field(ge=2)] = 10
+
+
+class DigitsDataSpec(_DataCommon):
+    name: Literal["digits"]  # scikit-learn's bundled 8×8 digits: no files, no download
+
+
+class FileDataSpec(_DataCommon):
+    name: Literal["mnist", "fashion_mnist", "cifar10", "cifar100"]
+    # a local directory or file, or s3://bucket/key (fetched once per node into the cache), in the
+    # dataset's official format (CIFAR python pickles or their .tar.gz, MNIST idx files, gzipped or not).
+    path: str | None = None
+    sha256: str | None = None  # of the file at `path` (an archive), checked before it is read
+    download: bool = False  # fetch the official files into `path` with torchvision when missing
 
     @field_validator("path")
     @classmethod
@@ -283,7 +318,7 @@ class DataSpec(_Strict):
     @model_validator(mode="after")
     def _path_where_needed(self):
         found = []
-        if self.name in ON_DISK and not self.path:
+        if not self.path:
             found.append(At(("path",), (
                 f"data.path is required for {self.name}: a local directory/file or s3:// URI with the "
                 "official files (set data.download: true to fetch them into a local data.path)"
@@ -295,6 +330,16 @@ class DataSpec(_Strict):
         if found:
             raise SpecProblems(found)
         return self
+
+
+
+DataSpec = Annotated[Union[SyntheticDataSpec, DigitsDataSpec, FileDataSpec], Field(discriminator="name")]
+DATA_SPEC = TypeAdapter(DataSpec)
+
+
+def data_spec(**fields: Any) -> DataSpec:
+    """The data section's class for ``fields["name"]``, validated: data_spec(name="digits")."""
+    return DATA_SPEC.validate_python(fields)
 
 
 # ----------------------------------------------------------------------------- models
@@ -471,13 +516,53 @@ class SearchSpec(_Strict):
         return data
 
 
-class SchedulerSpec(_Strict):
-    name: Literal["fifo", "hyperband", "asha", "median", "pbt"] = "fifo"
-    grace_period: PositiveInt = 1  # asha/median: epochs every trial gets before it can be stopped
-    reduction_factor: Annotated[float, Field(gt=1)] = 3  # asha/hyperband: keep 1/rf per rung
-    brackets: PositiveInt = 1  # asha only
-    min_samples: PositiveInt = 3  # median: trials that must report an epoch before comparing
-    # pbt: every perturbation_interval epochs, the bottom `quantile` of trials copy the weights and
+class _SchedulerCommon(_Strict):
+    """Each trial scheduler is its own class (``SchedulerSpec``, by ``name``): a resolved spec holds
+    only what its scheduler takes. Schedulers count time in epochs."""
+
+    name: str  # each class's Literal (here: first in every dump)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_defaults(cls, data: Any) -> Any:
+        return _without_older_defaults(cls, data, _SCHEDULER_DEFAULTS_BEFORE_UNIONS)
+
+    def mutated(self) -> dict[str, Any]:
+        """What the scheduler changes in a trial's config as it trains (dotted spec path →
+        distribution): PBT's mutations; nothing for the others."""
+        return {}
+
+
+# What a spec.yaml written before the scheduler union held for every scheduler (the defaults).
+_SCHEDULER_DEFAULTS_BEFORE_UNIONS = {"grace_period": 1, "reduction_factor": 3, "brackets": 1, "min_samples": 3,
+                                     "perturbation_interval": 2, "quantile": 0.25, "mutations": {}, "synchronous": True}
+
+
+class FIFOSchedulerSpec(_SchedulerCommon):
+    name: Literal["fifo"] = "fifo"  # every trial runs all its epochs
+
+
+class ASHASchedulerSpec(_SchedulerCommon):
+    name: Literal["asha"]
+    grace_period: PositiveInt = 1  # epochs every trial gets before it can be stopped
+    reduction_factor: Annotated[float, Field(gt=1)] = 3  # keep 1/rf of the trials per rung
+    brackets: PositiveInt = 1
+
+
+class HyperBandSchedulerSpec(_SchedulerCommon):
+    name: Literal["hyperband"]
+    reduction_factor: Annotated[float, Field(gt=1)] = 3  # keep 1/rf of the trials per rung
+
+
+class MedianSchedulerSpec(_SchedulerCommon):
+    name: Literal["median"]
+    grace_period: PositiveInt = 1  # epochs every trial gets before it can be stopped
+    min_samples: PositiveInt = 3  # trials that must report an epoch before comparing
+
+
+class PBTSchedulerSpec(_SchedulerCommon):
+    name: Literal["pbt"]
+    # every perturbation_interval epochs, the bottom `quantile` of trials copy the weights and
     # optimizer state of a top-quantile trial and continue with mutated hyperparameters.
     perturbation_interval: PositiveInt = 2  # epochs
     quantile: Annotated[float, Field(gt=0, le=0.5)] = 0.25  # fraction of the population
@@ -485,6 +570,9 @@ class SchedulerSpec(_Strict):
     # synchronous: every trial reaches the perturbation epoch before any exploit, so which trial
     # copies which does not depend on timing (and trials need not run side by side).
     synchronous: bool = True
+
+    def mutated(self) -> dict[str, Any]:
+        return self.mutations
 
     @field_validator("mutations")
     @classmethod
@@ -499,6 +587,23 @@ class SchedulerSpec(_Strict):
                 "{choice: [...]}, {uniform: [lo, hi]}, {loguniform: [lo, hi]}, {randint: [lo, hi]}"
             )
         return mutations
+
+
+
+
+def _scheduler_tag(value: Any) -> str | None:
+    """A scheduler without a name is FIFO (as before the union: its default)."""
+    if isinstance(value, dict):
+        return value.get("name", "fifo")
+    return getattr(value, "name", None)
+
+
+SchedulerSpec = Annotated[
+    Union[Annotated[FIFOSchedulerSpec, Tag("fifo")], Annotated[ASHASchedulerSpec, Tag("asha")],
+          Annotated[HyperBandSchedulerSpec, Tag("hyperband")], Annotated[MedianSchedulerSpec, Tag("median")],
+          Annotated[PBTSchedulerSpec, Tag("pbt")]],
+    Discriminator(_scheduler_tag),
+]
 
 
 _MUTATION_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}(\.[A-Za-z_][A-Za-z0-9_]{0,63}){0,15}")
@@ -628,7 +733,7 @@ class SweepSpec(_Strict):
     model: Tunable[ModelSpec]
     train: TrainSpec = TrainSpec()
     search: SearchSpec = SearchSpec()
-    scheduler: SchedulerSpec = SchedulerSpec()
+    scheduler: SchedulerSpec = FIFOSchedulerSpec()
     # The one objective; with ``objectives`` (exclusive), the first of them (set from it, and not
     # written back: a dumped spec holds objectives only).
     objective: ObjectiveSpec = ObjectiveSpec()

@@ -364,3 +364,14 @@ def test_rendering_imports_neither_torch_nor_ray_nor_kubernetes():
     result = subprocess.run([sys.executable, "-c", code, str(out)], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "HEAVY []" in result.stdout
+
+
+def test_a_fifo_sweeps_embedded_spec_carries_no_other_schedulers_or_datasets_fields():
+    """The data and scheduler sections are unions by name: the spec a RayJob carries holds only
+    what its dataset and scheduler take (before them, a FIFO RayJob carried PBT's fields)."""
+    embedded = yaml.safe_load(embedded_spec(render("sweeps/cnn_structure.yaml", ["data.name=cifar10"])))
+    assert embedded["scheduler"] == {"name": "fifo"}
+    assert set(embedded["data"]) == {"name", "val_fraction", "val_split", "augment", "path", "sha256", "download"}
+    digits = yaml.safe_load(embedded_spec(render("sweeps/quickstart.yaml")))
+    assert set(digits["data"]) == {"name", "val_fraction", "val_split", "augment"}
+    assert set(digits["scheduler"]) == {"name", "grace_period", "reduction_factor", "brackets"}  # asha's own

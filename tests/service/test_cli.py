@@ -150,7 +150,13 @@ def test_validate_refuses_what_would_fail_at_run_with_paths_and_lines(tmp_path):
     err = result.stderr
     assert "scheduler.mutations.model.num_conv_layers (line 14): model.num_conv_layers changes the model's parameters" in err
     assert "scheduler.mutations.train.optimizer.lr (line 15): a grid at train.optimizer.lr (line 9)" in err
-    spec.write_text(RUNS_AS_WRITTEN.replace("seed: -1", "seed: 0").replace("scheduler:\n  name: pbt", "scheduler:\n  name: fifo"))
+    fifo = RUNS_AS_WRITTEN.replace("seed: -1", "seed: 0").replace("scheduler:\n  name: pbt", "scheduler:\n  name: fifo")
+    spec.write_text(fifo)
+    result = sweepctl("validate", str(spec))
+    assert result.returncode == 2
+    # FIFO takes no mutations (the scheduler section is a union by name): said with the trial count
+    assert "scheduler.mutations (line 13): applies to scheduler.name 'pbt' only: remove it here" in result.stderr
+    spec.write_text(fifo.split("  mutations:")[0] + "checkpoint: {keep: null}\n")
     result = sweepctl("validate", str(spec))
     assert result.returncode == 2
     assert ("search.num_samples (line 10): model.filters 5 × train.optimizer.lr 4 × search.num_samples 600 "

@@ -20,7 +20,7 @@ from conftest import point_aws_at
 from service.core import preflight
 from service.core.loading import SpecError, parse_spec
 from service.core.preflight import PreflightError, data_problems, download_urls, storage_problems
-from service.core.spec import DataSpec
+from service.core.spec import data_spec
 
 REPO = Path(__file__).resolve().parents[2]
 SWEEPCTL = Path(sys.executable).parent / "sweepctl"
@@ -89,7 +89,7 @@ def test_importing_the_preflight_loads_no_torch_ray_or_boto3():
 # ----------------------------------------------------------------------------- local data
 def test_local_data_path_must_hold_the_datasets_files(tmp_path):
     def problems(name: str, path: Path) -> list[str]:
-        return [p.message for p in data_problems(DataSpec(name=name, path=str(path)), local_only=True)]
+        return [p.message for p in data_problems(data_spec(name=name, path=str(path)), local_only=True)]
 
     (missing,) = problems("mnist", tmp_path / "nope")
     assert f"{tmp_path / 'nope'} does not exist" in missing and "train-images-idx3-ubyte" in missing
@@ -114,13 +114,13 @@ def test_local_data_path_must_hold_the_datasets_files(tmp_path):
     (folder / "test_batch").write_bytes(b"")
     assert problems("cifar10", tmp_path / "c") == [] and problems("cifar10", folder) == []
     # datasets that need no files
-    assert data_problems(DataSpec(name="digits"), local_only=False) == []
+    assert data_problems(data_spec(name="digits"), local_only=False) == []
 
 
 def test_download_needs_no_network_to_validate_but_a_reachable_source_to_run(tmp_path, monkeypatch):
     for name, value in no_network_env().items():
         monkeypatch.setenv(name, value)
-    data = DataSpec(name="cifar10", path=str(tmp_path / "cifar"), download=True)
+    data = data_spec(name="cifar10", path=str(tmp_path / "cifar"), download=True)
     assert data_problems(data, local_only=True) == []
     start = time.monotonic()
     (problem,) = data_problems(data)
@@ -135,7 +135,7 @@ def test_an_unanswered_download_source_is_given_up_on_in_time(monkeypatch, tmp_p
     monkeypatch.setattr(preflight, "HTTP_TIMEOUT_S", 0.5)
     monkeypatch.setattr(preflight, "_http_problem", lambda url: time.sleep(30))
     start = time.monotonic()
-    (problem,) = data_problems(DataSpec(name="mnist", path=str(tmp_path / "m"), download=True))
+    (problem,) = data_problems(data_spec(name="mnist", path=str(tmp_path / "m"), download=True))
     assert time.monotonic() - start < 2
     assert "no answer within 0.5 s" in problem.message and "yann.lecun.com" in problem.message
 
@@ -243,7 +243,7 @@ def test_s3_with_bad_credentials_is_refused(s3, monkeypatch):
     monkeypatch.setattr(ActionAuthenticatorMixin, "request_count", 0)
     (problem,) = storage_problems(f"s3://{s3[1]}/runs")
     assert "access refused (InvalidAccessKeyId)" in problem.message and "AWS_ACCESS_KEY_ID" in problem.message
-    (problem,) = data_problems(DataSpec(name="cifar10", path=f"s3://{s3[1]}/cifar-10-python.tar.gz"))
+    (problem,) = data_problems(data_spec(name="cifar10", path=f"s3://{s3[1]}/cifar-10-python.tar.gz"))
     assert problem.path == "data.path" and "access refused" in problem.message
 
 
@@ -253,9 +253,9 @@ def test_s3_data_path_must_name_an_object_or_a_prefix_with_objects(s3):
     client.put_object(Bucket=bucket, Key="datasets/mnist/train-images-idx3-ubyte.gz", Body=b"x")
     for path in ("datasets/cifar-10-python.tar.gz", "datasets/mnist", "datasets/mnist/"):
         name = "mnist" if "mnist" in path else "cifar10"
-        assert data_problems(DataSpec(name=name, path=f"s3://{bucket}/{path}")) == [], path
-    assert data_problems(DataSpec(name="mnist", path=f"s3://{bucket}/datasets/mnist"), local_only=True) == []
-    (problem,) = data_problems(DataSpec(name="cifar10", path=f"s3://{bucket}/datasets/cifar-100.tar.gz"))
+        assert data_problems(data_spec(name=name, path=f"s3://{bucket}/{path}")) == [], path
+    assert data_problems(data_spec(name="mnist", path=f"s3://{bucket}/datasets/mnist"), local_only=True) == []
+    (problem,) = data_problems(data_spec(name="cifar10", path=f"s3://{bucket}/datasets/cifar-100.tar.gz"))
     assert f"no object s3://{bucket}/datasets/cifar-100.tar.gz" in problem.message
 
 

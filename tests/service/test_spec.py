@@ -428,3 +428,40 @@ def test_ray_tunes_names_point_at_ours_and_every_one_is_reported():
     assert found["scheduler.max_t"] == (4, found["scheduler.max_t"][1]) and "train.epochs" in found["scheduler.max_t"][1]
     assert "epochs" in found["scheduler.time_attr"][1]
     assert found["num_samples"][0] == 5 and "search.num_samples" in found["num_samples"][1]
+
+
+# A spec.yaml as sweepctl wrote it before the data and scheduler sections were unions by name:
+# every dataset's and every scheduler's fields, at their defaults.
+BEFORE_THE_UNIONS = """\
+name: written-before
+seed: 0
+data: {name: digits, path: null, sha256: null, download: false, val_fraction: 0.2, val_split: random,
+       augment: [], num_samples: 2048, image_size: 16, channels: 3, num_classes: 10}
+model: {name: mlp, hidden_sizes: [16]}
+scheduler: {name: asha, grace_period: 2, reduction_factor: 3.0, brackets: 1, min_samples: 3,
+            perturbation_interval: 2, quantile: 0.25, mutations: {}, synchronous: true}
+"""
+
+
+def test_a_spec_written_before_the_unions_validates_and_dumps_only_what_applies():
+    spec = parse_spec(BEFORE_THE_UNIONS)
+    dumped = spec.model_dump(mode="json")
+    assert dumped["data"] == {"name": "digits", "val_fraction": 0.2, "val_split": "random", "augment": []}
+    assert dumped["scheduler"] == {"name": "asha", "grace_period": 2, "reduction_factor": 3.0, "brackets": 1}
+    median = parse_spec(BEFORE_THE_UNIONS.replace("name: asha", "name: median"))
+    assert median.model_dump(mode="json")["scheduler"] == {"name": "median", "grace_period": 2, "min_samples": 3}
+    assert SweepSpec.model_validate(dumped) == spec
+
+
+def test_a_field_of_another_kind_of_dataset_or_scheduler_is_refused_naming_the_kind_it_belongs_to():
+    text = BEFORE_THE_UNIONS.replace("image_size: 16", "image_size: 32").replace("quantile: 0.25", "quantile: 0.5")
+    with pytest.raises(SpecError) as caught:
+        parse_spec(text)
+    problems = [str(p) for p in caught.value.problems]
+    assert problems == ["data.image_size (line 4): applies to data.name 'synthetic' only: remove it here",
+                        "scheduler.quantile (line 7): applies to scheduler.name 'pbt' only: remove it here"]
+    with pytest.raises(SpecError) as caught:
+        parse_spec("name: x\ndata: {val_fraction: 0.2}\nmodel: {name: mlp}\nscheduler: {grace_period: 2}\n")
+    assert [str(p) for p in caught.value.problems] == [
+        "data (line 2): needs a name: one of 'synthetic', 'digits', 'mnist', 'fashion_mnist', 'cifar10', 'cifar100'",
+        "scheduler.grace_period (line 4): applies to scheduler.name 'asha' or 'median' only: remove it here"]

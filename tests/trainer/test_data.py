@@ -18,7 +18,7 @@ from official_formats import (
     write_cifar100,
     write_mnist,
 )
-from service.core.spec import Affine, ColorJitter, DataSpec, HFlip, RandomCrop, Rotation, VFlip
+from service.core.spec import Affine, ColorJitter, data_spec, HFlip, RandomCrop, Rotation, VFlip
 from trainer.data import (
     FASHION_MNIST_CLASSES,
     augment_batch,
@@ -74,7 +74,7 @@ def test_cifar_wrong_path_is_a_clear_error(tmp_path):
 
 def test_load_dataset_cifar10_end_to_end(tmp_path):
     write_cifar10(tmp_path, per_batch=4)
-    data = load_dataset(DataSpec(name="cifar10", path=str(tmp_path), val_fraction=0.25), seed=0)
+    data = load_dataset(data_spec(name="cifar10", path=str(tmp_path), val_fraction=0.25), seed=0)
     assert data.input_shape == (3, 32, 32) and data.num_classes == 10
     assert len(data.train_y) == 15 and len(data.val_y) == 5 and len(data.test_y) == 4
     assert data.train_x.dtype == torch.float32
@@ -108,7 +108,7 @@ def test_split_does_not_touch_global_rng():
 # ----------------------------------------------------------------------------- load_dataset
 @pytest.fixture(scope="module")
 def digits():
-    spec = DataSpec(name="digits", val_fraction=0.1)
+    spec = data_spec(name="digits", val_fraction=0.1)
     return load_dataset(spec, seed=0), load_dataset(spec, seed=0), load_dataset(spec, seed=1)
 
 
@@ -147,7 +147,7 @@ def test_digits_test_set_fixed_and_split_seeded(digits):
 
 
 def test_synthetic_deterministic_and_learnable_shape():
-    spec = DataSpec(name="synthetic", num_samples=200, image_size=12, channels=2, num_classes=4)
+    spec = data_spec(name="synthetic", num_samples=200, image_size=12, channels=2, num_classes=4)
     a, b = load_dataset(spec, seed=5), load_dataset(spec, seed=5)
     assert torch.equal(a.train_x, b.train_x) and torch.equal(a.test_y, b.test_y)
     assert not torch.equal(a.train_x, load_dataset(spec, seed=6).train_x)
@@ -158,7 +158,7 @@ def test_synthetic_deterministic_and_learnable_shape():
 
 def test_synthetic_is_learnable():
     """A small MLP trained for 3 epochs reaches >90% val accuracy (the dataset's purpose)."""
-    data = load_dataset(DataSpec(name="synthetic"), seed=0)
+    data = load_dataset(data_spec(name="synthetic"), seed=0)
     torch.manual_seed(0)
     model = torch.nn.Sequential(
         torch.nn.Flatten(), torch.nn.Linear(768, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10)
@@ -297,7 +297,7 @@ def test_mnist_bad_header_is_a_clear_error(tmp_path):
 
 def test_load_dataset_mnist_end_to_end(tmp_path):
     write_mnist(tmp_path, gz=True, num_train=20, num_test=6)
-    data = load_dataset(DataSpec(name="mnist", path=f"file://{tmp_path}", val_fraction=0.25), seed=0)
+    data = load_dataset(data_spec(name="mnist", path=f"file://{tmp_path}", val_fraction=0.25), seed=0)
     assert data.input_shape == (1, 28, 28) and data.num_classes == 10
     assert len(data.train_y) == 15 and len(data.val_y) == 5 and len(data.test_y) == 6
     assert data.train_x.dtype == torch.float32 and len(data.mean) == 1
@@ -324,7 +324,7 @@ class FakeTorchvision:
 
 
 def test_download_fetches_missing_files_once(tmp_path):
-    spec = DataSpec(name="fashion_mnist", path=str(tmp_path / "data"), download=True)
+    spec = data_spec(name="fashion_mnist", path=str(tmp_path / "data"), download=True)
     downloader = FakeTorchvision()
     first = load_dataset(spec, seed=0, downloader=downloader)
     assert downloader.calls == [("fashion_mnist", tmp_path / "data")]
@@ -336,7 +336,7 @@ def test_download_fetches_missing_files_once(tmp_path):
 
 def test_download_cifar10_then_read_with_our_reader(tmp_path):
     downloader = FakeTorchvision()
-    spec = DataSpec(name="cifar10", path=str(tmp_path / "c10"), download=True, val_fraction=0.2)
+    spec = data_spec(name="cifar10", path=str(tmp_path / "c10"), download=True, val_fraction=0.2)
     data = load_dataset(spec, seed=0, downloader=downloader)
     assert [name for name, _ in downloader.calls] == ["cifar10"]
     assert data.input_shape == (3, 32, 32) and len(data.train_y) + len(data.val_y) == 15
@@ -345,7 +345,7 @@ def test_download_cifar10_then_read_with_our_reader(tmp_path):
 def test_present_files_are_never_downloaded(tmp_path):
     write_mnist(tmp_path / "MNIST" / "raw")
     downloader = FakeTorchvision()
-    load_dataset(DataSpec(name="mnist", path=str(tmp_path), download=True), seed=0, downloader=downloader)
+    load_dataset(data_spec(name="mnist", path=str(tmp_path), download=True), seed=0, downloader=downloader)
     assert downloader.calls == []
 
 
@@ -353,12 +353,12 @@ def test_missing_files_without_download_say_what_to_do(tmp_path):
     downloader = FakeTorchvision()
     for name in ("mnist", "cifar100"):
         with pytest.raises(FileNotFoundError, match=r"no .* files at .*set data.download: true"):
-            load_dataset(DataSpec(name=name, path=str(tmp_path / "nothing")), seed=0, downloader=downloader)
+            load_dataset(data_spec(name=name, path=str(tmp_path / "nothing")), seed=0, downloader=downloader)
     assert downloader.calls == []
 
 
 def test_download_that_leaves_no_files_is_an_error(tmp_path):
-    spec = DataSpec(name="mnist", path=str(tmp_path / "data"), download=True)
+    spec = data_spec(name="mnist", path=str(tmp_path / "data"), download=True)
     with pytest.raises(FileNotFoundError, match="finished, but the files are still missing"):
         load_dataset(spec, seed=0, downloader=FakeTorchvision(write=False))
 
@@ -385,7 +385,7 @@ def test_stratified_split_keeps_class_proportions():
 
 def test_load_dataset_stratified_val_split(digits):
     random_split = digits[0]
-    spec = DataSpec(name="digits", val_fraction=0.1, val_split="stratified")
+    spec = data_spec(name="digits", val_fraction=0.1, val_split="stratified")
     data = load_dataset(spec, seed=0)
     assert len(data.val_y) == len(random_split.val_y)
     all_y = torch.cat([data.train_y, data.val_y])
@@ -570,7 +570,7 @@ def test_uint8_held_images_give_bit_identical_batches_to_the_float_path(tmp_path
         write_cifar10(tmp_path, per_batch=40, num_test=8)
     else:
         write_mnist(tmp_path, num_train=200, num_test=8)
-    spec = DataSpec(name=dataset, path=str(tmp_path), val_fraction=0.2)
+    spec = data_spec(name=dataset, path=str(tmp_path), val_fraction=0.2)
     data = load_dataset(spec, seed=3)
     raw = read_raw(spec, 3, downloader=None)
     train, val, test = _float_path(raw.train_x, data.train_indices, data.val_indices, raw.test_x)

@@ -16,7 +16,7 @@ import torch
 from conftest import point_aws_at
 from official_formats import IDX_FILES, assert_matches, assert_mnist_matches, make_tar, write_cifar10, write_mnist
 from service.core.fetch import cache_location, fetch_to_cache
-from service.core.spec import DataSpec
+from service.core.spec import data_spec
 from trainer.data import load_dataset, read_cifar, read_mnist
 
 
@@ -66,8 +66,8 @@ def closed_port() -> int:
 def test_archive_and_directory_load_from_s3_once(s3, tmp_path, monkeypatch, downloads):
     cifar_uri, sha, cifar = upload_cifar10(s3, tmp_path)
     mnist_uri, mnist = upload_mnist(s3, tmp_path)
-    cifar_spec = DataSpec(name="cifar10", path=cifar_uri, sha256=sha, val_fraction=0.2)
-    mnist_spec = DataSpec(name="mnist", path=mnist_uri, val_fraction=0.25)
+    cifar_spec = data_spec(name="cifar10", path=cifar_uri, sha256=sha, val_fraction=0.2)
+    mnist_spec = data_spec(name="mnist", path=mnist_uri, val_fraction=0.25)
 
     c10, mn = load_dataset(cifar_spec, seed=0), load_dataset(mnist_spec, seed=0)
     assert c10.input_shape == (3, 32, 32) and len(c10.train_y) + len(c10.val_y) == 15
@@ -102,7 +102,7 @@ def test_wrong_sha256_fails_and_leaves_no_bad_file(s3, tmp_path, downloads):
     leftovers = [p for p in cache_root.rglob("*") if p.is_file() and not p.name.endswith(".lock")]
     assert leftovers == []  # neither the target nor a temporary .part file
     with pytest.raises(ValueError, match="sha256 mismatch"):  # through the spec, too
-        load_dataset(DataSpec(name="cifar10", path=uri, sha256="f" * 64), seed=0)
+        load_dataset(data_spec(name="cifar10", path=uri, sha256="f" * 64), seed=0)
 
     assert fetch_to_cache(uri, sha256=sha) == cache_location(uri)
     # A cached copy that no longer matches its pin is stale: it is fetched again.
@@ -157,7 +157,7 @@ def test_missing_data_in_s3_is_a_clear_error(s3, tmp_path, monkeypatch):
     # Objects there, but not the dataset's: say so, with both the URI and the local copy.
     mnist_uri, _ = upload_mnist(s3, tmp_path, prefix="only-mnist/")
     with pytest.raises(FileNotFoundError, match=rf"no cifar10 files at {mnist_uri} \(local copy: "):
-        load_dataset(DataSpec(name="cifar10", path=mnist_uri), seed=0)
+        load_dataset(data_spec(name="cifar10", path=mnist_uri), seed=0)
     monkeypatch.setenv("SWEEP_S3_ADDRESSING_STYLE", "sideways")
     with pytest.raises(ValueError, match="SWEEP_S3_ADDRESSING_STYLE must be auto, path or virtual"):
         fetch_to_cache(f"s3://{bucket}/other.tar.gz")

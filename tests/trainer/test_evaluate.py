@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from service.core.spec import CIFAR10NetSpec, CNNSpec, DataSpec, MLPSpec, ResNetSpec, SmallResNetSpec
+from service.core.spec import CIFAR10NetSpec, CNNSpec, data_spec, MLPSpec, ResNetSpec, SmallResNetSpec
 from trainer import evaluate
 from trainer.data import load_dataset
 from trainer.models import build_model
@@ -40,7 +40,7 @@ def test_penultimate_features_are_the_classifiers_input_for_every_family(spec, i
 @pytest.fixture(scope="module")
 def digits_results():
     """A small CNN trained for a few steps on digits, evaluated on the digits test split."""
-    data = load_dataset(DataSpec(name="digits", val_fraction=0.2), seed=0)
+    data = load_dataset(data_spec(name="digits", val_fraction=0.2), seed=0)
     torch.manual_seed(0)
     model = build_model(CNNSpec(name="cnn", filters=8, num_fc_layers=1), data.input_shape, data.num_classes)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)

@@ -16,7 +16,7 @@ from service.cli import main
 from service.core import mnist5k
 from service.core.errors import UserError
 from service.core.preflight import MNIST_SPLITS
-from service.core.spec import DataSpec
+from service.core.spec import data_spec
 from trainer.data import load_dataset
 from trainer.data.formats import read_mnist
 
@@ -81,7 +81,7 @@ def test_writing_again_gives_the_same_bytes(written, tmp_path):
 
 
 def test_a_study_reads_it_as_mnist(written):
-    data = load_dataset(DataSpec(name="mnist", path=str(written), val_fraction=0.1), seed=0)
+    data = load_dataset(data_spec(name="mnist", path=str(written), val_fraction=0.1), seed=0)
     assert (len(data.train_y), len(data.val_y), len(data.test_y)) == (3600, 400, 1000)
     assert data.input_shape == (1, 28, 28) and data.num_classes == 10
 

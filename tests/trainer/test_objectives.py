@@ -12,7 +12,7 @@ from conftest import BASE_SPEC, deep_update
 from service.core.errors import TrialRejected
 from service.core.record import EpochResult
 from service.core.spec import (
-    CIFAR10NetSpec, CNNSpec, DataSpec, MLPSpec, ResNetSpec, SmallResNetSpec, SweepSpec,
+    DATA_SPEC, CIFAR10NetSpec, CNNSpec, MLPSpec, ResNetSpec, SmallResNetSpec, SweepSpec,
 )
 from trainer.data import load_dataset
 from trainer.data.formats import dataset_shape
@@ -71,8 +71,8 @@ def test_the_count_on_the_meta_device_is_the_built_models(model, shape, classes)
 
 @pytest.mark.parametrize("data", [{"name": "digits"}, {"name": "synthetic", "channels": 2, "image_size": 12, "num_classes": 3}])
 def test_the_dataset_shape_without_reading_it_is_what_loading_it_gives(data):
-    loaded = load_dataset(DataSpec.model_validate(data), 0)
-    assert dataset_shape(DataSpec.model_validate(data)) == (tuple(loaded.input_shape), loaded.num_classes)
+    loaded = load_dataset(DATA_SPEC.validate_python(data), 0)
+    assert dataset_shape(DATA_SPEC.validate_python(data)) == (tuple(loaded.input_shape), loaded.num_classes)
 
 
 def test_a_params_constraint_rejects_an_oversized_config_before_any_data_is_read(tmp_path):

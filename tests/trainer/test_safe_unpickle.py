@@ -16,7 +16,7 @@ from conftest import point_aws_at
 from official_formats import assert_matches, make_tar, write_cifar10, write_cifar100
 from service.core.errors import DataFormatError
 from service.core.safe_pickle import ForbiddenPickle, loads_arrays
-from service.core.spec import DataSpec
+from service.core.spec import data_spec
 from trainer.data import load_dataset, read_cifar
 
 
@@ -63,7 +63,7 @@ def test_a_crafted_batch_in_a_folder_fails_naming_the_file_and_runs_nothing(tmp_
         read_cifar(tmp_path / "data", "cifar10")
     assert str(written["folder"].parent) in str(err.value)
     with pytest.raises(DataFormatError, match="CIFAR file data_batch_1"):  # as a trial reads it
-        load_dataset(DataSpec(name="cifar10", path=str(tmp_path / "data"), val_fraction=0.2), seed=0)
+        load_dataset(data_spec(name="cifar10", path=str(tmp_path / "data"), val_fraction=0.2), seed=0)
     assert not marker.exists()
 
 
@@ -98,7 +98,7 @@ def test_a_crafted_batch_on_s3_fails_naming_the_file_and_runs_nothing(s3_server,
 
     for uri in (f"s3://{bucket}/d/cifar-10-python.tar.gz", f"s3://{bucket}/f/"):
         with pytest.raises(DataFormatError, match=r"CIFAR file data_batch_1 in .* refused to load commands\.call \(subprocess\.call"):
-            load_dataset(DataSpec(name="cifar10", path=uri, val_fraction=0.2), seed=0)
+            load_dataset(data_spec(name="cifar10", path=uri, val_fraction=0.2), seed=0)
     assert not marker.exists()
 
 

@@ -50,7 +50,7 @@ class SweepEvents(Callback):
         self.attempt = attempt
         self.started = time.time()
         self.seconds_before = seconds_before  # wall time of earlier driver attempts
-        self._keys = list(dict.fromkeys([*config_keys(spec), *spec.scheduler.mutations]))
+        self._keys = list(dict.fromkeys([*config_keys(spec), *spec.scheduler.mutated()]))
         self._seen = 0  # Tune's trial list only grows: trials[_seen:] are new
         self._running: dict[str, object] = {}  # trial id → Tune trial, for pause detection
 

@@ -570,7 +570,7 @@ class SweepExporter:
             planned_trials=num_trials(spec),
             scheduler=spec.scheduler.name,
             keep_finished=keep_finished,
-            config_keys=[*config_keys(spec), *spec.scheduler.mutations],  # what a trial's config holds
+            config_keys=[*config_keys(spec), *spec.scheduler.mutated()],  # what a trial's config holds
         )
         addr = addr or os.environ.get(ADDR_ENV, "0.0.0.0")
         self.server = MetricsServer(self.metrics.registry, spec.metrics.port, addr)
