@@ -183,6 +183,9 @@ def test_every_family_exports_with_its_preprocessing_inside_and_matches_pytorch(
     assert card["preprocessing"]["grey_to_rgb"] == (family == "resnet18-frozen-imagenet")
     assert card["export"]["verified"]["max_abs_diff"] <= TOLERANCE
     assert card["files"] == {p.name: storage.sha256_file(p) for p in out.iterdir() if p.name != "model_card.json"}
+    # The card's spec holds what applies to its dataset and scheduler only (a FIFO MNIST/CIFAR run)
+    assert set(card["spec"]["data"]) == {"name", "val_fraction", "val_split", "augment", "path", "sha256", "download"}
+    assert card["spec"]["scheduler"] == {"name": "fifo"}
 
 
 # ---------------------------------------------------------------------------- 2. self-contained loading
