@@ -128,6 +128,14 @@ def run_sweep(
                 storage.delete_file(store.cancel_request_uri)
             else:
                 storage.write_text_atomic(store.spec_uri, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+            experiment_path = f"{storage_path}/{spec.name}"  # inside `fs` ("bucket/prefix/name" on S3)
+            # A driver killed before Tune's first snapshot left nothing to restore (no trial had
+            # started yet): the resume starts the sweep's trials afresh, its searcher told a warm
+            # start's earlier trials again (and any copy the record lacks added).
+            restorable = (tune.Tuner.can_restore(experiment_path, storage_filesystem=fs)
+                          and ExperimentState(fs, experiment_path).landed_at() is not None)
+            if resume and not restorable:
+                evaluated = warm_start_trials(spec, echo)
             events = _events(spec, store, lock, echo, resume=resume, exporter=exporter, metrics=metrics, stop=stop,
                              copied=warm_start_copies(spec, evaluated))
             trainable = tune.with_resources(
@@ -136,11 +144,6 @@ def run_sweep(
             from ray.tune.logger import JsonLoggerCallback
 
             all_callbacks = [events, *callbacks, JsonLoggerCallback()]
-            experiment_path = f"{storage_path}/{spec.name}"  # inside `fs` ("bucket/prefix/name" on S3)
-            # A driver killed before Tune's first snapshot left nothing to restore (no trial had
-            # started yet): the resume starts the sweep's trials afresh.
-            restorable = (tune.Tuner.can_restore(experiment_path, storage_filesystem=fs)
-                          and ExperimentState(fs, experiment_path).landed_at() is not None)
             if resume and restorable:
                 echo(f"resuming sweep {spec.name} (driver attempt {lock.attempt}) from {sweep_uri}")
                 # Tune unpickles its state from storage here: tuner.pkl, the trials cloudpickled in
@@ -431,8 +434,9 @@ def _events(spec: SweepSpec, store: SweepStore, lock: "DriverLock", echo, *, res
                       constraints=[parse_constraint(c) for c in spec.constraints])
     if previous is not None:
         index.started_at = previous.started_at
-    trials = store.read_trials(previous) if previous is not None else list(copied)
-    writer = RecordWriter(store, index, trials, fenced=lambda: lock.lost, warn=lambda m: echo(f"warning: {m}"))
+    trials = store.read_trials(previous) if previous is not None else []
+    copied = [c for c in copied if c.trial_id not in {t.trial_id for t in trials}]  # a resume's are recorded
+    writer = RecordWriter(store, index, [*trials, *copied], fenced=lambda: lock.lost, warn=lambda m: echo(f"warning: {m}"))
     writer.reserve_space()  # freed when the disk fills up, so the record can still say so
     for record in copied:
         writer.rescore(record)  # judged by this spec's objectives and constraints
