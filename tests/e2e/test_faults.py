@@ -112,7 +112,9 @@ def test_a_driver_killed_at_five_points_resumes_every_trial_with_every_epoch_onc
         args = ("run", str(spec)) if attempt == 1 else ("resume", name, "--storage", sweep_storage)
         driver = start_driver(*args, log=log)
         try:
-            wait_for(lambda: reached(index_of(sweep_storage, name)), what, proc=driver, log=log)
+            # This attempt's index only: the one a killed attempt left may already show the next point
+            # (4 ended, 2 running after the mid-sweep kill), which would kill this one before it took the lock.
+            wait_for(lambda: reached(index_of_attempt(sweep_storage, name, attempt)), what, proc=driver, log=log)
             if attempt == 1:
                 assert_a_second_driver_refuses_and_writes_nothing(store, spec, name, sweep_storage)
             if attempt == MID_SWEEP:
@@ -151,6 +153,12 @@ def test_a_driver_killed_at_five_points_resumes_every_trial_with_every_epoch_onc
         if later and epochs_checkpointed >= 3:
             first = later[0]
             assert first.resumed_from_epoch == first.epoch - 1 >= 1, (trial_id, first)
+
+
+def index_of_attempt(uri: str, name: str, attempt: int):
+    """The sweep's index once driver attempt ``attempt`` has written it, else None."""
+    index = index_of(uri, name)
+    return index if index is not None and index.driver_attempt == attempt else None
 
 
 def results(trial) -> list[tuple]:
