@@ -23,7 +23,7 @@ from service.cli import main as sweepctl
 from service.core import checkpoint as checkpoint_format
 from service.core import storage
 from service.core.record import EpochResult, Objective, SweepStore, TrialSummary, new_index
-from service.core.spec import SweepSpec
+from service.core.spec import SweepSpec, data_spec
 from trainer.checkpoint import load_checkpoint, load_model
 from trainer.data import load_dataset
 from trainer.data.formats import read_raw
@@ -277,7 +277,7 @@ def test_an_older_checkpoint_without_statistics_gets_them_recomputed_or_says_why
     loaded = load_checkpoint(old)
     assert (loaded.statistics, loaded.mean, loaded.std) == ("dataset", data.mean, data.std)
 
-    gone = spec.model_copy(update={"data": spec.data.model_copy(update={"name": "mnist", "path": str(tmp_path / "no")})})
+    gone = spec.model_copy(update={"data": data_spec(name="mnist", path=str(tmp_path / "no"), val_fraction=spec.data.val_fraction)})
     (old / "spec.json").write_text(gone.model_dump_json())
     with pytest.raises(MissingStatistics, match="predates recorded normalisation statistics.*cannot be read"):
         load_checkpoint(old)
