@@ -708,7 +708,7 @@ def _kinds_switched(before: dict, after: dict, flat: dict[str, Any]) -> dict:
         kind = _model_class(SweepSpec.model_fields[section].annotation, new)
         if kind is None:  # an unknown name: validation says so
             continue
-        overridden = {path.split(".")[1] for path in flat if path.startswith(f"{section}.") and path.count(".") >= 1}
+        overridden = {path.split(".")[1] for path in flat if path.startswith(f"{section}.")}
         after = {**after, section: {k: v for k, v in new.items() if k in kind.model_fields or k in overridden}}
     return after
 

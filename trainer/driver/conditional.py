@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from ray.tune.search import Searcher
+from ray.tune.search.hyperopt import HyperOptSearch
+from ray.tune.search.optuna import OptunaSearch
 
 from service.core.spec import Choice, Grid, SweepSpec, conditional_sections, num_trials, primitive_values, search_space
 from service.core.warm_start import Evaluated, config_key
@@ -293,8 +295,6 @@ class OptunaSpace:
     parameters only. A class, not a closure: OptunaSearch pickles it with its state."""
 
     def __init__(self, plan: Plan):
-        from ray.tune.search.optuna import OptunaSearch
-
         def distributions(params):
             return tuple((p.name, OptunaSearch.convert_search_space({p.name: p.domain})[p.name]) for p in params)
 
@@ -335,7 +335,6 @@ def hyperopt_space(plan: Plan) -> dict:
     """Each section a ``hp.choice`` over its branches, each branch a dict of its own parameters
     and its index (under the section's path)."""
     from hyperopt import hp
-    from ray.tune.search.hyperopt import HyperOptSearch
 
     def expressions(params) -> dict:
         return HyperOptSearch.convert_search_space({p.name: p.domain for p in params}) if params else {}
@@ -398,19 +397,7 @@ def told_count(spec: SweepSpec, evaluated: Sequence[Evaluated]) -> int:
     return sum(plan.searcher_params(e.config) is not None for e in evaluated)
 
 
-def _optuna_search():
-    from ray.tune.search.optuna import OptunaSearch
-
-    return OptunaSearch
-
-
-def _hyperopt_search():
-    from ray.tune.search.hyperopt import HyperOptSearch
-
-    return HyperOptSearch
-
-
-class WarmOptunaSearch(_optuna_search()):
+class WarmOptunaSearch(OptunaSearch):
     """OptunaSearch whose study starts with earlier results: each a COMPLETE trial with its
     parameters and objective values. (Ray's own ``evaluated_rewards`` takes one objective and no
     define-by-run space; this takes both.)"""
@@ -433,7 +420,7 @@ class WarmOptunaSearch(_optuna_search()):
             self._ot_study.add_trial(trial)
 
 
-class WarmHyperOptSearch(_hyperopt_search()):
+class WarmHyperOptSearch(HyperOptSearch):
     """HyperOptSearch whose trial history starts with earlier results: each a DONE trial document
     with its loss (hyperopt minimizes: a maximized metric's value negated)."""
 
