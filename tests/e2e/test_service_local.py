@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -17,7 +18,7 @@ from conftest import BASE_SPEC
 from service.control.api import create_app
 from service.control.backends import LocalBackend
 from service.control.client import SweepClient
-from service.core.record import SweepStore
+from service.core.record import TRIAL_RECORD, SweepStore
 
 TOKEN = "e2e-token"
 
@@ -89,9 +90,11 @@ def test_a_sweep_runs_to_completion_through_the_service_and_another_is_cancelled
         store = SweepStore(str(tmp_path / "runs"), "svc-cancel")
 
         def one_finished_one_training():
-            index = store.read_index()
-            running = [t for t in index.trials if t.status == "running" and t.epochs >= 1] if index else []
-            return index is not None and index.trial_states.get("terminated") == 1 and running
+            # The trials' own records, written at every epoch (the index is written at most every 2 s,
+            # which could miss most of the second trial's ~4 s).
+            trials = [store.read_trial(path.parent.name) for path in Path(store.uri).glob(f"*/{TRIAL_RECORD}")]
+            statuses = sorted((t.status, t.epochs >= 1) for t in trials)
+            return statuses == [("running", True), ("terminated", True)]
 
         _wait_for(one_finished_one_training, "svc-cancel's first trial to finish and its second to train", every=0.2)
         # sweepctl's own client, in this process: the cancel lands within milliseconds of the second

@@ -193,10 +193,11 @@ def scheduler(spec: SweepSpec):
     from ray.tune.schedulers import (
         ASHAScheduler,
         FIFOScheduler,
-        HyperBandScheduler,
         MedianStoppingRule,
         PopulationBasedTraining,
     )
+
+    from trainer.driver.hyperband import HyperBandStoppingAtMaxT
 
     s, max_t = spec.scheduler, max_epochs(spec)
     if s.name == "asha":
@@ -209,8 +210,8 @@ def scheduler(spec: SweepSpec):
             **judged_by(spec),
         )
     if s.name == "hyperband":
-        return HyperBandScheduler(time_attr="training_iteration", max_t=max_t, reduction_factor=s.reduction_factor,
-                                  **judged_by(spec))
+        return HyperBandStoppingAtMaxT(time_attr="training_iteration", max_t=max_t,
+                                       reduction_factor=s.reduction_factor, **judged_by(spec))
     if s.name == "median":
         return MedianStoppingRule(
             time_attr="training_iteration", grace_period=s.grace_period, min_samples_required=s.min_samples,
