@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torchvision
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -356,6 +355,8 @@ def _resnet(spec: ResNetSpec, input_shape: tuple[int, int, int], num_classes: in
     ``cifar_stem`` swaps the ImageNet stem (7x7 stride-2 conv + max-pool, a 4x downsampling meant
     for 224px images) for a 3x3 stride-1 conv without pooling, the usual choice for 32x32 inputs.
     """
+    import torchvision.models  # here, not at the top: 1.7 s of every trial worker's start, for ResNets only
+
     builder = getattr(torchvision.models, f"resnet{spec.depth}")
     weights = None
     if spec.pretrained == "imagenet" and transfer_weights:
