@@ -54,7 +54,8 @@ from service.control.backends import RESUMABLE_STATES, Backend, BackendError, Sw
 from service.core.errors import UserError
 from service.core.loading import SpecError, parse_spec
 from service.core.record import (
-    SORT_KEYS, TRIAL_STATES, Objective, RecordError, SweepIndex, SweepStore, TrialRecord, TrialSummary, trials_body,
+    BETTER, SORT_KEYS, TRIAL_STATES, Objective, RecordError, SweepIndex, SweepStore, TrialRecord, TrialSummary,
+    trials_body,
 )
 from service.core.spec import SweepSpec, num_trials
 
@@ -76,7 +77,9 @@ YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yam
 # Prometheus' text format 0.0.4, which every Prometheus reads (our series names need no escaping).
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 ROLES = ("viewer", "submitter", "admin")  # each may do what the ones before it may
-SORTS = ("objective", "val_acc", "val_loss", "train_acc", "train_loss", *SORT_KEYS)
+# What `sweepctl trials --sort` takes without a server too (record.sort_trials): the objective,
+# every metric with a direction, epochs, seconds or trial.
+SORTS = ("objective", *BETTER, *SORT_KEYS)
 
 
 class ServiceConfigError(UserError):
@@ -623,8 +626,8 @@ def create_app(backend: Backend | None = None, token: str | None = None,
     @app.get("/sweeps/{name}/trials", dependencies=guarded, response_model=TrialList, responses=reads_sweep)
     def trials(
         name: SweepName,
-        sort: Literal[SORTS] = Query(default="objective", description="objective (best first), val_acc, val_loss, "
-                                     "train_acc, train_loss, epochs, seconds or trial"),
+        sort: Literal[SORTS] = Query(default="objective", description="objective (best first), a metric (best first: "
+                                     + ", ".join(BETTER) + "), epochs, seconds or trial"),
         status: Literal[TRIAL_STATES] = Query(default=None, description="only trials in this state (default: all)"),
     ):
         info, index = _index(backend, name)

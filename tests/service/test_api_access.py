@@ -37,7 +37,7 @@ from service.control.api import TRIAL_ID_PATTERN, ServiceConfigError, Users, cre
 from service.control.backends import LocalBackend, ProcessIdentity, _start_time
 from service.core import storage
 from service.core.record import (
-    EpochResult, Objective, RecordError, SegmentedLog, SweepStore, TrialRecord, TrialSummary, _safe_id, new_index,
+    BETTER, EpochResult, Objective, RecordError, SegmentedLog, SweepStore, TrialRecord, TrialSummary, _safe_id, new_index,
 )
 
 USERS = {  # name: (role, token)
@@ -547,3 +547,28 @@ def test_sweepctl_shows_the_owner_and_the_servers_refusal(make_world, tmp_path):
         submitted = sweepctl("submit", str(spec), server=url, token=USERS["sam"][1], home=tmp_path)
         assert submitted.returncode == 0, submitted.stderr
         assert "submitted sams-new: running (1 trials) on " in submitted.stdout and " as sam" in submitted.stdout
+
+
+# ---------------------------------------------------------------------------- trials, sorted
+def test_the_trials_route_sorts_by_every_metric_that_sweepctl_sorts_by_without_a_server(make_world):
+    world = make_world()
+    store = SweepStore(str(world.storage), "sams-sweep")
+    index = store.read_index()
+    # Three trials: the most accurate is the largest and the slowest.
+    index.trials = [TrialSummary(trial_id=f"t_0000{i}", status="terminated", config={"model.filters": 8 * 2 ** i},
+                                 epochs=1, best=EpochResult(epoch=1, val_acc=acc, params=params, inference_ms=ms))
+                    for i, (acc, params, ms) in enumerate([(0.8, 100, 0.5), (0.9, 400, 0.9), (0.7, 200, 0.1)])]
+    storage.write_text_atomic(store.index_uri, index.model_dump_json())
+
+    def order(sort: str) -> list[str]:
+        answer = world.client.get(f"/sweeps/sams-sweep/trials?sort={sort}", headers=of("vera"))
+        assert answer.status_code == 200, (sort, answer.text)
+        return [t["trial_id"] for t in answer.json()["trials"]]
+
+    assert order("objective") == order("val_acc") == ["t_00001", "t_00000", "t_00002"]
+    assert order("params") == ["t_00000", "t_00002", "t_00001"]  # fewest first
+    assert order("inference_ms") == ["t_00002", "t_00000", "t_00001"]  # fastest first
+    for metric in BETTER:  # every metric the CLI's own sort takes (record.sort_trials)
+        order(metric)
+    refused = world.client.get("/sweeps/sams-sweep/trials?sort=lr", headers=of("vera"))  # no direction
+    assert refused.status_code == 422
