@@ -49,9 +49,11 @@ def authenticating_s3(monkeypatch, tmp_path):
         deadline = time.time() + 60
         while True:
             try:
-                requests.get(f"{endpoint}/moto-api/", timeout=1)
+                requests.get(f"{endpoint}/moto-api/", timeout=5)
                 break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):
+                # Not listening yet, or listening but its first answer (moto loads its backends
+                # lazily) is slow on a loaded 2-core machine: both mean "not ready", not "broken".
                 if time.time() > deadline or server.poll() is not None:
                     pytest.fail("the moto server did not start")
                 time.sleep(0.2)
