@@ -49,7 +49,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from service.core import checkpoint as checkpoint_format
-from service.core import storage
+from service.core import preflight, storage
 from service.control.backends import RESUMABLE_STATES, Backend, BackendError, SweepInfo, name_rule
 from service.core.errors import UserError
 from service.core.loading import SpecError, parse_spec
@@ -825,12 +825,21 @@ def _spec_problem(message: str, errors: list | None = None) -> dict:
     return {"message": message, "errors": errors if errors is not None else [message]}
 
 
+def _spec_error(err: SpecError) -> HTTPProblem:
+    errors = [{"path": p.path, "line": p.line, "message": p.message, "text": str(p)} for p in err.problems]
+    return HTTPProblem(422, _spec_problem(str(err), errors))
+
+
 def _submit(backend: Backend, text: str, overrides: list[str], user: User):
     try:
         spec = parse_spec(text, source="<request>", overrides=overrides)
     except SpecError as err:
-        errors = [{"path": p.path, "line": p.line, "message": p.message, "text": str(p)} for p in err.problems]
-        raise HTTPProblem(422, _spec_problem(str(err), errors)) from None
+        raise _spec_error(err) from None
+    # A warm start's earlier sweeps are read now, as `sweepctl run` does before Ray starts: a
+    # missing or mismatched one is the submitter's 422 now, not a failed driver later.
+    warm_start_problems = preflight.warm_start_problems(spec)
+    if warm_start_problems:
+        raise _spec_error(SpecError("<request>", warm_start_problems))
     try:
         existing = backend.get(spec.name)
     except BackendError as err:

@@ -13,7 +13,8 @@ raises ``PreflightError`` (a ``SpecError``: exit code 2, no traceback) listing e
   prefix);
 * the storage (``storage.uri``) is reachable and writable: a probe object/file is written under it
   and deleted again (a local storage directory is created);
-* a warm start's earlier sweeps exist and match this spec (service/core/warm_start.py).
+* a warm start's earlier sweeps exist and match this spec (service/core/warm_start.py); with
+  ``local_only``, when all of them are on local storage (reading them needs no network).
 
 Network checks run side by side, each bounded (HTTP ``HTTP_TIMEOUT_S``, S3 ``S3_TIMEOUT_S``), so a
 dead endpoint costs seconds, not a sweep. Torch-free (no torch, torchvision or ray); boto3 only for
@@ -178,14 +179,23 @@ def check(spec: SweepSpec, *, source: str = "<spec>", local_only: bool = False, 
     """Raise ``PreflightError`` with every problem found (see the module docstring).
 
     ``local_only``: only what needs neither network nor writes (the local data.path; sweepctl
-    validate). ``check_storage``: False when the storage was checked already (sweepctl resume
-    checks it before reading the stored spec)."""
+    validate; a warm start whose earlier sweeps are all on local storage too). ``check_storage``:
+    False when the storage was checked already (sweepctl resume checks it before reading the
+    stored spec)."""
     problems = data_problems(spec.data, local_only=local_only)
     if check_storage and not local_only:
         problems += storage_problems(spec.storage.uri)
-    if not local_only:
+    if not local_only or not warm_start_needs_network(spec):
         problems += warm_start_problems(spec)
     raise_if(problems, source)
+
+
+def warm_start_needs_network(spec: SweepSpec) -> bool:
+    """Whether reading one of the warm start's earlier sweeps goes over the network (s3://)."""
+    from service.core.spec import earlier_sweep_location
+
+    refs = spec.search.warm_start.sweeps if spec.search.warm_start else []
+    return any(storage.is_s3(earlier_sweep_location(ref, spec.storage.uri)[0]) for ref in refs)
 
 
 def warm_start_problems(spec: SweepSpec) -> list[Problem]:

@@ -4,6 +4,10 @@ the spec's own rules for search.warm_start (service/core/spec.py)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -11,6 +15,9 @@ from service.core import preflight, storage, warm_start
 from service.core.loading import SpecError, parse_spec
 from service.core.spec import SweepSpec
 from warm_sweeps import config, earlier_sweep, spec_data
+
+REPO = Path(__file__).resolve().parents[2]
+
 
 def test_the_evaluated_trials_of_an_earlier_sweep_are_loaded_with_their_last_epochs_values(tmp_path):
     earlier_sweep(tmp_path, "first", [
@@ -87,3 +94,44 @@ def test_a_spec_without_a_warm_start_dumps_no_key_for_it(tmp_path):
     warm = parse_spec(yaml.safe_dump(spec_data(tmp_path, "warm", search={"warm_start": {"sweeps": ["a"]}})))
     assert warm.model_dump(mode="json")["search"]["warm_start"] == {"sweeps": ["a"]}
     assert SweepSpec.model_validate(warm.model_dump(mode="json")) == warm
+
+
+def test_validate_checks_earlier_sweeps_on_local_storage_and_leaves_s3_ones_to_run(tmp_path, monkeypatch):
+    earlier_sweep(tmp_path, "other-epochs", [], train={"epochs": 3})
+    data = spec_data(tmp_path, "second", search={"warm_start": {"sweeps": ["absent", "other-epochs"]}})
+    spec_file = tmp_path / "second.yaml"
+    spec_file.write_text(yaml.safe_dump(data))
+    result = subprocess.run([sys.executable, "-m", "service.cli", "validate", str(spec_file)],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr + result.stdout
+    assert "search.warm_start.sweeps[0]: no sweep 'absent' in " in result.stderr
+    assert "search.warm_start.sweeps[1]: train.epochs is 2 here but 3 there (sweep 'other-epochs')" in result.stderr
+    # An s3:// sweep is network: validate (no network, no writes) leaves it to `sweepctl run`'s
+    # pre-flight. The endpoint answers nothing, so a read would be a StorageError problem here.
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    remote = parse_spec(yaml.safe_dump(spec_data(tmp_path, "third", search={"warm_start": {
+        "sweeps": ["s3://bucket/team/first"]}})))
+    assert preflight.warm_start_needs_network(remote)
+    preflight.check(remote, source="third.yaml", local_only=True)
+    with pytest.raises(preflight.PreflightError) as caught:
+        preflight.check(remote, source="third.yaml", check_storage=False)
+    assert [p.path for p in caught.value.problems] == ["search.warm_start.sweeps[0]"]
+
+
+def test_the_service_answers_422_for_a_missing_or_mismatched_earlier_sweep_and_submits_nothing(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from service.control.api import create_app
+    from service.control.backends import LocalBackend
+
+    earlier_sweep(tmp_path, "other-epochs", [], train={"epochs": 3})
+    backend = LocalBackend(tmp_path / "service")
+    client = TestClient(create_app(backend, token="test-token-0123456789"))
+    spec = yaml.safe_dump(spec_data(tmp_path, "second", search={"warm_start": {"sweeps": ["absent", "other-epochs"]}}))
+    answer = client.post("/sweeps", content=spec, headers={"Authorization": "Bearer test-token-0123456789",
+                                                           "Content-Type": "application/yaml"})
+    assert answer.status_code == 422, answer.text
+    errors = answer.json()["detail"]["errors"]
+    assert [e["path"] for e in errors] == ["search.warm_start.sweeps[0]", "search.warm_start.sweeps[1]"]
+    assert "no sweep 'absent'" in errors[0]["message"] and "train.epochs is 2 here but 3 there" in errors[1]["message"]
+    assert backend.list() == [] and not storage.exists(storage.join(str(tmp_path / "runs"), "second"))
