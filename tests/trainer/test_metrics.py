@@ -421,3 +421,46 @@ def test_gpu_trials_export_their_peak_memory_and_cpu_trials_no_series():
     m.trial_result("cpu", epoch(1, 0.5))
     assert value(m, "sweep_trial_gpu_peak_bytes", trial="gpu") == 3 * 2**30
     assert value(m, "sweep_trial_gpu_peak_bytes", trial="cpu") is None
+
+
+def test_a_resumed_drivers_metrics_count_the_trials_its_earlier_attempts_recorded(tmp_path):
+    """After a resume (or with a warm start's copies) the record holds trials this driver will not
+    run: trials by state, the best objective and the best trial cover them from the first scrape,
+    the finished ones keep their final series, and counters stay what this driver did (0)."""
+    from conftest import BASE_SPEC, deep_update
+    from service.core.record import EpochResult, Objective, RecordWriter, SweepStore, new_index
+    from service.core.spec import SweepSpec, search_space
+    from trainer.driver.events import SweepEvents
+    from trainer.driver.progress import Progress
+
+    spec = SweepSpec.model_validate(deep_update(BASE_SPEC, {
+        "name": "again", "storage": {"uri": str(tmp_path)},
+        "train": {"epochs": 2, "optimizer": {"lr": {"grid": [1e-3, 3e-4, 1e-4, 3e-5]}}}}))
+    store = SweepStore(str(tmp_path), "again")
+    earlier = RecordWriter(store, new_index("again", Objective(metric="val_acc", mode="max"), max_epochs=2,
+                                            num_trials=4, attempt=1))
+    for trial_id, lr, status, accuracies in [("done", 1e-3, "terminated", [0.6, 0.8]), ("cut", 3e-4, "stopped_early", [0.5]),
+                                             ("broke", 1e-4, "error", []), ("midway", 3e-5, "running", [0.9])]:
+        record = earlier.trial(trial_id, {"train.optimizer.lr": lr})
+        for n, acc in enumerate(accuracies, start=1):
+            earlier.add_result(record, EpochResult(epoch=n, val_acc=acc, val_loss=1 - acc))
+        earlier.set_status(record, status)
+        earlier.changed(record)
+    earlier.write_index("interrupted", 1.0)
+
+    index = store.read_index()
+    writer = RecordWriter(store, new_index("again", Objective(metric="val_acc", mode="max"), max_epochs=2,
+                                           num_trials=4, attempt=2), store.read_trials(index))
+    m = SweepMetrics("again", config_keys=list(search_space(spec)))
+    SweepEvents(spec, writer, Progress(lambda line: None, None), attempt=2, metrics=m)
+
+    states = {s: value(m, "sweep_trials", state=s) for s in ("pending", "running", "terminated", "stopped_early", "error")}
+    assert states == {"pending": 1, "running": 0, "terminated": 1, "stopped_early": 1, "error": 1}
+    # the best includes the unfinished trial's recorded epoch: what it reported is what it reported
+    assert value(m, "sweep_best_objective") == 0.9 and value(m, "sweep_best_trial_info", trial="midway") == 1
+    assert value(m, "sweep_trial_objective", trial="done") == 0.8
+    assert value(m, "sweep_trial_epochs_completed", trial="done") == 2
+    assert value(m, "sweep_epochs_total") == 0 and value(m, "sweep_trial_errors_total") == 0
+    assert m.state("midway") == "pending"
+    m.trial_started("midway")  # Tune restarts it: it moves from pending to running, counted once
+    assert value(m, "sweep_trials", state="pending") == 0 and value(m, "sweep_trials", state="running") == 1

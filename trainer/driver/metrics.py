@@ -42,6 +42,10 @@ metrics agents, labelled with the sweep), dir = $SWEEP_PROMETHEUS_TARGETS or
 sweep ends (or the driver exits through an exception); a driver that is killed or hangs leaves
 them behind, and the SweepDown alert fires.
 
+Resume: a driver continuing a sweep hands ``trial_restored`` each trial the record holds already
+(earlier attempts', a warm start's copies), so trials by state and the best cover the whole sweep;
+counters count this driver's events only (a new process starts them at 0, as Prometheus expects).
+
 PBT: ``SweepMetrics.pbt_exploit(trial_id)`` counts a trial taking over a better trial's
 checkpoint (with a perturbed config). The driver's callback calls it when a result says the trial
 was ``restored_from`` another trial's checkpoint (trainer/loop.py reports that on the first epoch
@@ -303,17 +307,30 @@ class SweepMetrics:
         if value is None:
             return
         g("sweep_trial_objective", value)
-        if isinstance(value, (int, float)) and not math.isnan(value):
-            if trial.best is None or self._better(value, trial.best):
-                trial.best = value
-            if self._best is None or self._better(value, self._best):
-                self._best = value
-                self._m["sweep_best_objective"].labels(self.sweep).set(value)
-                if self._best_trial != trial_id:
-                    if self._best_trial is not None:
-                        self._m["sweep_best_trial_info"].remove(self.sweep, self._best_trial)
-                    self._m["sweep_best_trial_info"].labels(self.sweep, trial_id).set(1)
-                    self._best_trial = trial_id
+        self._observe_objective(trial, trial_id, value)
+
+    def trial_restored(self, trial_id: str, state: str, *, objective_values=(), epochs: int = 0,
+                       config: dict | None = None) -> None:
+        """A trial this driver did not run: recorded by an earlier attempt of the sweep (a resume)
+        or copied from an earlier sweep (a warm start). It counts in its state and its objective
+        in the sweep's best, as if this driver had seen it (``objective_values``: its epochs'
+        values, in order); a finished one keeps its final per-trial series like any finished
+        trial. The counters (epochs, starts, errors, samples) count what this driver did and are
+        not replayed. An unfinished one counts as pending: Tune restarts it."""
+        if trial_id in self._trials:
+            return
+        self.trial_added(trial_id)
+        trial = self._trials[trial_id]
+        trial.config, trial.epochs = dict(config or {}), epochs
+        values = [v for v in objective_values if v is not None]
+        for value in values:
+            self._observe_objective(trial, trial_id, value)
+        if state in FINISHED:
+            if epochs:
+                self._trial_gauge(trial, "sweep_trial_epochs_completed", trial_id, epochs)
+            if values:
+                self._trial_gauge(trial, "sweep_trial_objective", trial_id, values[-1])
+            self._finish(trial_id, state)
 
     def trial_completed(self, trial_id: str, stopped_early: bool) -> None:
         """The trial ended without error: all its epochs, or ``stopped_early`` by the scheduler."""
@@ -370,6 +387,21 @@ class SweepMetrics:
 
     def _better(self, a: float, b: float) -> bool:
         return a > b if self.mode == "max" else a < b
+
+    def _observe_objective(self, trial: _Trial, trial_id: str, value) -> None:
+        """The trial's and the sweep's best objective so far (the raw best: constraints aside)."""
+        if not isinstance(value, (int, float)) or math.isnan(value):
+            return
+        if trial.best is None or self._better(value, trial.best):
+            trial.best = value
+        if self._best is None or self._better(value, self._best):
+            self._best = value
+            self._m["sweep_best_objective"].labels(self.sweep).set(value)
+            if self._best_trial != trial_id:
+                if self._best_trial is not None:
+                    self._m["sweep_best_trial_info"].remove(self.sweep, self._best_trial)
+                self._m["sweep_best_trial_info"].labels(self.sweep, trial_id).set(1)
+                self._best_trial = trial_id
 
     def _inc(self, name: str, amount: float = 1) -> None:
         self._m[name].labels(self.sweep).inc(amount)
