@@ -464,3 +464,18 @@ def test_a_resumed_drivers_metrics_count_the_trials_its_earlier_attempts_recorde
     assert m.state("midway") == "pending"
     m.trial_started("midway")  # Tune restarts it: it moves from pending to running, counted once
     assert value(m, "sweep_trials", state="pending") == 0 and value(m, "sweep_trials", state="running") == 1
+
+
+def test_an_epoch_that_breaks_a_constraint_is_never_the_best_objective():
+    from service.core.spec import parse_constraint
+
+    m = SweepMetrics("bounded", constraints=[parse_constraint("params <= 2e6")])
+    m.trial_result("big", {**epoch(1, 0.95), "params": 3_000_000})
+    assert value(m, "sweep_best_objective") is None  # no epoch kept them yet: no best to show
+    assert value(m, "sweep_trial_objective", trial="big") == 0.95  # the trial's own series still shows it
+    m.trial_result("small", {**epoch(1, 0.7), "params": 1_000_000})
+    m.trial_result("unreported", epoch(1, 0.99))  # params not reported: cannot be shown to keep it
+    assert value(m, "sweep_best_objective") == 0.7 and value(m, "sweep_best_trial_info", trial="small") == 1
+    m.trial_restored("earlier", "terminated", results=[{**epoch(1, 0.9), "params": 5_000_000},
+                                                       {**epoch(2, 0.8), "params": 1_500_000}])
+    assert value(m, "sweep_best_objective") == 0.8 and value(m, "sweep_best_trial_info", trial="earlier") == 1

@@ -55,11 +55,9 @@ class SweepEvents(Callback):
         self._running: dict[str, object] = {}  # trial id → Tune trial, for pause detection
         # What the record holds already (a resume's earlier attempts, a warm start's copies) counts
         # in the metrics from the start: trials by state and the best objective cover the sweep.
-        metric = spec.objective.metric
         for record in writer.trials.values():
             self._sink("trial_restored", record.trial_id, state=record.status, config=record.config,
-                       objective_values=[h.metric(metric) for h in record.history],
-                       epochs=record.history[-1].epoch if record.history else 0)
+                       results=[h.model_dump(exclude_none=True) for h in record.history])
 
     def __getstate__(self):
         # Tune pickles its callbacks into tuner.pkl; a resumed driver brings its own.

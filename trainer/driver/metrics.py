@@ -93,7 +93,7 @@ METRICS = {
     "sweep_info": ("gauge", ("objective", "mode", "scheduler"), "Always 1: what the sweep optimizes"),
     "sweep_trials_planned": ("gauge", (), "Trials the spec asks for (grid points x num_samples)"),
     "sweep_trials": ("gauge", ("state",), "Trials by state: " + ", ".join(STATES)),
-    "sweep_best_objective": ("gauge", (), "Best objective value any trial reported so far"),
+    "sweep_best_objective": ("gauge", (), "Best objective value any trial reported so far, of the epochs that keep the constraints"),
     "sweep_best_trial_info": ("gauge", ("trial",), "Always 1, for the trial holding the best objective"),
     "sweep_trial_info": (
         "gauge", ("trial", "config"),
@@ -206,15 +206,19 @@ class SweepMetrics:
         keep_finished: int = KEEP_FINISHED,
         registry: CollectorRegistry | None = None,
         config_keys=(),
+        constraints=(),
     ):
         """``config_keys``: the sweep's searched (and mutated) hyperparameters, by dotted path: the
-        first MAX_CONFIG_LABELS get labels of their own on ``sweep_trial_info``."""
+        first MAX_CONFIG_LABELS get labels of their own on ``sweep_trial_info``. ``constraints``:
+        the spec's, parsed (service/core/record.py ``Constraint``): an epoch breaking one is never
+        the best objective (its trial's own series still show it)."""
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
         if keep_finished < 0:
             raise ValueError(f"keep_finished must be >= 0, got {keep_finished}")
         self.sweep, self.objective, self.mode = sweep, objective, mode
         self.keep_finished = keep_finished
+        self.constraints = list(constraints)
         self.registry = registry if registry is not None else CollectorRegistry()
         self.config_keys = list(dict.fromkeys(config_keys))
         self.config_labels: dict[str, str] = {}  # dotted key -> label name, the first MAX_CONFIG_LABELS
@@ -307,29 +311,30 @@ class SweepMetrics:
         if value is None:
             return
         g("sweep_trial_objective", value)
-        self._observe_objective(trial, trial_id, value)
+        if self._feasible(result):
+            self._observe_objective(trial, trial_id, value)
 
-    def trial_restored(self, trial_id: str, state: str, *, objective_values=(), epochs: int = 0,
-                       config: dict | None = None) -> None:
+    def trial_restored(self, trial_id: str, state: str, *, results=(), config: dict | None = None) -> None:
         """A trial this driver did not run: recorded by an earlier attempt of the sweep (a resume)
-        or copied from an earlier sweep (a warm start). It counts in its state and its objective
-        in the sweep's best, as if this driver had seen it (``objective_values``: its epochs'
-        values, in order); a finished one keeps its final per-trial series like any finished
-        trial. The counters (epochs, starts, errors, samples) count what this driver did and are
-        not replayed. An unfinished one counts as pending: Tune restarts it."""
+        or copied from an earlier sweep (a warm start). It counts in its state and its epochs'
+        ``results`` (the record's, in order) in the sweep's best, as if this driver had seen them;
+        a finished one keeps its final per-trial series like any finished trial. The counters
+        (epochs, starts, errors, samples) count what this driver did and are not replayed. An
+        unfinished one counts as pending: Tune restarts it."""
         if trial_id in self._trials:
             return
         self.trial_added(trial_id)
         trial = self._trials[trial_id]
-        trial.config, trial.epochs = dict(config or {}), epochs
-        values = [v for v in objective_values if v is not None]
-        for value in values:
-            self._observe_objective(trial, trial_id, value)
+        trial.config = dict(config or {})
+        for result in results:
+            trial.epochs = int(result.get("epoch") or trial.epochs)
+            if self._feasible(result):
+                self._observe_objective(trial, trial_id, result.get(self.objective))
         if state in FINISHED:
-            if epochs:
-                self._trial_gauge(trial, "sweep_trial_epochs_completed", trial_id, epochs)
-            if values:
-                self._trial_gauge(trial, "sweep_trial_objective", trial_id, values[-1])
+            if results:
+                self._trial_gauge(trial, "sweep_trial_epochs_completed", trial_id, trial.epochs)
+                if results[-1].get(self.objective) is not None:
+                    self._trial_gauge(trial, "sweep_trial_objective", trial_id, results[-1][self.objective])
             self._finish(trial_id, state)
 
     def trial_completed(self, trial_id: str, stopped_early: bool) -> None:
@@ -388,8 +393,12 @@ class SweepMetrics:
     def _better(self, a: float, b: float) -> bool:
         return a > b if self.mode == "max" else a < b
 
+    def _feasible(self, result: dict) -> bool:
+        """Whether an epoch keeps every constraint: only such an epoch can be the best (as in the record)."""
+        return all(c.violation(result.get(c.metric)) is None for c in self.constraints)
+
     def _observe_objective(self, trial: _Trial, trial_id: str, value) -> None:
-        """The trial's and the sweep's best objective so far (the raw best: constraints aside)."""
+        """The trial's and the sweep's best objective so far, of the epochs that keep the constraints."""
         if not isinstance(value, (int, float)) or math.isnan(value):
             return
         if trial.best is None or self._better(value, trial.best):
@@ -593,7 +602,7 @@ class SweepExporter:
     Binds the port in the constructor, so a busy port fails before anything else happens."""
 
     def __init__(self, spec, *, addr: str | None = None, targets_dir=None, keep_finished: int = KEEP_FINISHED):
-        from service.core.spec import config_keys, num_trials
+        from service.core.spec import config_keys, num_trials, parse_constraint
 
         self.metrics = SweepMetrics(
             spec.name,
@@ -603,6 +612,7 @@ class SweepExporter:
             scheduler=spec.scheduler.name,
             keep_finished=keep_finished,
             config_keys=[*config_keys(spec), *spec.scheduler.mutated()],  # what a trial's config holds
+            constraints=[parse_constraint(c) for c in spec.constraints],
         )
         addr = addr or os.environ.get(ADDR_ENV, "0.0.0.0")
         self.server = MetricsServer(self.metrics.registry, spec.metrics.port, addr)
