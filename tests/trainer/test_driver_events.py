@@ -22,6 +22,7 @@ class FakeTrial:
 
     def __init__(self, trial_id: str, config: dict):
         self.trial_id, self.config, self.status, self.error = trial_id, config, "PENDING", None
+        self.checkpoint = None  # Tune: the latest checkpoint, what the trial restores from (after a PBT exploit: the donor's)
 
     def get_error(self):
         return self.error
@@ -185,6 +186,38 @@ def test_retention_keeps_the_best_k_and_the_latest_and_deletes_the_rest_once_the
     refs = [CheckpointRef(uri=str(i), epoch=i, objective=v) for i, v in enumerate([0.3, 0.1, None, 0.2], 1)]
     assert [c.epoch for c in retained(refs, 1, min_loss)] == [2, 4]
     assert retained(refs, None, min_loss) == refs
+
+
+def test_a_checkpoint_a_pbt_exploiter_will_restore_outlives_its_donors_retention(tmp_path):
+    """PBT hands a trial the donor's latest checkpoint; the trial restores it when it restarts,
+    which may be after the donor ended. Retention (at the donor's end, and the end-of-sweep pass)
+    keeps that checkpoint while an unfinished trial will restore from it, and deletes it once none will."""
+    events, _, _ = _events(tmp_path, 2, epochs=5)
+    donor, exploiter = FakeTrial("t_d", {"train.optimizer.lr": 1e-3}), FakeTrial("t_e", {"train.optimizer.lr": 1e-3})
+    trials = [donor, exploiter]
+    events.on_step_begin(0, trials)
+    events.on_trial_start(0, trials, donor)
+    paths = []
+    for epoch, acc in enumerate([0.5, 0.9, 0.6, 0.8, 0.4], 1):
+        events.on_trial_result(0, trials, donor, _result(epoch, acc))
+        path = tmp_path / "ev" / "t_d" / f"checkpoint_{epoch - 1:06d}"
+        path.mkdir(parents=True)
+        (path / "state.pt").write_bytes(b"x")
+        paths.append(path)
+        donor.checkpoint = Checkpoint(str(path))
+        events.on_checkpoint(0, trials, donor, donor.checkpoint)
+    exploiter.status, exploiter.checkpoint = "PAUSED", Checkpoint(str(paths[2]))  # exploited at epoch 3, not restarted yet
+    donor.status = "TERMINATED"
+    events.on_trial_complete(0, trials, donor)
+    # keep: 2 → epochs 2 and 4 plus the latest (5); epoch 1 goes, epoch 3 stays for the exploiter
+    assert [p.exists() for p in paths] == [False, True, True, True, True]
+    assert [c.epoch for c in events.writer.trials["t_d"].checkpoints] == [2, 3, 4, 5]
+    events.apply_pending_retention(snapshot_landed=True)  # an interrupted sweep's last pass: still to be restored
+    assert paths[2].exists()
+    exploiter.checkpoint = Checkpoint(str(tmp_path / "ev" / "t_e" / "checkpoint_000003"))  # restored, saved its own
+    events.apply_pending_retention(snapshot_landed=True)
+    assert [p.exists() for p in paths] == [False, True, False, True, True]
+    assert [c.epoch for c in events.writer.trials["t_d"].checkpoints] == [2, 4, 5]
 
 
 def test_the_progress_line_counts_states_and_names_the_best_trial(tmp_path):

@@ -53,6 +53,7 @@ class SweepEvents(Callback):
         self._keys = list(dict.fromkeys([*config_keys(spec), *spec.scheduler.mutated()]))
         self._seen = 0  # Tune's trial list only grows: trials[_seen:] are new
         self._running: dict[str, object] = {}  # trial id → Tune trial, for pause detection
+        self._tune_trials: list = []  # Tune's own trial list (it only grows), for the checkpoints they will restore
         # What the record holds already (a resume's earlier attempts, a warm start's copies) counts
         # in the metrics from the start: trials by state and the best objective cover the sweep.
         for record in writer.trials.values():
@@ -78,6 +79,7 @@ class SweepEvents(Callback):
     # ---------------------------------------------------------------------- Tune hooks
     def on_step_begin(self, iteration, trials, **info):
         self._check_stop()
+        self._tune_trials = trials
         for trial in trials[self._seen:]:
             self._added(trial)
         self._seen = len(trials)
@@ -154,7 +156,8 @@ class SweepEvents(Callback):
         if snapshot_landed:  # also trials that ended under an earlier driver attempt, killed before it pruned them
             due = [t for t, r in self.writer.trials.items() if t in self._retention_due or r.status in FINISHED_STATES]
         else:
-            landed = self.experiment_state.landed_at()
+            # No snapshot to wait for (the event path's tests): due once ended (a PBT donor's deferral: 2 s on).
+            landed = self.experiment_state.landed_at() if self.experiment_state is not None else time.time()
             # An upload of the tiny snapshot file takes well under a second; one that finished
             # 2 s after the trial ended started after it, so it holds the trial as ended.
             due = [t for t, ended in self._retention_due.items() if landed is not None and landed >= ended + 2.0]
@@ -173,6 +176,13 @@ class SweepEvents(Callback):
         the trial has ended, so nothing a paused, restarting or exploiting trial may still be
         restored from is ever deleted under it."""
         keep = retained(record.checkpoints, self.spec.checkpoint.keep, self.writer.index.objective)
+        # PBT: a trial that exploited this one restores from the checkpoint it was handed when it
+        # (re)starts, which may come after this one ended. Such a checkpoint stays until no
+        # unfinished trial will restore from it; the trial is then looked at again.
+        in_use = self._checkpoints_to_restore()
+        if any(c.uri in in_use for c in record.checkpoints if c not in keep):
+            keep += [c for c in record.checkpoints if c not in keep and c.uri in in_use]
+            self._retention_due[record.trial_id] = time.time()
         for old in [c for c in record.checkpoints if c not in keep]:
             try:
                 storage.delete_tree(old.uri)
@@ -181,6 +191,12 @@ class SweepEvents(Callback):
                 keep.append(old)
         record.checkpoints = [c for c in record.checkpoints if c in keep]
         record.checkpoint = _best_checkpoint(record.checkpoints, self.writer.index.objective)
+
+    def _checkpoints_to_restore(self) -> set[str]:
+        """The checkpoints unfinished trials continue from when they (re)start: each one's latest,
+        which after a PBT exploit is the donor's."""
+        return {self.writer.store.checkpoint_uri(t.checkpoint.path) for t in self._tune_trials
+                if t.status not in ("TERMINATED", "ERROR") and t.checkpoint is not None}
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         record = self._added(trial)
