@@ -110,7 +110,10 @@ def captured_output(store: SweepStore, trial_id: str, attempt: int | None = None
     # trial in this process ends that capture first.
     while _current:
         _current.pop().stop(failed=False)
-    capture = _Capture(SegmentedLog(directory, attempt, stream, interval=FLUSH_SECONDS, cap_bytes=4 << 20),
+    # Written by the capture's flusher only: write() runs inside whatever prints or logs, logging
+    # handlers' locks held, so it must never wait on storage (service/core/record.py SegmentedLog).
+    capture = _Capture(SegmentedLog(directory, attempt, stream, interval=FLUSH_SECONDS, cap_bytes=4 << 20,
+                                    flush_on_write=False),
                        keep=rank in (None, 0))
     _current.append(capture)
     capture.start()

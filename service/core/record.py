@@ -645,17 +645,28 @@ class SegmentedLog:
     how much was dropped."""
 
     def __init__(self, directory_uri: str, attempt: int, stream: str = "trial", *, interval: float = 2.0,
-                 cap_bytes: int = 8 << 20, tail_bytes: int = 64 << 10, clock: Callable[[], float] = time.monotonic):
+                 cap_bytes: int = 8 << 20, tail_bytes: int = 64 << 10, clock: Callable[[], float] = time.monotonic,
+                 flush_on_write: bool = True):
+        """``flush_on_write``: ``write`` also writes to storage when ``interval`` has passed (and a
+        segment is full). False: only ``flush``/``close`` do, which a tee of stdout/stderr needs
+        (trainer/trial_log.py): ``write`` is then called from inside logging handlers, holding
+        their locks, and must never wait on storage."""
         self.directory_uri, self.attempt, self.stream = directory_uri, attempt, stream
         self.interval, self.cap_bytes, self.tail_bytes, self.clock = interval, cap_bytes, tail_bytes, clock
+        self.flush_on_write = flush_on_write
         self._segment = 0
         self._current = ""  # text of the current segment
+        self._sealed: list[tuple[str, str]] = []  # full segments not written yet: (name, text)
         self._kept = 0  # bytes kept in sealed + current segments
         self._tail = ""  # past the cap: the last tail_bytes, written at close
         self._dropped = 0
         self._dirty = False
         self._last_flush = -math.inf
-        self._lock = threading.Lock()
+        # Two locks, so that no storage I/O ever happens under the one ``write`` takes: a write to
+        # storage may itself log (botocore does), and a thread logging takes its handler's lock,
+        # then ``write``'s: I/O under that lock deadlocked a DDP trial's rank 0 on S3.
+        self._lock = threading.Lock()  # the text; held only for memory operations
+        self._io = threading.Lock()  # one writer to storage at a time, in order; taken before _lock
 
     def write(self, text: str) -> None:
         if not text:
@@ -669,7 +680,8 @@ class SegmentedLog:
                 self._tail = overflow[-self.tail_bytes:]
             else:
                 self._append(text)
-        self.flush(force=False)
+        if self.flush_on_write:
+            self.flush(force=False)
 
     def _append(self, text: str) -> None:
         while text:
@@ -679,23 +691,35 @@ class SegmentedLog:
             text = text[room:]
             self._dirty = True
             if len(self._current) >= SEGMENT_BYTES:
-                self._put()  # sealed: written once more, complete
+                self._sealed.append((self._name(), self._current))  # written once more, complete
                 self._segment += 1
                 self._current = ""
                 self._dirty = False
 
-    def _put(self) -> None:
-        name = f"{self.attempt:03d}-{self.stream}-{self._segment:04d}.log"
-        storage.write_text_atomic(storage.join(self.directory_uri, name), self._current)
+    def _name(self) -> str:
+        return f"{self.attempt:03d}-{self.stream}-{self._segment:04d}.log"
 
     def flush(self, force: bool = True) -> None:
-        """Write the current segment if it changed (and, unless ``force``, if ``interval`` passed)."""
-        with self._lock:
-            if not self._dirty or (not force and self.clock() - self._last_flush < self.interval):
-                return
-            self._put()
-            self._dirty = False
-            self._last_flush = self.clock()
+        """Write the full segments not written yet, and the current one if it changed (and, unless
+        ``force``, if ``interval`` passed). What a failed write did not write stays to be written."""
+        with self._io:
+            with self._lock:
+                due = self._dirty and (force or self.clock() - self._last_flush >= self.interval)
+                writes, self._sealed = self._sealed, []
+                current = (self._name(), self._current) if due else None
+                if current is not None:
+                    writes.append(current)
+                    self._dirty = False
+                    self._last_flush = self.clock()
+            for k, (name, text) in enumerate(writes):
+                try:
+                    storage.write_text_atomic(storage.join(self.directory_uri, name), text)
+                except BaseException:
+                    with self._lock:
+                        self._sealed = [w for w in writes[k:] if w is not current] + self._sealed
+                        if current in writes[k:]:
+                            self._dirty = True
+                    raise
 
     def close(self) -> None:
         """Flush, with the kept tail and the truncation marker if the cap was reached."""

@@ -337,3 +337,30 @@ def test_a_multi_objective_index_keeps_its_front_current_as_trials_end_and_its_b
     assert body["pareto_front"] == ["big", "small"] and [o["metric"] for o in body["objectives"]] == ["val_acc", "params"]
     with pytest.raises(ValueError, match="must be the first of objectives"):
         new_index("s", Objective(metric="params", mode="min"), max_epochs=1, num_trials=1, attempt=1, objectives=ACC_PARAMS)
+
+
+def test_a_segmented_log_that_fails_to_write_keeps_every_segment_for_the_next_flush(tmp_path, monkeypatch):
+    """Storage down during a flush: the full segments and the current one are written by the next
+    flush, none lost (the flush takes them off its list before writing, outside its text lock)."""
+    from service.core import storage
+    from service.core.record import SEGMENT_BYTES
+
+    store = SweepStore(str(tmp_path), "sw")
+    log = SegmentedLog(store.trial_log_uri("t_1"), attempt=1, flush_on_write=False)
+    real_write, calls = storage.write_text_atomic, []
+
+    def failing_second_write(uri, text):
+        calls.append(uri)
+        if len(calls) == 2:
+            raise storage.StorageError("storage is down")
+        real_write(uri, text)
+
+    monkeypatch.setattr(storage, "write_text_atomic", failing_second_write)
+    text = "x" * (2 * SEGMENT_BYTES) + "the end\n"  # two full segments and a third in progress
+    log.write(text)
+    assert calls == []  # flush_on_write=False: write() never touches storage
+    with pytest.raises(storage.StorageError):
+        log.flush()
+    log.flush()
+    assert len(calls) == 2 + 2  # the failed one and the one after it again; the first is not rewritten
+    assert store.read_trial_log("t_1").endswith(text)
