@@ -53,7 +53,7 @@ class SweepEvents(Callback):
         self._keys = list(dict.fromkeys([*config_keys(spec), *spec.scheduler.mutated()]))
         self._seen = 0  # Tune's trial list only grows: trials[_seen:] are new
         self._running: dict[str, object] = {}  # trial id → Tune trial, for pause detection
-        self._tune_trials: list = []  # Tune's own trial list (it only grows), for the checkpoints they will restore
+        self._unfinished: dict[str, object] = {}  # trial id → Tune trial, for the checkpoints they will restore
         # What the record holds already (a resume's earlier attempts, a warm start's copies) counts
         # in the metrics from the start: trials by state and the best objective cover the sweep.
         for record in writer.trials.values():
@@ -79,9 +79,10 @@ class SweepEvents(Callback):
     # ---------------------------------------------------------------------- Tune hooks
     def on_step_begin(self, iteration, trials, **info):
         self._check_stop()
-        self._tune_trials = trials
         for trial in trials[self._seen:]:
             self._added(trial)
+            if trial.status not in ("TERMINATED", "ERROR"):
+                self._unfinished[trial.trial_id] = trial
         self._seen = len(trials)
         for trial_id, trial in list(self._running.items()):
             if trial.status == "PAUSED":
@@ -179,10 +180,13 @@ class SweepEvents(Callback):
         # PBT: a trial that exploited this one restores from the checkpoint it was handed when it
         # (re)starts, which may come after this one ended. Such a checkpoint stays until no
         # unfinished trial will restore from it; the trial is then looked at again.
-        in_use = self._checkpoints_to_restore()
-        if any(c.uri in in_use for c in record.checkpoints if c not in keep):
-            keep += [c for c in record.checkpoints if c not in keep and c.uri in in_use]
-            self._retention_due[record.trial_id] = time.time()
+        surplus = [c for c in record.checkpoints if c not in keep]
+        if surplus:
+            in_use = self._checkpoints_to_restore()
+            held = [c for c in surplus if c.uri in in_use]
+            if held:
+                keep += held
+                self._retention_due[record.trial_id] = time.time()
         for old in [c for c in record.checkpoints if c not in keep]:
             try:
                 storage.delete_tree(old.uri)
@@ -195,12 +199,13 @@ class SweepEvents(Callback):
     def _checkpoints_to_restore(self) -> set[str]:
         """The checkpoints unfinished trials continue from when they (re)start: each one's latest,
         which after a PBT exploit is the donor's."""
-        return {self.writer.store.checkpoint_uri(t.checkpoint.path) for t in self._tune_trials
+        return {self.writer.store.checkpoint_uri(t.checkpoint.path) for t in self._unfinished.values()
                 if t.status not in ("TERMINATED", "ERROR") and t.checkpoint is not None}
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         record = self._added(trial)
         self._running.pop(trial.trial_id, None)
+        self._unfinished.pop(trial.trial_id, None)
         budget = int(trial.config.get("train.epochs", self.spec.train.epochs))
         stopped_early = record.epochs < budget
         self.writer.set_status(record, "stopped_early" if stopped_early else "terminated")
@@ -224,6 +229,7 @@ class SweepEvents(Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         record = self._added(trial)
         self._running.pop(trial.trial_id, None)
+        self._unfinished.pop(trial.trial_id, None)
         exception = _exception_of(trial)
         rejected = final_marker(exception)
         if isinstance(rejected, TrialRejected):  # refused before training by a constraint: no failure
