@@ -36,7 +36,7 @@ prometheus:
 	prometheus --config.file=deploy/prometheus/prometheus.yml --storage.tsdb.path=runs/.prometheus \
 	  --web.listen-address=$(PROMETHEUS_ADDR)
 
-# The whole test suite (real Ray, moto S3, Prometheus, CRD schemas, Helm's engine); 27-37 minutes on 2 cores (README, "Development").
+# The whole test suite (real Ray, moto S3, Prometheus, CRD schemas, Helm's engine); 25-39 minutes on 2 cores (README, "Development").
 test: $(STAMP) $(HELM_STAMP)
 	$(BIN)/python -m pytest
 
